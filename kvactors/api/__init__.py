@@ -1,0 +1,1 @@
+"""API layer: the wire protocol, transport, RPC, clients and the request handler."""

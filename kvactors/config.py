@@ -1,0 +1,150 @@
+"""NodeConfig: every setting of a node in one frozen dataclass.
+
+A config comes from keyword arguments, a TOML file, `KVACTORS_*` environment variables
+and command-line flags; later sources override earlier ones (file < env < flags).
+Values are checked once, here, so a bad setting fails before anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvactors.errors import ConfigError
+
+__all__ = ["NodeConfig"]
+
+_ENV_PREFIX = "KVACTORS_"
+_STORAGE_KINDS = ("memory",)
+
+
+def _default_name() -> str:
+    return f"node-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Settings of one kvactors node. See docs/configuration.md for each field."""
+
+    name: str = field(default_factory=_default_name)
+    """Unique name of the node in its cluster; its identity across restarts."""
+
+    bind: str | None = None
+    """ZeroMQ endpoint the node serves on, e.g. ``tcp://127.0.0.1:5555``; None: embedded only."""
+
+    partitions: int = 64
+    """Q: number of partitions, a power of two, fixed when the cluster is created."""
+
+    storage: str = "memory"
+    """Storage backend: ``memory``."""
+
+    data_dir: str | None = None
+    """Directory for durable backends."""
+
+    max_key_bytes: int = 64 * 1024
+    """Largest key accepted, in bytes (UTF-8 for str keys)."""
+
+    max_value_bytes: int = 1024 * 1024
+    """Largest value accepted, in bytes of its msgpack encoding."""
+
+    request_timeout: float = 5.0
+    """Seconds a client request may take before it fails with ``timeout``."""
+
+    max_restarts: int = 10
+    """Restart intensity: more than this many restarts ..."""
+
+    max_seconds: float = 5.0
+    """... within this many seconds and a supervisor gives up and escalates."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and self.name.isprintable(), "name must be a non-empty string")
+        _check(
+            self.partitions > 0 and self.partitions & (self.partitions - 1) == 0,
+            f"partitions must be a power of two, got {self.partitions}",
+        )
+        _check(
+            self.storage in _STORAGE_KINDS,
+            f"storage must be one of {', '.join(_STORAGE_KINDS)}, got {self.storage!r}",
+        )
+        _check(self.max_key_bytes > 0, "max_key_bytes must be positive")
+        _check(self.max_value_bytes > 0, "max_value_bytes must be positive")
+        _check(self.request_timeout > 0, "request_timeout must be positive")
+        _check(self.max_restarts >= 0, "max_restarts must be zero or more")
+        _check(self.max_seconds > 0, "max_seconds must be positive")
+
+    def replace(self, **changes: Any) -> NodeConfig:
+        """A copy with some fields changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(
+        cls,
+        toml_path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> NodeConfig:
+        """Build a config from a TOML file, then `KVACTORS_*` variables, then `overrides`.
+
+        Overrides whose value is None are ignored, so CLI flags that were not given
+        do not mask the file or the environment.
+        """
+        values: dict[str, Any] = {}
+        if toml_path is not None:
+            values.update(_from_toml(Path(toml_path)))
+        values.update(_from_env(os.environ if env is None else env))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - _field_types().keys()
+        _check(not unknown, f"unknown config fields: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _field_types() -> dict[str, str]:
+    # Annotations are strings under `from __future__ import annotations`.
+    return {f.name: str(f.type) for f in dataclasses.fields(NodeConfig)}
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    # Accept either top-level keys or a [node] table.
+    table = data.get("node", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [node] must be a table")
+    return {key.replace("-", "_"): value for key, value in table.items()}
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    types = _field_types()
+    values: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(_ENV_PREFIX):
+            continue
+        name = key[len(_ENV_PREFIX) :].lower()
+        if name in types:
+            values[name] = _parse(name, types[name], raw)
+    return values
+
+
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    try:
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{_ENV_PREFIX}{name.upper()}: {exc}") from exc
+    return raw

@@ -1,0 +1,1 @@
+"""Storage layer: per-partition StoreServers, their supervisor and the backends."""

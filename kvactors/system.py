@@ -1,0 +1,169 @@
+"""ActorSystem: one kvactors node, the seed's Application.
+
+It builds the node's supervision tree and starts it in the seed's order, stopping it in
+reverse. Components that do not exist yet in this version are simply absent from the
+order; the root supervisor uses `rest_for_one`, so a crash of an early component
+(the storage) restarts everything that depends on it.
+
+    with ActorSystem() as system:
+        system.client.put("user:1", {"name": "Ada"})
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+from typing import Any, Self
+
+import pykka
+
+from kvactors.api.local_client import LocalClient
+from kvactors.config import NodeConfig
+from kvactors.errors import KVActorsError, UnavailableError
+from kvactors.storage.backends import StorageBackend, open_backend
+from kvactors.storage.store_supervisor import PartitionDirectory, StoreSupervisor
+from kvactors.supervision import (
+    ChildExited,
+    ChildSpec,
+    ExitReason,
+    Strategy,
+    Supervisor,
+    start_supervised,
+)
+
+__all__ = ["ActorSystem"]
+
+logger = logging.getLogger(__name__)
+
+
+class ActorSystem:
+    """A kvactors node embedded in this process.
+
+    `ActorSystem()` runs a single node on the defaults; pass a `NodeConfig` (or its
+    fields as keywords) to change them. Use it as a context manager, or call `start()`
+    and `stop()`.
+    """
+
+    def __init__(self, config: NodeConfig | None = None, **overrides: Any) -> None:
+        base = config if config is not None else NodeConfig()
+        self.config = base.replace(**overrides) if overrides else base
+        self._root: pykka.ActorRef[Any] | None = None
+        self._backend: StorageBackend | None = None
+        self._directory = PartitionDirectory(self.config.partitions)
+        self._client = LocalClient(self._directory, self.config)
+        self._stopped = threading.Event()
+        self._failure: BaseException | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def client(self) -> LocalClient:
+        """get/put/delete (and batches) on this node; usable from any thread."""
+        return self._client
+
+    @property
+    def running(self) -> bool:
+        return self._root is not None and self._root.is_alive()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the node stopped on its own (its root supervisor gave up), else None."""
+        return self._failure
+
+    def start(self) -> Self:
+        """Start the supervision tree; returns once every component is up."""
+        with self._lock:
+            if self._root is not None:
+                raise KVActorsError(f"node {self.name} is started already")
+            self._stopped.clear()
+            self._failure = None
+            self._backend = open_backend(self.config.storage)
+            children = self._components(self._backend)
+            self._root = start_supervised(
+                lambda: Supervisor.start(
+                    children,
+                    strategy=Strategy.REST_FOR_ONE,
+                    max_restarts=self.config.max_restarts,
+                    max_seconds=self.config.max_seconds,
+                    name=f"{self.name}/root",
+                ),
+                self._root_exited,
+                name=f"{self.name}/root",
+            )
+        logger.info("node %s started (%d partitions)", self.name, self.config.partitions)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every component in reverse start order. Safe to call twice."""
+        with self._lock:
+            root, self._root = self._root, None
+            if root is not None:
+                root.stop(block=True, timeout=timeout)
+                logger.info("node %s stopped", self.name)
+            if self._backend is not None:
+                self._backend.close()
+                self._backend = None
+        self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the node has stopped (by `stop()` or a failure); False on timeout."""
+        return self._stopped.wait(timeout)
+
+    def store_supervisor(self) -> pykka.ActorProxy[StoreSupervisor]:
+        """The StoreSupervisor's proxy, for admin tasks and tests (blocking)."""
+        return self._component("store_supervisor")
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _components(self, backend: StorageBackend) -> list[ChildSpec]:
+        """The seed's start order: StoreSupervisor, MembershipManager, GossipProtocol,
+        NodeResponsibilityManager, RequestHandler. Only the storage exists so far."""
+        config, directory = self.config, self._directory
+        return [
+            ChildSpec(
+                "store_supervisor",
+                lambda: StoreSupervisor.start(
+                    backend,
+                    directory,
+                    range(config.partitions),
+                    max_restarts=config.max_restarts,
+                    max_seconds=config.max_seconds,
+                ),
+                shutdown=30.0,
+                start_timeout=60.0,
+            ),
+        ]
+
+    def _component(self, child_id: str) -> Any:
+        root = self._root
+        if root is None:
+            raise UnavailableError(f"node {self.name} is not running")
+        ref = root.proxy().child_ref(child_id).get()
+        if ref is None:
+            raise UnavailableError(f"node {self.name} has no running {child_id}")
+        return ref.proxy()
+
+    def _root_exited(self, exit_: ChildExited) -> None:
+        if exit_.reason is ExitReason.CRASH:
+            self._failure = exit_.error
+            logger.critical(
+                "node %s: the root supervisor gave up (%r); the node has stopped",
+                self.name,
+                exit_.error,
+            )
+        self._stopped.set()
