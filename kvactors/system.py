@@ -117,6 +117,10 @@ class ActorSystem:
         """The StoreSupervisor's proxy, for admin tasks and tests (blocking)."""
         return self._component("store_supervisor")
 
+    def store_server(self, partition: int) -> pykka.ActorRef[Any] | None:
+        """The live StoreServer of a partition, or None while it is (re)starting."""
+        return self._directory.current(partition)
+
     def __enter__(self) -> Self:
         return self.start()
 

@@ -20,7 +20,7 @@ import pykka
 
 from kvactors.codec import Key, decode_value, encode_value, normalize_key
 from kvactors.config import NodeConfig
-from kvactors.distribution.ring import partition_of
+from kvactors.distribution.hashing import partition_of
 from kvactors.errors import InternalError, KVActorsError, RequestTimeoutError, UnavailableError
 from kvactors.storage.store_server import Delete, Get, GetMany, Put, PutMany
 from kvactors.storage.store_supervisor import PartitionDirectory

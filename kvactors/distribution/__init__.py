@@ -1,0 +1,1 @@
+"""Distribution: the ring, versions, quorums, and the actors that place and replicate keys."""

@@ -1,0 +1,80 @@
+"""Testing tools for kvactors and for programs that embed it.
+
+Shipped with the library (as trio ships its fake clock) so users can test their own
+code against kvactors with the same tools the project's tests use.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kvactors.system import ActorSystem
+
+__all__ = ["FakeClock", "crash_store_server", "wait_until"]
+
+
+def wait_until(
+    condition: Callable[[], object],
+    timeout: float = 5.0,
+    interval: float = 0.005,
+    message: str | None = None,
+) -> None:
+    """Return as soon as `condition()` is true; raise AssertionError at the deadline.
+
+    For conditions no event announces. The deadline makes a broken condition a test
+    failure with a message, never a hang.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(message or f"condition not met within {timeout}s: {condition}")
+        time.sleep(interval)
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to; pass `clock.now` as a clock."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            return self._now
+
+    __call__ = now
+
+    def advance(self, seconds: float) -> float:
+        """Move time forward by `seconds` (never backward); returns the new time."""
+        if seconds < 0:
+            raise ValueError("a monotonic clock cannot go back")
+        with self._lock:
+            self._now += seconds
+            return self._now
+
+
+def crash_store_server(
+    system: ActorSystem, partition: int | None = None, rng: random.Random | None = None
+) -> int | None:
+    """Make one StoreServer of `system` crash (one drawn by `rng` unless `partition` is given).
+
+    Returns the partition whose StoreServer was told to crash, or None if that
+    partition had no live StoreServer at the moment (it may be restarting).
+    """
+    if partition is None:
+        partition = (rng or random.Random()).randrange(system.config.partitions)
+    ref = system.store_server(partition)
+    if ref is None or not ref.is_alive():
+        return None
+    from kvactors.storage.store_server import CrashNow  # noqa: PLC0415 - keep import light
+
+    try:
+        ref.tell(CrashNow())
+    except Exception:  # it died in between: the same as not live
+        return None
+    return partition
