@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import kvactors.errors as errors
+from kvactors import errors
 
 WIRE_CODES = {"bad_request", "too_large", "unavailable", "timeout", "overloaded", "internal"}
 
