@@ -115,7 +115,8 @@ class ActorSystem:
 
     def store_supervisor(self) -> pykka.ActorProxy[StoreSupervisor]:
         """The StoreSupervisor's proxy, for admin tasks and tests (blocking)."""
-        return self._component("store_supervisor")
+        proxy: pykka.ActorProxy[StoreSupervisor] = self._component("store_supervisor")
+        return proxy
 
     def store_server(self, partition: int) -> pykka.ActorRef[Any] | None:
         """The live StoreServer of a partition, or None while it is (re)starting."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import pykka
 
@@ -26,6 +26,8 @@ from kvactors.storage.store_server import Delete, Get, GetMany, Put, PutMany
 from kvactors.storage.store_supervisor import PartitionDirectory
 
 __all__ = ["LocalClient"]
+
+K = TypeVar("K", bound=Key)
 
 # How often a waiting caller checks that its StoreServer is still alive. Pykka can drop
 # a message that arrives as an actor stops; this bounds how long such a loss goes unseen.
@@ -68,15 +70,15 @@ class LocalClient:
 
     # -- batches: one message per partition, all partitions in parallel --------------
 
-    def get_many(self, keys: Iterable[Key], *, timeout: float | None = None) -> dict[Key, Any]:
+    def get_many(self, keys: Iterable[K], *, timeout: float | None = None) -> dict[K, Any]:
         """The found keys among `keys`, mapped to their values."""
-        by_partition: defaultdict[int, list[tuple[Key, bytes]]] = defaultdict(list)
+        by_partition: defaultdict[int, list[tuple[K, bytes]]] = defaultdict(list)
         for key in keys:
             raw = normalize_key(key, self._max_key)
             by_partition[self._partition(raw)].append((key, raw))
         messages = {p: GetMany(tuple(raw for _, raw in pairs)) for p, pairs in by_partition.items()}
         replies = self._call_all(messages, self._deadline(timeout))
-        found: dict[Key, Any] = {}
+        found: dict[K, Any] = {}
         for partition, pairs in by_partition.items():
             for (key, _), encoded in zip(pairs, replies[partition], strict=True):
                 if encoded is not None:
@@ -85,7 +87,7 @@ class LocalClient:
 
     def put_many(
         self,
-        items: Mapping[Key, Any] | Iterable[tuple[Key, Any]],
+        items: Mapping[K, Any] | Iterable[tuple[K, Any]],
         *,
         timeout: float | None = None,
     ) -> None:
