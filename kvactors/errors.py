@@ -15,6 +15,7 @@ __all__ = [
     "BadRequestError",
     "ChildStartError",
     "ConfigError",
+    "DuplicateChildError",
     "InternalError",
     "KVActorsError",
     "OverloadedError",
@@ -40,6 +41,10 @@ class BadRequestError(KVActorsError, ValueError):
 
 class ConfigError(BadRequestError):
     """A configuration value is invalid; raised before anything starts."""
+
+
+class DuplicateChildError(BadRequestError):
+    """A supervisor was asked to start a child with an id it has already."""
 
 
 class TooLargeError(BadRequestError):

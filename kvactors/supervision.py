@@ -27,11 +27,16 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import pykka
 
-from kvactors.errors import ActorCrashedError, ChildStartError, RestartIntensityError
+from kvactors.errors import (
+    ActorCrashedError,
+    ChildStartError,
+    DuplicateChildError,
+    RestartIntensityError,
+)
 
 __all__ = [
     "ChildExited",
@@ -42,6 +47,7 @@ __all__ = [
     "Strategy",
     "SupervisedActor",
     "Supervisor",
+    "Undeliverable",
     "start_supervised",
 ]
 
@@ -101,6 +107,19 @@ class ChildInfo:
     restart: Restart
 
 
+@runtime_checkable
+class Undeliverable(Protocol):
+    """A `tell` message that wants to know when it will get no answer.
+
+    The request path sends `tell`s that answer through a callback, never `ask`s it
+    waits on; such a message learns here that its actor crashed while handling it
+    (`handled=True`: it may have been partly applied) or stopped before handling it
+    (`handled=False`: it was not applied, so sending it again is safe).
+    """
+
+    def undelivered(self, error: BaseException, handled: bool) -> None: ...
+
+
 @dataclass(slots=True)
 class _Link:
     """The tie between a child and whoever supervises it, made before the child runs."""
@@ -108,6 +127,7 @@ class _Link:
     notify: Callable[[ChildExited], None]
     started: threading.Event = field(default_factory=threading.Event)
     claimed: bool = False
+    actor: pykka.ActorRef[Any] | None = None  # the actor that claimed this link
     start_error: BaseException | None = None
 
 
@@ -136,12 +156,17 @@ class SupervisedActor(pykka.ThreadingActor):
     # A child stuck past its shutdown timeout must not keep the process alive.
     use_daemon_thread = True
 
+    refusals: ClassVar[tuple[type[Exception], ...]] = ()
+    """Exceptions an `ask` handler raises to refuse a request: they go to the caller
+    and the actor keeps running, its state untouched. Anything else is a crash."""
+
     def __init__(self) -> None:
         super().__init__()
         self._link: _Link | None = getattr(_pending, "link", None)
         _pending.link = None  # actors this one creates get no parent by accident
         if self._link is not None:
             self._link.claimed = True
+            self._link.actor = self.actor_ref
         self._exit_error: BaseException | None = None
 
     # -- Pykka loop hooks -------------------------------------------------------------
@@ -165,18 +190,39 @@ class SupervisedActor(pykka.ThreadingActor):
 
     def _actor_loop_running(self) -> None:
         while not self.actor_stopped.is_set():
-            envelope = self.actor_inbox.get()
-            try:
-                response = self._handle_receive(envelope.message)
-            except BaseException as exc:
-                # Answer the caller first, so a caller that sees the actor stopped with
-                # its future still open knows its message was never handled.
-                if envelope.reply_to is not None:
-                    envelope.reply_to.set_exception(exc_info=_caller_exc_info(self, exc))
-                self._crash(exc, f"handling {type(envelope.message).__name__}")
-                continue
+            self._handle_envelope(self.actor_inbox.get())
+
+    def _handle_envelope(self, envelope: Any) -> None:
+        """Handle one message; any exception is a crash of this actor."""
+        try:
+            response = self._handle_receive(envelope.message)
+        except BaseException as exc:
+            # Answer the caller first, so a caller that sees the actor stopped with
+            # its future still open knows its message was never handled.
             if envelope.reply_to is not None:
-                envelope.reply_to.set(response)
+                envelope.reply_to.set_exception(exc_info=_caller_exc_info(self, exc))
+                if isinstance(exc, self.refusals):
+                    return
+            elif isinstance(envelope.message, Undeliverable):
+                _tell_undelivered(envelope.message, exc, handled=True)
+            self._crash(exc, f"handling {type(envelope.message).__name__}")
+            return
+        if envelope.reply_to is not None:
+            envelope.reply_to.set(response)
+
+    def _actor_loop_teardown(self) -> None:
+        # Pykka fails the waiting `ask`s; the waiting `tell`s that want to know are told.
+        error = pykka.ActorDeadError(f"{self} stopped before handling the message")
+        others = []
+        while not self.actor_inbox.empty():  # this thread is the only consumer
+            envelope = self.actor_inbox.get()
+            if envelope.reply_to is None and isinstance(envelope.message, Undeliverable):
+                _tell_undelivered(envelope.message, error, handled=False)
+            else:
+                others.append(envelope)
+        for envelope in others:
+            self.actor_inbox.put(envelope)
+        super()._actor_loop_teardown()
 
     # -- crash and exit ----------------------------------------------------------------
 
@@ -200,6 +246,13 @@ class SupervisedActor(pykka.ThreadingActor):
             pass  # the parent is gone already; nobody is left to tell
         except Exception:
             logger.exception("could not report the exit of %s", self)
+
+
+def _tell_undelivered(message: Undeliverable, error: BaseException, handled: bool) -> None:
+    try:
+        message.undelivered(error, handled)
+    except Exception:
+        logger.exception("undelivered() of %s raised", type(message).__name__)
 
 
 def _caller_exc_info(actor: SupervisedActor, exc: BaseException) -> Any:
@@ -231,6 +284,8 @@ def start_supervised(
     if not link.claimed or not isinstance(ref, pykka.ActorRef):
         if isinstance(ref, pykka.ActorRef):
             ref.stop(block=False)
+        if link.actor is not None and link.actor is not ref:  # e.g. a proxy came back
+            link.actor.stop(block=False)
         raise ChildStartError(f"{name}: start function must start a SupervisedActor")
     if not link.started.wait(start_timeout):
         ref.stop(block=False)
@@ -253,6 +308,9 @@ class Supervisor(SupervisedActor):
     Subclasses may override `on_child_started` and `on_child_stopped` to keep their
     own view of the children (StoreSupervisor publishes its StoreServers that way).
     """
+
+    # A refused start_child is the caller's error, not the supervisor's crash.
+    refusals = (DuplicateChildError, ChildStartError)
 
     def __init__(
         self,
@@ -306,7 +364,7 @@ class Supervisor(SupervisedActor):
     def start_child(self, spec: ChildSpec) -> pykka.ActorRef[Any]:
         """Start a new child after the existing ones; raises ChildStartError on failure."""
         if self._find(spec.id) is not None:
-            raise ValueError(f"{self.name}: a child with id {spec.id!r} exists already")
+            raise DuplicateChildError(f"{self.name}: a child with id {spec.id!r} exists already")
         child = _Child(spec)
         self._start(child)
         self._children.append(child)
