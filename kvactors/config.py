@@ -56,6 +56,9 @@ class NodeConfig:
     request_timeout: float = 5.0
     """Seconds a client request may take before it fails with ``timeout``."""
 
+    max_inflight: int = 10_000
+    """Network requests in flight before new ones are answered ``overloaded``."""
+
     max_restarts: int = 10
     """Restart intensity: more than this many restarts ..."""
 
@@ -75,6 +78,7 @@ class NodeConfig:
         _check(self.max_key_bytes > 0, "max_key_bytes must be positive")
         _check(self.max_value_bytes > 0, "max_value_bytes must be positive")
         _check(self.request_timeout > 0, "request_timeout must be positive")
+        _check(self.max_inflight > 0, "max_inflight must be positive")
         _check(self.max_restarts >= 0, "max_restarts must be zero or more")
         _check(self.max_seconds > 0, "max_seconds must be positive")
 

@@ -19,7 +19,9 @@ from typing import Any, Self
 import pykka
 
 from kvactors.api.local_client import LocalClient
+from kvactors.api.request_handler import RequestHandler
 from kvactors.config import NodeConfig
+from kvactors.dispatch import NodeDispatcher
 from kvactors.errors import KVActorsError, UnavailableError
 from kvactors.storage.backends import StorageBackend, open_backend
 from kvactors.storage.store_supervisor import PartitionDirectory, StoreSupervisor
@@ -51,6 +53,7 @@ class ActorSystem:
         self._root: pykka.ActorRef[Any] | None = None
         self._backend: StorageBackend | None = None
         self._directory = PartitionDirectory(self.config.partitions)
+        self._dispatcher = NodeDispatcher()
         self._client = LocalClient(self._directory, self.config)
         self._stopped = threading.Event()
         self._failure: BaseException | None = None
@@ -118,6 +121,19 @@ class ActorSystem:
         proxy: pykka.ActorProxy[StoreSupervisor] = self._component("store_supervisor")
         return proxy
 
+    @property
+    def endpoint(self) -> str | None:
+        """The endpoint the node serves on (a port given as 0 resolved), or None."""
+        if self.config.bind is None:
+            return None
+        endpoint: str = self._component("request_handler").endpoint().get()
+        return endpoint
+
+    def status(self) -> dict[str, Any]:
+        """The node's status, as the `status` request reports it (needs `bind`)."""
+        status: dict[str, Any] = self._component("request_handler").status().get()
+        return status
+
     def store_server(self, partition: int) -> pykka.ActorRef[Any] | None:
         """The live StoreServer of a partition, or None while it is (re)starting."""
         return self._directory.current(partition)
@@ -137,8 +153,15 @@ class ActorSystem:
 
     def _components(self, backend: StorageBackend) -> list[ChildSpec]:
         """The seed's start order: StoreSupervisor, MembershipManager, GossipProtocol,
-        NodeResponsibilityManager, RequestHandler. Only the storage exists so far."""
-        config, directory = self.config, self._directory
+        NodeResponsibilityManager, RequestHandler (the last only with a bind endpoint)."""
+        config, directory, dispatcher = self.config, self._directory, self._dispatcher
+        network = [
+            ChildSpec(
+                "request_handler",
+                lambda: RequestHandler.start(config, directory, dispatcher),
+                shutdown=15.0,
+            )
+        ]
         return [
             ChildSpec(
                 "store_supervisor",
@@ -146,12 +169,14 @@ class ActorSystem:
                     backend,
                     directory,
                     range(config.partitions),
+                    dispatcher=dispatcher,
                     max_restarts=config.max_restarts,
                     max_seconds=config.max_seconds,
                 ),
                 shutdown=30.0,
                 start_timeout=60.0,
             ),
+            *(network if config.bind is not None else []),
         ]
 
     def _component(self, child_id: str) -> Any:

@@ -7,11 +7,12 @@ return value, so callers use `ask`; the store never waits on anyone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kvactors.dispatch import DispatchedActor, Dispatcher
 from kvactors.storage.backends import Table, Write
-from kvactors.supervision import SupervisedActor
 
 __all__ = [
     "CrashNow",
@@ -21,6 +22,7 @@ __all__ = [
     "InjectedCrashError",
     "Put",
     "PutMany",
+    "StoreBatch",
     "StoreServer",
 ]
 
@@ -51,6 +53,27 @@ class Delete:
     key: bytes
 
 
+StoreOp = Get | Put | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class StoreBatch:
+    """Operations from the request path, answered through callbacks, never by `ask`.
+
+    The ops are applied in order, and all writes in one storage transaction, before
+    `reply` gets one result per op (what Get, Put and Delete would return). If the
+    StoreServer dies first, `failed(error, handled)` says whether the batch may have
+    been partly applied (`handled`) or certainly was not.
+    """
+
+    ops: tuple[StoreOp, ...]
+    reply: Callable[[list[Any]], None]
+    failed: Callable[[BaseException, bool], None]
+
+    def undelivered(self, error: BaseException, handled: bool) -> None:
+        self.failed(error, handled)
+
+
 @dataclass(frozen=True, slots=True)
 class CrashNow:
     """Fault injection: the StoreServer raises `InjectedCrashError` when it handles this."""
@@ -60,11 +83,11 @@ class InjectedCrashError(RuntimeError):
     """The crash a `CrashNow` message causes."""
 
 
-class StoreServer(SupervisedActor):
+class StoreServer(DispatchedActor):
     """Serves get/put/delete for one partition over a table it does not own."""
 
-    def __init__(self, partition: int, table: Table) -> None:
-        super().__init__()
+    def __init__(self, partition: int, table: Table, dispatcher: Dispatcher | None = None) -> None:
+        super().__init__(dispatcher)
         self.partition = partition
         self._table = table
 
@@ -90,6 +113,33 @@ class StoreServer(SupervisedActor):
                 writes: tuple[Write, ...] = items
                 table.apply(writes)
                 return None
+            case StoreBatch(ops, reply):
+                reply(self._apply_batch(ops))
+                return None
             case CrashNow():
                 raise InjectedCrashError(f"{self}: crash injected")
         return super().on_receive(message)
+
+    def _apply_batch(self, ops: tuple[StoreOp, ...]) -> list[Any]:
+        # Writes go to the table in one transaction at the end (group commit); reads in
+        # the batch see the batch's earlier writes through `written`.
+        table = self._table
+        written: dict[bytes, bytes | None] = {}
+        writes: list[Write] = []
+        results: list[Any] = []
+        for op in ops:
+            if type(op) is Get:
+                results.append(written[op.key] if op.key in written else table.get(op.key))
+            elif type(op) is Put:
+                written[op.key] = op.value
+                writes.append((op.key, op.value))
+                results.append(None)
+            else:
+                key = op.key
+                existed = (written[key] if key in written else table.get(key)) is not None
+                written[key] = None
+                writes.append((key, None))
+                results.append(existed)
+        if writes:
+            table.apply(writes)
+        return results

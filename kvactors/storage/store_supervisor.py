@@ -15,6 +15,7 @@ from typing import Any
 
 import pykka
 
+from kvactors.dispatch import Dispatcher
 from kvactors.storage.backends import StorageBackend
 from kvactors.storage.store_server import StoreServer
 from kvactors.supervision import ChildSpec, Restart, Strategy, Supervisor
@@ -78,12 +79,14 @@ class StoreSupervisor(Supervisor):
         directory: PartitionDirectory,
         partitions: Iterable[int],
         *,
+        dispatcher: Dispatcher | None = None,
         max_restarts: int = 10,
         max_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._backend = backend
         self._directory = directory
+        self._dispatcher = dispatcher
         super().__init__(
             [self._spec(p) for p in sorted(set(partitions))],
             strategy=Strategy.ONE_FOR_ONE,
@@ -94,11 +97,11 @@ class StoreSupervisor(Supervisor):
         )
 
     def _spec(self, partition: int) -> ChildSpec:
-        backend = self._backend
+        backend, dispatcher = self._backend, self._dispatcher
 
         def start() -> pykka.ActorRef[Any]:
             # Ask the backend each time: it hands back the same table after a crash.
-            return StoreServer.start(partition, backend.open_table(partition))
+            return StoreServer.start(partition, backend.open_table(partition), dispatcher)
 
         return ChildSpec(_partition_id(partition), start, Restart.PERMANENT)
 

@@ -1,0 +1,226 @@
+"""Client: get/put/delete on a kvactors cluster over ZeroMQ (the seed's Api.Client).
+
+The caller never needs to know which node holds a key: any node serves any request.
+The client talks to one node at a time over a DEALER socket, with many requests in
+flight (batches are split into chunks that are all sent before any reply is awaited).
+
+Timeouts follow the Lazy Pirate pattern of the ZeroMQ guide: when a node does not
+answer in time, the client closes its socket (so a late reply cannot be mistaken for a
+new one), moves to the next endpoint and sends the unanswered requests again; after
+`retries` such moves it raises `RequestTimeoutError`. Every operation is idempotent, so
+sending one again is safe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import zmq
+
+from kvactors.api.protocol import (
+    DEFAULT_MAX_BATCH_ITEMS,
+    Op,
+    WireFormat,
+    decode_reply,
+    encode_request,
+    reply_error,
+)
+from kvactors.codec import Key
+from kvactors.errors import ConfigError, RequestTimeoutError
+
+__all__ = ["Client"]
+
+K = TypeVar("K", bound=Key)
+
+
+class Client:
+    """A connection to a kvactors cluster. Not thread-safe: use one Client per thread.
+
+    `endpoints` is one endpoint (``"tcp://host:port"``) or several; the client starts
+    with the first and moves on when one does not answer. A missing key is not an
+    error: `get` returns `default`.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float = 5.0,
+        retries: int = 2,
+        fmt: WireFormat = WireFormat.MSGPACK,
+    ) -> None:
+        self._endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if not self._endpoints:
+            raise ConfigError("a Client needs at least one endpoint")
+        if timeout <= 0 or retries < 0:
+            raise ConfigError("timeout must be positive and retries zero or more")
+        self._timeout = timeout
+        self._retries = retries
+        self._fmt = fmt
+        self._ids = itertools.count(1)
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._current = 0
+        self._socket: zmq.Socket[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint requests go to now."""
+        return self._endpoints[self._current]
+
+    # -- operations -----------------------------------------------------------------------
+
+    def get(
+        self, key: Key, default: Any = None, *, r: int | None = None, timeout: float | None = None
+    ) -> Any:
+        """The value stored under `key`, or `default` when there is none."""
+        reply = self._call(Op.GET, timeout, key=key, r=r)
+        return reply["value"] if reply.get("found") else default
+
+    def put(
+        self, key: Key, value: Any, *, w: int | None = None, timeout: float | None = None
+    ) -> None:
+        """Store `value` under `key`; returns once the cluster acknowledged it."""
+        self._call(Op.PUT, timeout, key=key, value=value, w=w)
+
+    def delete(self, key: Key, *, w: int | None = None, timeout: float | None = None) -> bool:
+        """Remove `key`; True if it was there."""
+        return bool(self._call(Op.DELETE, timeout, key=key, w=w).get("deleted"))
+
+    def ping(self, *, timeout: float | None = None) -> float:
+        """Seconds a round trip to the current node took."""
+        started = time.perf_counter()
+        self._call(Op.PING, timeout)
+        return time.perf_counter() - started
+
+    def status(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The current node's status report."""
+        status: dict[str, Any] = self._call(Op.STATUS, timeout)["status"]
+        return status
+
+    def get_many(
+        self, keys: Iterable[K], *, r: int | None = None, timeout: float | None = None
+    ) -> dict[K, Any]:
+        """The found keys among `keys`, mapped to their values."""
+        wanted = list(keys)
+        chunks = _chunks(wanted)
+        frames = [self._encode(Op.GET_MANY, next(self._ids), keys=chunk, r=r) for chunk in chunks]
+        found: dict[K, Any] = {}
+        for chunk, reply in zip(chunks, self._exchange(frames, timeout), strict=True):
+            for key, item in zip(chunk, reply["results"], strict=True):
+                _raise_for(item)
+                if item.get("found"):
+                    found[key] = item["value"]
+        return found
+
+    def put_many(
+        self,
+        items: Mapping[K, Any] | Iterable[tuple[K, Any]],
+        *,
+        w: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Store many pairs; raises the first error any item met."""
+        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        frames = [
+            self._encode(Op.PUT_MANY, next(self._ids), items=chunk, w=w) for chunk in _chunks(pairs)
+        ]
+        for reply in self._exchange(frames, timeout):
+            for item in reply["results"]:
+                _raise_for(item)
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the exchange --------------------------------------------------------------------
+
+    def _call(self, op: Op, timeout: float | None, **fields: Any) -> dict[str, Any]:
+        return self._exchange([self._encode(op, next(self._ids), **fields)], timeout)[0]
+
+    def _encode(self, op: Op, request_id: int, **fields: Any) -> tuple[int, bytes]:
+        fields = {name: value for name, value in fields.items() if value is not None}
+        return request_id, encode_request(op, request_id=request_id, fmt=self._fmt, **fields)
+
+    def _exchange(
+        self, requests: list[tuple[int, bytes]], timeout: float | None
+    ) -> list[dict[str, Any]]:
+        """Send every request, wait for every reply; Lazy Pirate on silence."""
+        timeout = self._timeout if timeout is None else timeout
+        replies: dict[int, dict[str, Any]] = {}
+        tried: list[str] = []
+        for _ in range(self._retries + 1):
+            tried.append(self.endpoint)
+            sock = self._connected()
+            for request_id, frame in requests:
+                if request_id not in replies:
+                    sock.send(frame)
+            self._collect(sock, {rid for rid, _ in requests}, replies, timeout)
+            if len(replies) == len(requests):
+                break
+            self._abandon_node()
+        else:
+            raise RequestTimeoutError(
+                f"no reply within {timeout}s from {', '.join(tried)} "
+                f"({len(tried)} attempt{'s' if len(tried) > 1 else ''})"
+            )
+        ordered = [replies[request_id] for request_id, _ in requests]
+        for reply in ordered:
+            _raise_for(reply)
+        return ordered
+
+    def _collect(
+        self,
+        sock: zmq.Socket[bytes],
+        wanted: set[int],
+        replies: dict[int, dict[str, Any]],
+        timeout: float,
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while len(replies) < len(wanted):
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0 or not sock.poll(remaining_ms, zmq.POLLIN):
+                return
+            reply = decode_reply(sock.recv_multipart()[-1])
+            request_id = reply.get("id")
+            if request_id in wanted:
+                replies[request_id] = reply
+
+    def _connected(self) -> zmq.Socket[bytes]:
+        if self._socket is None:
+            sock = self._context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoint)
+            self._socket = sock
+        return self._socket
+
+    def _abandon_node(self) -> None:
+        # Lazy Pirate: a fresh socket, so no late reply from the silent node is read.
+        self.close()
+        self._current = (self._current + 1) % len(self._endpoints)
+
+
+def _chunks(items: list[Any]) -> list[list[Any]]:
+    size = DEFAULT_MAX_BATCH_ITEMS
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _raise_for(reply: Mapping[str, Any]) -> None:
+    error = reply_error(reply)
+    if error is not None:
+        raise error

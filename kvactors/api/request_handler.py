@@ -1,0 +1,467 @@
+"""RequestHandler: requests from the network, served without blocking.
+
+`RequestHandler` is the supervised actor (the seed's RequestHandler); it owns the
+node's `Transport` and a `RequestService`, whose callbacks run in the transport thread:
+
+1. a frame arrives on the ROUTER; the service splits off the envelope, decodes and
+   validates the request (`protocol.Codec`), and answers bad input at once;
+2. each key's operation is queued for its partition; when the transport has drained
+   everything ready (`on_flush`), each partition's queue goes to its StoreServer as one
+   `StoreBatch` (a `tell`, never an `ask`);
+3. the StoreServer calls back with the results; the callback hands them to the
+   transport thread, which encodes each reply and sends it with its original envelope.
+
+Requests in flight are bounded (`max_inflight`); past it a request is answered
+`overloaded` at once. Each has a deadline; the periodic tick answers `timeout` for
+those past it. Node-to-node calls (RPC) arrive on the same ROUTER, marked by their first
+frame, and use the same batching.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from kvactors.api import rpc
+from kvactors.api.protocol import (
+    Codec,
+    ItemResult,
+    Op,
+    ProtocolError,
+    Reply,
+    Request,
+    WireFormat,
+    delete_reply,
+    encode_error,
+    encode_reply,
+    get_many_reply,
+    get_reply,
+    item_found,
+    item_not_found,
+    item_written,
+    not_found_reply,
+    ping_reply,
+    put_many_reply,
+    put_reply,
+    status_reply,
+)
+from kvactors.api.transport import SocketOptions, Transport, TransportStats
+from kvactors.config import NodeConfig
+from kvactors.dispatch import NodeDispatcher
+from kvactors.distribution.hashing import partition_of
+from kvactors.errors import (
+    BadRequestError,
+    InternalError,
+    KVActorsError,
+    OverloadedError,
+    RequestTimeoutError,
+    UnavailableError,
+)
+from kvactors.storage.store_server import Delete, Get, Put, StoreBatch, StoreOp
+from kvactors.storage.store_supervisor import PartitionDirectory
+from kvactors.supervision import SupervisedActor
+
+__all__ = ["RequestHandler", "RequestService", "ServiceStats"]
+
+logger = logging.getLogger(__name__)
+
+# Replicas of each key on this version's single node; quorums above it cannot be met.
+_REPLICAS = 1
+
+
+@dataclass(slots=True)
+class ServiceStats:
+    requests: int = 0
+    errors: int = 0
+    overloaded: int = 0
+    timeouts: int = 0
+    rpc_requests: int = 0
+    batches: int = 0
+    retried_ops: int = 0
+
+
+class _Pending:
+    """One request waiting for StoreServers: one result slot per key."""
+
+    __slots__ = ("done", "missing", "on_done", "on_error", "results")
+
+    def __init__(
+        self,
+        slots: int,
+        on_done: Callable[[list[Any]], None],
+        on_error: Callable[[KVActorsError], None],
+    ) -> None:
+        self.results: list[Any] = [None] * slots
+        self.missing = slots
+        self.on_done = on_done
+        self.on_error = on_error
+        self.done = False
+
+
+# One queued key operation: which request, which slot of its results, and the op.
+_Entry = tuple[_Pending, int, StoreOp]
+
+
+class RequestService:
+    """The transport's handler: decodes, batches per partition, answers. Thread: transport."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        directory: PartitionDirectory,
+        transport: Transport,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._directory = directory
+        self._transport = transport
+        self._clock = clock
+        self._codec = Codec.from_config(config)
+        self._partitions = config.partitions
+        self._timeout = config.request_timeout
+        self._max_inflight = config.max_inflight
+        self._inflight = 0
+        self._queued: defaultdict[int, list[_Entry]] = defaultdict(list)
+        self._parked: list[tuple[int, _Entry]] = []
+        self._deadlines: list[tuple[float, int, _Pending]] = []
+        self._sequence = itertools.count()
+        self._closing = False
+        self.stats = ServiceStats()
+        self.rpc = rpc.RpcClient(transport, clock, config.request_timeout)
+
+    # -- TransportHandler --------------------------------------------------------------
+
+    def on_client_frames(self, frames: list[bytes]) -> None:
+        if len(frames) >= 3 and frames[1] == rpc.MARKER:
+            self._serve_rpc(frames[0], frames[2:])
+            return
+        envelope, body = _split_envelope(frames)
+        self.stats.requests += 1
+        if len(body) != 1:
+            fmt = WireFormat.JSON if body and body[0][:1] == b"{" else WireFormat.MSGPACK
+            problem = BadRequestError(f"a request is exactly one frame, got {len(body)}")
+            self._send_error(envelope, problem, None, fmt)
+            return
+        try:
+            request = self._codec.decode_request(body[0])
+        except ProtocolError as exc:
+            self._send_error(envelope, exc, exc.request_id, exc.fmt)
+            return
+        try:
+            self._dispatch(envelope, request)
+        except KVActorsError as exc:
+            self._send_error(envelope, exc, request.request_id, request.fmt)
+        except Exception as exc:
+            logger.exception("request %r failed", request.op)
+            error = InternalError(f"{type(exc).__name__}: {exc}")
+            self._send_error(envelope, error, request.request_id, request.fmt)
+
+    def on_peer_frames(self, endpoint: str, frames: list[bytes]) -> None:
+        self.rpc.on_reply(endpoint, frames)
+
+    def on_flush(self) -> None:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][2].done:  # answered: no deadline to watch
+            heapq.heappop(deadlines)
+        if not self._queued:
+            return
+        queued, self._queued = self._queued, defaultdict(list)
+        for partition, entries in queued.items():
+            self._send_batch(partition, entries)
+
+    def on_tick(self, now: float) -> None:
+        self.rpc.on_tick(now)
+        self._expire(now)
+        if self._parked:
+            parked, self._parked = self._parked, []
+            for partition, entry in parked:
+                if not entry[0].done:
+                    self._queued[partition].append(entry)
+
+    def on_close(self) -> None:
+        self._closing = True
+        error = UnavailableError("the node is shutting down")
+        self.rpc.fail_all(error)
+        for _, _, pending in self._deadlines:
+            self._fail(pending, error)
+        self._deadlines.clear()
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _dispatch(self, envelope: list[bytes], request: Request) -> None:
+        op = request.op
+        if op is Op.PING:
+            self._send_reply(envelope, request, ping_reply(request.request_id))
+            return
+        if op is Op.STATUS:
+            self._send_reply(envelope, request, status_reply(request.request_id, self.status()))
+            return
+        _check_quorum(request.r, "r")
+        _check_quorum(request.w, "w")
+        self._admit()
+        if op is Op.GET:
+            ops: Sequence[StoreOp] = (Get(request.key),)
+        elif op is Op.PUT:
+            ops = (Put(request.key, request.value_bytes),)
+        elif op is Op.DELETE:
+            ops = (Delete(request.key),)
+        elif op is Op.GET_MANY:
+            ops = [Get(key) for key in request.keys]
+        else:
+            ops = [Put(item.key, item.value_bytes) for item in request.items]
+
+        def done(results: list[Any]) -> None:
+            self._send_reply(envelope, request, _reply_for(request, results))
+
+        def error(problem: KVActorsError) -> None:
+            self._send_error(envelope, problem, request.request_id, request.fmt)
+
+        timeout = self._timeout if request.timeout_ms is None else request.timeout_ms / 1000
+        self._submit(ops, done, error, timeout)
+
+    def _serve_rpc(self, peer: bytes, body: list[bytes]) -> None:
+        self.stats.rpc_requests += 1
+        call = rpc.decode_call(body)
+        if isinstance(call, rpc.BadCall):
+            self._transport.send_to_client(
+                [peer, rpc.MARKER, rpc.encode_error(call.call_id, call.error)]
+            )
+            return
+        if call.op == rpc.PING:
+            result = rpc.encode_result(call.call_id, {"node": self._config.name})
+            self._transport.send_to_client([peer, rpc.MARKER, result])
+            return
+        try:
+            ops = rpc.store_ops(call)
+            self._admit()
+        except KVActorsError as exc:
+            self._transport.send_to_client([peer, rpc.MARKER, rpc.encode_error(call.call_id, exc)])
+            return
+
+        def done(results: list[Any]) -> None:
+            payload = rpc.encode_result(call.call_id, {"results": results})
+            self._transport.send_to_client([peer, rpc.MARKER, payload])
+
+        def error(problem: KVActorsError) -> None:
+            payload = rpc.encode_error(call.call_id, problem)
+            self._transport.send_to_client([peer, rpc.MARKER, payload])
+
+        self._submit(ops, done, error, call.timeout)
+
+    def _admit(self) -> None:
+        """Refuse new work while closing or past the in-flight bound."""
+        if self._closing:
+            raise UnavailableError("the node is shutting down")
+        if self._inflight >= self._max_inflight:
+            self.stats.overloaded += 1
+            raise OverloadedError(f"{self._inflight} requests in flight; retry later")
+
+    # -- batching --------------------------------------------------------------------------
+
+    def _submit(
+        self,
+        ops: Sequence[StoreOp],
+        on_done: Callable[[list[Any]], None],
+        on_error: Callable[[KVActorsError], None],
+        timeout: float,
+    ) -> None:
+        pending = _Pending(len(ops), on_done, on_error)
+        self._inflight += 1
+        deadline = self._clock() + timeout
+        heapq.heappush(self._deadlines, (deadline, next(self._sequence), pending))
+        partitions = self._partitions
+        for slot, op in enumerate(ops):
+            self._queued[partition_of(op.key, partitions)].append((pending, slot, op))
+
+    def _send_batch(self, partition: int, entries: list[_Entry]) -> None:
+        live = [entry for entry in entries if not entry[0].done]
+        if not live:
+            return
+        ref = self._directory.current(partition)
+        if ref is None or not ref.is_alive():
+            self._parked.extend((partition, entry) for entry in live)
+            return
+        transport = self._transport
+
+        def reply(results: list[Any]) -> None:  # called in the StoreServer's thread
+            transport.call_soon(lambda: self._batch_done(live, results))
+
+        def failed(error: BaseException, handled: bool) -> None:  # also not our thread
+            transport.call_soon(lambda: self._batch_failed(partition, live, error, handled))
+
+        batch = StoreBatch(tuple(entry[2] for entry in live), reply, failed)
+        try:
+            ref.tell(batch)
+        except pykka.ActorDeadError:
+            self._parked.extend((partition, entry) for entry in live)
+            return
+        self.stats.batches += 1
+
+    def _batch_done(self, entries: list[_Entry], results: list[Any]) -> None:
+        for (pending, slot, _), result in zip(entries, results, strict=True):
+            if pending.done:
+                continue
+            pending.results[slot] = result
+            pending.missing -= 1
+            if pending.missing == 0:
+                pending.done = True
+                self._inflight -= 1
+                pending.on_done(pending.results)
+
+    def _batch_failed(
+        self, partition: int, entries: list[_Entry], error: BaseException, handled: bool
+    ) -> None:
+        if not handled:
+            # Never applied: it goes to the restarted StoreServer once there is one.
+            self.stats.retried_ops += len(entries)
+            self._parked.extend((partition, entry) for entry in entries)
+            return
+        failure = InternalError(f"partition {partition} failed: {error!r}")
+        for pending, _, _ in entries:
+            self._fail(pending, failure)
+
+    def _fail(self, pending: _Pending, error: KVActorsError) -> None:
+        if pending.done:
+            return
+        pending.done = True
+        self._inflight -= 1
+        pending.on_error(error)
+
+    def _expire(self, now: float) -> None:
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][0] <= now or deadlines[0][2].done):
+            _, _, pending = heapq.heappop(deadlines)
+            if not pending.done:
+                self.stats.timeouts += 1
+                self._fail(pending, RequestTimeoutError("the request did not complete in time"))
+
+    # -- replies ---------------------------------------------------------------------------
+
+    def _send_reply(self, envelope: list[bytes], request: Request, reply: Reply) -> None:
+        self._transport.send_to_client([*envelope, encode_reply(reply, request.fmt)])
+
+    def _send_error(
+        self, envelope: list[bytes], error: KVActorsError, request_id: Any, fmt: WireFormat
+    ) -> None:
+        self.stats.errors += 1
+        self._transport.send_to_client([*envelope, encode_error(error, request_id, fmt)])
+
+    def status(self) -> dict[str, Any]:
+        transport: TransportStats = self._transport.stats
+        return {
+            "node": self._config.name,
+            "endpoint": self._transport.endpoint,
+            "partitions": self._partitions,
+            "inflight": self._inflight,
+            "requests": self.stats.requests,
+            "errors": self.stats.errors,
+            "overloaded": self.stats.overloaded,
+            "timeouts": self.stats.timeouts,
+            "unroutable_replies": transport.unroutable,
+        }
+
+
+def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """(envelope, body): REQ and some DEALERs put an empty delimiter after the routing id."""
+    if len(frames) >= 3 and frames[1] == b"":
+        return frames[:2], frames[2:]
+    return frames[:1], frames[1:]
+
+
+def _check_quorum(value: int | None, name: str) -> None:
+    if value is not None and value > _REPLICAS:
+        raise UnavailableError(f"{name}={value}, but keys have {_REPLICAS} replica on this node")
+
+
+def _reply_for(request: Request, results: list[Any]) -> Reply:
+    op, request_id = request.op, request.request_id
+    if op is Op.GET:
+        value = results[0]
+        return not_found_reply(request_id) if value is None else get_reply(request_id, value, None)
+    if op is Op.PUT:
+        return put_reply(request_id)
+    if op is Op.DELETE:
+        return delete_reply(request_id, bool(results[0]))
+    if op is Op.GET_MANY:
+        items: list[ItemResult] = [
+            item_not_found() if value is None else item_found(value, None) for value in results
+        ]
+        return get_many_reply(request_id, items)
+    return put_many_reply(request_id, [item_written() for _ in results])
+
+
+@dataclass(frozen=True, slots=True)
+class _TransportFailed:
+    error: BaseException
+
+
+class RequestHandler(SupervisedActor):
+    """The supervised owner of the node's transport and request service.
+
+    If the transport thread dies, this actor crashes with it, so its supervisor
+    restarts both: the socket is bound again and serving resumes.
+    """
+
+    def __init__(
+        self, config: NodeConfig, directory: PartitionDirectory, dispatcher: NodeDispatcher
+    ) -> None:
+        super().__init__()
+        if config.bind is None:
+            raise BadRequestError("a RequestHandler needs a bind endpoint")
+        self._config = config
+        self._directory = directory
+        self._dispatcher = dispatcher
+        options = SocketOptions(max_message_bytes=Codec.from_config(config).max_frame_bytes)
+        self._transport = Transport(config.bind, options, name=f"{config.name}-transport")
+        self._service = RequestService(config, directory, self._transport)
+
+    def __str__(self) -> str:
+        return f"RequestHandler {self._config.name}"
+
+    def on_start(self) -> None:
+        self._transport.start(self._service, on_failure=self._transport_failed)
+        # StoreServers now run on the transport thread: a request is served start to end
+        # there, with no thread hand-off.
+        self._dispatcher.attach(self._transport.call_soon)
+        logger.info("node %s serving on %s", self._config.name, self._transport.endpoint)
+
+    def on_stop(self) -> None:
+        self._close()
+
+    def on_failure(self, *_exc_info: Any) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        self._dispatcher.detach(self._transport.call_soon)
+        self._transport.stop()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _TransportFailed):
+            raise InternalError(f"the transport thread failed: {message.error!r}")
+        return super().on_receive(message)
+
+    def endpoint(self) -> str:
+        """The endpoint the node is bound to (ports given as 0 are resolved)."""
+        return self._transport.endpoint
+
+    def status(self) -> dict[str, Any]:
+        return self._service.status()
+
+    def rpc_call(
+        self, endpoint: str, op: str, args: dict[str, Any], timeout: float | None = None
+    ) -> Any:
+        """An RPC to a peer, for admin paths and tests: returns a Future to wait on."""
+        return self._service.rpc.call_threadsafe(endpoint, op, args, timeout)
+
+    def _transport_failed(self, error: BaseException) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # stopping already
+            self.actor_ref.tell(_TransportFailed(error))

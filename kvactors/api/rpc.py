@@ -1,0 +1,261 @@
+"""RPC: node-to-node calls over ZeroMQ, DEALER to ROUTER (the seed's Api.RPC).
+
+A call travels on this node's DEALER to the peer's ROUTER as two frames,
+``[MARKER, payload]``; the peer's ROUTER sees ``[routing id, MARKER, payload]`` and
+answers the same way, so the reply reaches the DEALER that asked. The marker keeps node
+traffic apart from client requests, which never have it as their second frame.
+
+    call:   {"id": 12, "op": "store", "timeout": 2.0, "ops": [["get", K], ["put", K, V]]}
+    reply:  {"id": 12, "ok": true, "result": {...}}
+            {"id": 12, "ok": false, "error": {"code": "timeout", "message": "..."}}
+
+`RpcClient` lives in the transport thread: `call()` sends, and its callback gets the
+result or a typed error when the peer does not answer in time (`PeerUnreachableError`
+if nothing could even be sent). A send that finds no live connection is retried on each
+transport tick until the deadline, since a fresh DEALER connects asynchronously.
+`call_threadsafe()` is the entry point for other threads (admin paths, tests) and
+returns a Future.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from kvactors.api.transport import Transport
+from kvactors.errors import (
+    BadRequestError,
+    KVActorsError,
+    RequestTimeoutError,
+    UnavailableError,
+    error_for_code,
+)
+from kvactors.storage.store_server import Delete, Get, Put, StoreOp
+
+__all__ = [
+    "MARKER",
+    "PING",
+    "STORE",
+    "BadCall",
+    "Call",
+    "PeerUnreachableError",
+    "RpcClient",
+    "decode_call",
+    "encode_error",
+    "encode_result",
+    "store_ops",
+]
+
+logger = logging.getLogger(__name__)
+
+MARKER: Final = b"KVRPC1"
+PING: Final = "ping"
+STORE: Final = "store"
+_OPS: Final = frozenset({PING, STORE})
+_MAX_CALL_OPS: Final = 10_000
+
+
+class PeerUnreachableError(UnavailableError):
+    """A peer node did not answer an RPC: it is down, unreachable or too slow."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A decoded RPC call, as the serving node sees it."""
+
+    call_id: int
+    op: str
+    timeout: float
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BadCall:
+    """An RPC frame that could not be decoded; answered with `error`."""
+
+    call_id: int | None
+    error: KVActorsError
+
+
+def encode_call(call_id: int, op: str, timeout: float, args: dict[str, Any]) -> bytes:
+    payload: bytes = msgpack.packb({"id": call_id, "op": op, "timeout": timeout, **args})
+    return payload
+
+
+def decode_call(body: list[bytes]) -> Call | BadCall:
+    """The call in an RPC body (the frames after the marker), validated."""
+    call_id = None
+    try:
+        if len(body) != 1:
+            raise BadRequestError(f"an RPC call is one frame after the marker, got {len(body)}")
+        message = msgpack.unpackb(body[0], raw=False, strict_map_key=True)
+        if not isinstance(message, dict):
+            raise BadRequestError("an RPC call is a map")
+        call_id = message.pop("id", None)
+        if type(call_id) is not int:
+            raise BadRequestError("an RPC call needs an integer id")
+        op = message.pop("op", None)
+        timeout = message.pop("timeout", None)
+        if op not in _OPS:
+            raise BadRequestError(f"unknown RPC op {op!r}")
+        if type(timeout) not in (int, float) or not 0 < timeout <= 3600:
+            raise BadRequestError("an RPC call needs a timeout in seconds")
+        return Call(call_id, op, float(timeout), message)
+    except KVActorsError as exc:
+        return BadCall(call_id, exc)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        return BadCall(call_id, BadRequestError(f"malformed RPC call: {exc}"))
+
+
+def store_ops(call: Call) -> list[StoreOp]:
+    """The StoreServer operations of a `store` call; raises BadRequestError."""
+    raw_ops = call.args.get("ops")
+    if not isinstance(raw_ops, list) or not 0 < len(raw_ops) <= _MAX_CALL_OPS:
+        raise BadRequestError("a store call needs a list of ops")
+    ops: list[StoreOp] = []
+    for raw in raw_ops:
+        match raw:
+            case ["get", bytes(key)]:
+                ops.append(Get(key))
+            case ["put", bytes(key), bytes(value)]:
+                ops.append(Put(key, value))
+            case ["delete", bytes(key)]:
+                ops.append(Delete(key))
+            case _:
+                raise BadRequestError(f"malformed store op {raw!r:.100}")
+    return ops
+
+
+def encode_result(call_id: int, result: Any) -> bytes:
+    payload: bytes = msgpack.packb({"id": call_id, "ok": True, "result": result})
+    return payload
+
+
+def encode_error(call_id: int | None, error: KVActorsError) -> bytes:
+    body = {"code": error.code, "message": str(error)[:1000]}
+    payload: bytes = msgpack.packb({"id": call_id, "ok": False, "error": body})
+    return payload
+
+
+ResultCallback = Callable[[Any, KVActorsError | None], None]
+
+
+class _Outstanding:
+    __slots__ = ("callback", "deadline", "endpoint", "frames", "sent")
+
+    def __init__(
+        self, endpoint: str, frames: list[bytes], deadline: float, callback: ResultCallback
+    ) -> None:
+        self.endpoint = endpoint
+        self.frames = frames
+        self.deadline = deadline
+        self.callback = callback
+        self.sent = False
+
+
+class RpcClient:
+    """Outgoing calls to peers. Everything but `call_threadsafe` runs in the transport thread."""
+
+    def __init__(
+        self, transport: Transport, clock: Callable[[], float], default_timeout: float
+    ) -> None:
+        self._transport = transport
+        self._clock = clock
+        self._default_timeout = default_timeout
+        self._ids = itertools.count(1)
+        self._outstanding: dict[int, _Outstanding] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._resend: list[int] = []
+
+    def call(
+        self,
+        endpoint: str,
+        op: str,
+        args: dict[str, Any],
+        callback: ResultCallback,
+        timeout: float | None = None,
+    ) -> None:
+        """Send a call; `callback(result, None)` or `callback(None, error)` follows once."""
+        timeout = self._default_timeout if timeout is None else timeout
+        call_id = next(self._ids)
+        frames = [MARKER, encode_call(call_id, op, timeout, args)]
+        deadline = self._clock() + timeout
+        outstanding = _Outstanding(endpoint, frames, deadline, callback)
+        self._outstanding[call_id] = outstanding
+        heapq.heappush(self._deadlines, (deadline, call_id))
+        self._try_send(call_id, outstanding)
+
+    def call_threadsafe(
+        self, endpoint: str, op: str, args: dict[str, Any], timeout: float | None = None
+    ) -> Future[Any]:
+        """`call` from any thread; the Future holds the result or the typed error."""
+        future: Future[Any] = Future()
+
+        def settle(result: Any, error: KVActorsError | None) -> None:
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+        self._transport.call_soon(lambda: self.call(endpoint, op, args, settle, timeout))
+        return future
+
+    def on_reply(self, endpoint: str, frames: list[bytes]) -> None:
+        """A frame from a peer's ROUTER on our DEALER to it."""
+        if len(frames) != 2 or frames[0] != MARKER:
+            logger.warning("ignoring a malformed RPC reply from %s", endpoint)
+            return
+        try:
+            reply = msgpack.unpackb(frames[1], raw=False, strict_map_key=True)
+            call_id = reply["id"]
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+            logger.warning("ignoring an undecodable RPC reply from %s", endpoint)
+            return
+        outstanding = self._outstanding.pop(call_id, None)
+        if outstanding is None:
+            return  # it timed out already
+        if reply.get("ok"):
+            outstanding.callback(reply.get("result"), None)
+        else:
+            error = reply.get("error") or {}
+            outstanding.callback(
+                None, error_for_code(str(error.get("code")), str(error.get("message")))
+            )
+
+    def on_tick(self, now: float) -> None:
+        resend, self._resend = self._resend, []
+        for call_id in resend:
+            outstanding = self._outstanding.get(call_id)
+            if outstanding is not None:
+                self._try_send(call_id, outstanding)
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, call_id = heapq.heappop(deadlines)
+            outstanding = self._outstanding.pop(call_id, None)
+            if outstanding is None:
+                continue
+            error: KVActorsError
+            if outstanding.sent:
+                error = RequestTimeoutError(f"{outstanding.endpoint} did not answer in time")
+            else:
+                error = PeerUnreachableError(f"{outstanding.endpoint} is not reachable")
+            outstanding.callback(None, error)
+
+    def fail_all(self, error: KVActorsError) -> None:
+        outstanding, self._outstanding = self._outstanding, {}
+        self._deadlines.clear()
+        for call in outstanding.values():
+            call.callback(None, error)
+
+    def _try_send(self, call_id: int, outstanding: _Outstanding) -> None:
+        if self._transport.send_to_peer(outstanding.endpoint, outstanding.frames):
+            outstanding.sent = True
+        else:
+            self._resend.append(call_id)

@@ -1,0 +1,386 @@
+"""The transport: the one thread that owns every ZeroMQ socket of a node.
+
+It binds the node's ROUTER (clients and peers alike connect to it), keeps one DEALER
+per peer it talks to, and runs a handler's callbacks for everything that arrives. No
+other thread touches a socket: other threads hand the transport work with `call_soon`,
+which queues a callable and wakes the transport through a pipe its poller watches.
+
+Each turn of the loop drains every ready frame and every queued call before it polls
+again, then calls the handler's `on_flush`, so work that arrived together leaves
+together (one batch per StoreServer, one send per reply).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import zmq
+
+from kvactors.errors import ConfigError, InternalError
+
+__all__ = ["SocketOptions", "Transport", "TransportHandler", "TransportStats"]
+
+logger = logging.getLogger(__name__)
+
+# Frames taken from one socket per turn, so one busy socket cannot starve the others.
+_DRAIN_BUDGET = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class SocketOptions:
+    """ZeroMQ options set on purpose (docs/protocol.md explains each)."""
+
+    max_message_bytes: int
+    """MAXMSGSIZE: a peer sending a larger frame is disconnected by libzmq."""
+    high_water_mark: int = 10_000
+    """SNDHWM and RCVHWM: messages queued per peer before ZeroMQ pushes back."""
+    linger_ms: int = 500
+    """LINGER: how long replies already queued may still go out after close."""
+    heartbeat_interval_ms: int = 2_000
+    """HEARTBEAT_IVL: ZMTP pings on idle connections, so dead peers are noticed."""
+    heartbeat_timeout_ms: int = 6_000
+    """HEARTBEAT_TIMEOUT: no traffic for this long after a ping closes the connection."""
+    heartbeat_ttl_ms: int = 6_000
+    """HEARTBEAT_TTL: the remote side drops us after this long without traffic."""
+    reconnect_interval_ms: int = 100
+    """RECONNECT_IVL for DEALERs (RECONNECT_IVL_MAX is 20x this)."""
+
+
+@dataclass(slots=True)
+class TransportStats:
+    frames_in: int = 0
+    frames_out: int = 0
+    unroutable: int = 0
+    """Replies to a client that had gone (ROUTER_MANDATORY reports them)."""
+    peer_send_dropped: int = 0
+    """Messages to a peer dropped because it was unreachable or its queue full."""
+
+
+class TransportHandler(Protocol):
+    """What the transport calls, always in its own thread."""
+
+    def on_client_frames(self, frames: list[bytes]) -> None:
+        """A message on the ROUTER: routing envelope, then the payload frame(s)."""
+
+    def on_peer_frames(self, endpoint: str, frames: list[bytes]) -> None:
+        """A message that arrived on the DEALER connected to `endpoint`."""
+
+    def on_flush(self) -> None:
+        """Everything ready has been drained; send what was gathered."""
+
+    def on_tick(self, now: float) -> None:
+        """Called about every `tick_interval` seconds (timeouts, retries)."""
+
+    def on_close(self) -> None:
+        """The transport is stopping; answer what is pending. Sockets still work."""
+
+
+class Transport:
+    """Owns the node's sockets in one thread; see the module docstring."""
+
+    def __init__(
+        self,
+        bind: str,
+        options: SocketOptions,
+        *,
+        name: str = "transport",
+        tick_interval: float = 0.05,
+    ) -> None:
+        self._bind = bind
+        self._options = options
+        self._name = name
+        self._tick_interval = tick_interval
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._wake_pending = False
+        self._wake_lock = threading.Lock()  # guards the pipe against use after close
+        self._pipe_open = True
+        self._running = False
+        self._stopping = False
+        self._closed = False  # no more calls are taken
+        self._close_lock = threading.Lock()
+        self._thread_ident: int | None = None
+        self._started = threading.Event()
+        self._stopped = threading.Event()
+        self._start_error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._context: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._router: zmq.Socket[bytes] | None = None
+        self._dealers: dict[str, zmq.Socket[bytes]] = {}
+        self._dealer_endpoints: dict[zmq.Socket[bytes], str] = {}
+        self._poller = zmq.Poller()
+        self._handler: TransportHandler | None = None
+        self._on_failure: Callable[[BaseException], None] | None = None
+        self.endpoint = bind
+        """The endpoint actually bound (a port of 0 or * is resolved)."""
+        self.stats = TransportStats()
+        self.identity = f"{name}-{uuid.uuid4().hex[:8]}".encode()
+        """The routing id this node's DEALERs present to peers."""
+
+    # -- lifecycle (any thread) --------------------------------------------------------
+
+    def start(
+        self,
+        handler: TransportHandler,
+        on_failure: Callable[[BaseException], None] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        """Bind and start the thread; raises if the endpoint cannot be bound."""
+        self._handler = handler
+        self._on_failure = on_failure
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise InternalError(f"{self._name}: transport did not start within {timeout}s")
+        if self._start_error is not None:
+            raise self._start_error
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let the handler answer what is pending, close every socket, end the thread."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._wake()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("%s: transport thread did not stop within %.1fs", self._name, timeout)
+        with self._wake_lock:
+            self._pipe_open = False
+            for fd in (self._wake_read, self._wake_write):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def call_soon(self, call: Callable[[], None]) -> bool:
+        """Run `call` in the transport thread soon. Safe from any thread.
+
+        False if the transport has closed (its last calls have run): `call` will not run.
+        """
+        if threading.get_ident() == self._thread_ident:
+            # From the loop itself (a reply from an actor it runs): the drain picks it up.
+            if self._closed:
+                return False
+            self._calls.append(call)
+            return True
+        with self._close_lock:
+            if self._closed:
+                return False
+            self._calls.append(call)
+        # The flag spares a syscall per call while the transport is already awake. It is
+        # cleared before the queue is drained, so a call added meanwhile either is
+        # drained or wakes the transport again.
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._wake()
+        return True
+
+    # -- sending (transport thread only) -----------------------------------------------
+
+    def send_to_client(self, frames: list[bytes]) -> None:
+        """Send a reply on the ROUTER; `frames` start with the request's envelope."""
+        assert self._router is not None
+        try:
+            self._router.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            self.stats.frames_out += 1
+        except zmq.ZMQError as exc:
+            # ROUTER_MANDATORY: EHOSTUNREACH for a client that has gone; EAGAIN when its
+            # queue is full. Either way the reply cannot be delivered; count it.
+            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                raise
+            self.stats.unroutable += 1
+
+    def send_to_peer(self, endpoint: str, frames: list[bytes]) -> bool:
+        """Send to a peer's ROUTER over this node's DEALER to it; False if dropped."""
+        dealer = self._dealers.get(endpoint) or self._connect(endpoint)
+        try:
+            dealer.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            # IMMEDIATE: no live connection (or its queue is full); the caller's
+            # timeout turns this into a typed error.
+            self.stats.peer_send_dropped += 1
+            return False
+        self.stats.frames_out += 1
+        return True
+
+    def disconnect_peer(self, endpoint: str) -> None:
+        dealer = self._dealers.pop(endpoint, None)
+        if dealer is not None:
+            del self._dealer_endpoints[dealer]
+            self._poller.unregister(dealer)
+            dealer.close(linger=0)
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._thread_ident = threading.get_ident()
+        try:
+            self._open()
+        except BaseException as exc:
+            self._start_error = exc
+            self._close_sockets()
+            self._started.set()
+            return
+        self._running = True
+        self._started.set()
+        failure: BaseException | None = None
+        try:
+            self._loop()
+        except BaseException as exc:
+            logger.exception("%s: transport thread failed", self._name)
+            failure = exc
+        finally:
+            self._close()
+        if failure is not None and self._on_failure is not None:
+            self._on_failure(failure)
+
+    def _close(self) -> None:
+        # Refuse new calls, then run the ones taken: an actor slice queued here must run
+        # here, since its dispatcher was told it would.
+        with self._close_lock:
+            self._closed = True
+        self._run_calls()
+        self._running = False
+        self._close_sockets()
+
+    def _open(self) -> None:
+        self._context = zmq.Context()
+        router = self._context.socket(zmq.ROUTER)
+        self._apply_common_options(router)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        try:
+            router.bind(self._bind)
+        except zmq.ZMQError as exc:
+            router.close(linger=0)
+            raise ConfigError(f"cannot bind {self._bind}: {exc}") from exc
+        self._router = router
+        self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._poller.register(router, zmq.POLLIN)
+        self._poller.register(self._wake_read, zmq.POLLIN)
+
+    def _apply_common_options(self, sock: zmq.Socket[bytes]) -> None:
+        options = self._options
+        sock.setsockopt(zmq.LINGER, options.linger_ms)
+        sock.setsockopt(zmq.MAXMSGSIZE, options.max_message_bytes)
+        sock.setsockopt(zmq.SNDHWM, options.high_water_mark)
+        sock.setsockopt(zmq.RCVHWM, options.high_water_mark)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, options.heartbeat_interval_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, options.heartbeat_timeout_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, options.heartbeat_ttl_ms)
+
+    def _connect(self, endpoint: str) -> zmq.Socket[bytes]:
+        assert self._context is not None
+        dealer = self._context.socket(zmq.DEALER)
+        self._apply_common_options(dealer)
+        # Queue nothing for a peer with no live connection: a send fails at once and the
+        # RPC layer reports it, instead of messages piling up for a dead node.
+        dealer.setsockopt(zmq.IMMEDIATE, 1)
+        dealer.setsockopt(zmq.ROUTING_ID, self.identity)
+        dealer.setsockopt(zmq.RECONNECT_IVL, self._options.reconnect_interval_ms)
+        dealer.setsockopt(zmq.RECONNECT_IVL_MAX, self._options.reconnect_interval_ms * 20)
+        dealer.connect(endpoint)
+        self._dealers[endpoint] = dealer
+        self._dealer_endpoints[dealer] = endpoint
+        self._poller.register(dealer, zmq.POLLIN)
+        return dealer
+
+    def _loop(self) -> None:
+        handler = self._handler
+        assert handler is not None and self._router is not None
+        next_tick = time.monotonic() + self._tick_interval
+        while not self._stopping:
+            timeout_ms = (
+                0 if self._calls else max(1, math.ceil((next_tick - time.monotonic()) * 1000))
+            )
+            for sock, _ in self._poller.poll(timeout_ms):
+                if sock is self._router:
+                    self._drain_router(handler)
+                elif sock == self._wake_read:
+                    self._drain_wake_pipe()
+                elif isinstance(sock, zmq.Socket) and sock in self._dealer_endpoints:
+                    self._drain_dealer(handler, sock)
+            self._run_calls()
+            handler.on_flush()
+            if self._calls:  # what the flush handed to actors running on this thread
+                self._run_calls()
+            now = time.monotonic()
+            if now >= next_tick:
+                handler.on_tick(now)
+                next_tick = now + self._tick_interval
+        handler.on_close()
+        self._run_calls()
+        handler.on_flush()
+
+    def _drain_router(self, handler: TransportHandler) -> None:
+        assert self._router is not None
+        recv = self._router.recv_multipart
+        for _ in range(_DRAIN_BUDGET):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.stats.frames_in += 1
+            handler.on_client_frames(frames)
+
+    def _drain_dealer(self, handler: TransportHandler, dealer: zmq.Socket[bytes]) -> None:
+        endpoint = self._dealer_endpoints[dealer]
+        for _ in range(_DRAIN_BUDGET):
+            try:
+                frames = dealer.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.stats.frames_in += 1
+            handler.on_peer_frames(endpoint, frames)
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _run_calls(self) -> None:
+        self._wake_pending = False
+        calls = self._calls
+        while calls:
+            try:
+                calls.popleft()()
+            except Exception:
+                # One faulty callback must not take the node's sockets (and the calls
+                # queued behind it) down with it.
+                logger.exception("%s: a queued call failed", self._name)
+
+    def _wake(self) -> None:
+        # A full pipe means a wake-up is pending anyway. After stop() the descriptors
+        # are closed (and their numbers may be reused), hence the lock and the flag.
+        with self._wake_lock, contextlib.suppress(BlockingIOError):
+            if self._pipe_open:
+                os.write(self._wake_write, b"\0")
+
+    def _close_sockets(self) -> None:
+        for dealer in list(self._dealers.values()):
+            dealer.close(linger=0)
+        self._dealers.clear()
+        self._dealer_endpoints.clear()
+        if self._router is not None:
+            self._router.close()
+            self._router = None
+        if self._context is not None:
+            self._context.term()
+            self._context = None

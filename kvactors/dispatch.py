@@ -1,0 +1,200 @@
+"""Dispatched actors: many actors on a few threads, as Akka's dispatchers run them.
+
+A Pykka `ThreadingActor` is one OS thread. A node has a StoreServer per partition, and
+a batch of requests touches many partitions at once; with a thread each, every batch
+costs a thread wake-up and a GIL hand-off per partition. A `DispatchedActor` keeps
+everything that makes it an actor (its own mailbox, messages handled one at a time and
+in order, `tell`/`ask`/proxies, supervision, crash reporting) but has no thread of its
+own: when a message arrives, the actor is queued on a `Dispatcher`, whose threads run
+it for up to `throughput` messages at a time. A batch for ten partitions is then one
+wake-up of one dispatcher thread.
+
+A node's StoreServers run on its `NodeDispatcher`: on the transport thread while the
+node serves the network, so a request is decoded, applied by its partition's StoreServer
+and answered on one thread with no hand-off at all (as fast as the single loop of a bare
+server), and on a `ThreadDispatcher` otherwise (embedded nodes, start-up, shutdown).
+
+The one rule: a dispatched actor's handlers must not block waiting for another actor
+(no `ask().get()`), since that could wait for a message only the same thread would
+handle. The request path never blocks, so StoreServers qualify.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from kvactors.supervision import SupervisedActor
+
+__all__ = [
+    "DispatchedActor",
+    "Dispatcher",
+    "NodeDispatcher",
+    "ThreadDispatcher",
+    "default_dispatcher",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# Messages an actor handles before others get their turn on the same thread.
+THROUGHPUT = 256
+
+
+class Dispatcher(Protocol):
+    """Runs dispatched actors that have mail."""
+
+    def schedule(self, actor: DispatchedActor) -> None:
+        """Run `actor._run_slice(THROUGHPUT)` soon, on some thread. Safe from any thread."""
+
+
+class ThreadDispatcher:
+    """A few daemon threads that run whichever dispatched actors have mail."""
+
+    def __init__(
+        self, threads: int = 1, throughput: int = THROUGHPUT, name: str = "dispatcher"
+    ) -> None:
+        if threads < 1 or throughput < 1:
+            raise ValueError("a dispatcher needs at least one thread and a positive throughput")
+        self.throughput = throughput
+        self._runnable: queue.SimpleQueue[DispatchedActor] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True)
+            for n in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def schedule(self, actor: DispatchedActor) -> None:
+        self._runnable.put(actor)
+
+    def _work(self) -> None:
+        runnable = self._runnable
+        while True:
+            actor = runnable.get()
+            try:
+                actor._run_slice(self.throughput)
+            except BaseException:  # a bug in the slice itself; the actor's own crashes are caught
+                logger.exception("dispatcher: running %s failed", actor)
+
+
+_default: ThreadDispatcher | None = None
+_default_lock = threading.Lock()
+
+
+def default_dispatcher() -> ThreadDispatcher:
+    """The process-wide thread dispatcher, started on first use."""
+    global _default  # noqa: PLW0603 - one lazily started pool per process
+    with _default_lock:
+        if _default is None:
+            _default = ThreadDispatcher(name="kvactors-dispatcher")
+        return _default
+
+
+RunSoon = Callable[[Callable[[], None]], bool]
+"""Queues a call on some loop's thread; False if that loop has closed."""
+
+
+class NodeDispatcher:
+    """Runs a node's actors on its transport thread when there is one, else on threads.
+
+    The transport attaches its `call_soon` while it runs. A slice handed to a loop that
+    has just closed is refused (`False`) and goes to the thread dispatcher instead, so
+    no actor is ever left scheduled on a loop that will not run it.
+    """
+
+    def __init__(self, fallback: Dispatcher | None = None) -> None:
+        self._fallback = fallback or default_dispatcher()
+        self._run_soon: RunSoon | None = None
+
+    def attach(self, run_soon: RunSoon) -> None:
+        self._run_soon = run_soon
+
+    def detach(self, run_soon: RunSoon) -> None:
+        if self._run_soon == run_soon:
+            self._run_soon = None
+
+    def schedule(self, actor: DispatchedActor) -> None:
+        run_soon = self._run_soon
+
+        def run_slice() -> None:
+            actor._run_slice(THROUGHPUT)
+
+        if run_soon is None or not run_soon(run_slice):
+            self._fallback.schedule(actor)
+
+
+class _Mailbox:
+    """A Pykka inbox whose `put` also queues its actor on the dispatcher."""
+
+    __slots__ = ("_actor", "_messages")
+
+    def __init__(self, actor: DispatchedActor) -> None:
+        self._messages: collections.deque[Any] = collections.deque()
+        self._actor = actor
+
+    def put(self, envelope: Any, /) -> None:
+        self._messages.append(envelope)
+        self._actor._wake()
+
+    def get(self) -> Any:
+        return self._messages.popleft()
+
+    def empty(self) -> bool:
+        return not self._messages
+
+
+class DispatchedActor(SupervisedActor):
+    """A `SupervisedActor` run by a `Dispatcher` instead of a thread of its own."""
+
+    def __init__(self, dispatcher: Dispatcher | None = None) -> None:
+        self._dispatcher: Dispatcher = dispatcher or default_dispatcher()
+        self._schedule_lock = threading.Lock()
+        self._scheduled = True  # until the first slice has run on_start
+        self._set_up = False
+        self._finished = False
+        super().__init__()
+
+    def _create_actor_inbox(self) -> Any:  # type: ignore[override]
+        return _Mailbox(self)
+
+    def _start_actor_loop(self) -> None:
+        self._dispatcher.schedule(self)
+
+    def _wake(self) -> None:
+        with self._schedule_lock:
+            if self._scheduled or self._finished:
+                return
+            self._scheduled = True
+        self._dispatcher.schedule(self)
+
+    def _run_slice(self, throughput: int) -> None:
+        """Handle up to `throughput` messages; called by one dispatcher thread at a time."""
+        if not self._set_up:
+            self._set_up = True
+            self._actor_loop_setup()
+        inbox, stopped = self.actor_inbox, self.actor_stopped
+        for _ in range(throughput):
+            if stopped.is_set() or inbox.empty():
+                break
+            self._handle_envelope(inbox.get())
+        if stopped.is_set():
+            self._finish()
+            return
+        with self._schedule_lock:
+            if inbox.empty():
+                self._scheduled = False
+                return
+        self._dispatcher.schedule(self)  # more mail: back of the queue, others go first
+
+    def _finish(self) -> None:
+        with self._schedule_lock:
+            self._finished = True
+        try:
+            self._actor_loop_teardown()
+        finally:
+            self._report_exit()
