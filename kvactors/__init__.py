@@ -6,6 +6,7 @@ unless its own docs say otherwise.
 
 from __future__ import annotations
 
+from kvactors.api.client import Client
 from kvactors.api.local_client import LocalClient
 from kvactors.config import NodeConfig
 from kvactors.errors import (
@@ -13,6 +14,7 @@ from kvactors.errors import (
     BadRequestError,
     ChildStartError,
     ConfigError,
+    DuplicateChildError,
     InternalError,
     KVActorsError,
     OverloadedError,
@@ -44,7 +46,9 @@ __all__ = [
     "ChildInfo",
     "ChildSpec",
     "ChildStartError",
+    "Client",
     "ConfigError",
+    "DuplicateChildError",
     "ExitReason",
     "InternalError",
     "KVActorsError",

@@ -34,6 +34,28 @@ logger = logging.getLogger(__name__)
 
 # Frames taken from one socket per turn, so one busy socket cannot starve the others.
 _DRAIN_BUDGET = 4096
+# Flags as plain ints: pyzmq's own multipart helpers combine enum flags on every part,
+# which costs more than the send itself for small messages.
+_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+
+
+def _send_parts(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    """send_multipart, without blocking; small frames are copied (cheaper than zero-copy)."""
+    last = len(frames) - 1
+    send = sock.send
+    for index, frame in enumerate(frames):
+        send(frame, _NOBLOCK if index == last else _NOBLOCK_MORE)
+
+
+def _recv_parts(sock: zmq.Socket[bytes]) -> list[bytes]:
+    """recv_multipart without blocking; raises zmq.Again when nothing is ready."""
+    recv, more = sock.recv, sock.getsockopt
+    frames = [recv(_NOBLOCK)]
+    while more(_RCVMORE):
+        frames.append(recv(_NOBLOCK))
+    return frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +218,7 @@ class Transport:
         """Send a reply on the ROUTER; `frames` start with the request's envelope."""
         assert self._router is not None
         try:
-            self._router.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            _send_parts(self._router, frames)
             self.stats.frames_out += 1
         except zmq.ZMQError as exc:
             # ROUTER_MANDATORY: EHOSTUNREACH for a client that has gone; EAGAIN when its
@@ -209,7 +231,7 @@ class Transport:
         """Send to a peer's ROUTER over this node's DEALER to it; False if dropped."""
         dealer = self._dealers.get(endpoint) or self._connect(endpoint)
         try:
-            dealer.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            _send_parts(dealer, frames)
         except zmq.Again:
             # IMMEDIATE: no live connection (or its queue is full); the caller's
             # timeout turns this into a typed error.
@@ -329,10 +351,10 @@ class Transport:
 
     def _drain_router(self, handler: TransportHandler) -> None:
         assert self._router is not None
-        recv = self._router.recv_multipart
+        router = self._router
         for _ in range(_DRAIN_BUDGET):
             try:
-                frames = recv(zmq.NOBLOCK)
+                frames = _recv_parts(router)
             except zmq.Again:
                 return
             self.stats.frames_in += 1
@@ -342,7 +364,7 @@ class Transport:
         endpoint = self._dealer_endpoints[dealer]
         for _ in range(_DRAIN_BUDGET):
             try:
-                frames = dealer.recv_multipart(zmq.NOBLOCK)
+                frames = _recv_parts(dealer)
             except zmq.Again:
                 return
             self.stats.frames_in += 1
