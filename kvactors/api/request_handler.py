@@ -205,8 +205,9 @@ class RequestService:
         if op is Op.STATUS:
             self._send_reply(envelope, request, status_reply(request.request_id, self.status()))
             return
-        _check_quorum(request.r, "r")
-        _check_quorum(request.w, "w")
+        if request.r is not None or request.w is not None:
+            _check_quorum(request.r, "r")
+            _check_quorum(request.w, "w")
         self._admit()
         if op is Op.GET:
             ops: Sequence[StoreOp] = (Get(request.key),)
@@ -241,7 +242,7 @@ class RequestService:
             self._transport.send_to_client([peer, rpc.MARKER, result])
             return
         try:
-            ops = rpc.store_ops(call)
+            ops = rpc.store_ops(call, self._codec.max_key_bytes, self._codec.max_value_bytes)
             self._admit()
         except KVActorsError as exc:
             self._transport.send_to_client([peer, rpc.MARKER, rpc.encode_error(call.call_id, exc)])

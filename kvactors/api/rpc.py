@@ -34,6 +34,7 @@ from kvactors.errors import (
     BadRequestError,
     KVActorsError,
     RequestTimeoutError,
+    TooLargeError,
     UnavailableError,
     error_for_code,
 )
@@ -114,23 +115,38 @@ def decode_call(body: list[bytes]) -> Call | BadCall:
         return BadCall(call_id, BadRequestError(f"malformed RPC call: {exc}"))
 
 
-def store_ops(call: Call) -> list[StoreOp]:
-    """The StoreServer operations of a `store` call; raises BadRequestError."""
+def store_ops(call: Call, max_key_bytes: int, max_value_bytes: int) -> list[StoreOp]:
+    """The StoreServer operations of a `store` call, held to the client limits.
+
+    The RPC channel shares the node's port with clients, so a store call gets the same
+    scrutiny as a client request: key and value sizes, and values that are one whole
+    msgpack object (what every reader of the store expects to find).
+    """
     raw_ops = call.args.get("ops")
     if not isinstance(raw_ops, list) or not 0 < len(raw_ops) <= _MAX_CALL_OPS:
         raise BadRequestError("a store call needs a list of ops")
     ops: list[StoreOp] = []
     for raw in raw_ops:
         match raw:
-            case ["get", bytes(key)]:
+            case ["get", bytes(key)] if len(key) <= max_key_bytes:
                 ops.append(Get(key))
-            case ["put", bytes(key), bytes(value)]:
-                ops.append(Put(key, value))
-            case ["delete", bytes(key)]:
+            case ["put", bytes(key), bytes(value)] if len(key) <= max_key_bytes:
+                ops.append(Put(key, _checked_value(value, max_value_bytes)))
+            case ["delete", bytes(key)] if len(key) <= max_key_bytes:
                 ops.append(Delete(key))
             case _:
                 raise BadRequestError(f"malformed store op {raw!r:.100}")
     return ops
+
+
+def _checked_value(value: bytes, max_value_bytes: int) -> bytes:
+    if len(value) > max_value_bytes:
+        raise TooLargeError(f"value is {len(value)} bytes; the limit is {max_value_bytes}")
+    try:
+        msgpack.unpackb(value, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise BadRequestError(f"a stored value must be one msgpack object: {exc}") from None
+    return value
 
 
 def encode_result(call_id: int, result: Any) -> bytes:

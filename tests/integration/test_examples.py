@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -20,7 +23,46 @@ EXPECTED_OUTPUT = {
         "bad input gets a clear error (bad_request)",
         "stopped cleanly",
     ],
+    "req_client.py": [
+        "every request is one msgpack frame",
+        "<- received {'ok': True, 'id': 1}",
+        "put user:1: stored",
+        "get user:1: found {'name': 'Ada', 'langs': ['en', 'fr']}",
+        "delete user:1: deleted (it was there)",
+        "get user:1: not found",
+        "refused it with a clear error (bad_request: key must be str or bytes, not int)",
+        "All five requests were answered as expected.",
+    ],
+    "json_client.py": [
+        "every request is one JSON frame",
+        '<- received {"ok":true,"id":1}',
+        "put user:1: stored",
+        "get user:1: found {'name': 'Ada', 'langs': ['en', 'fr']}",
+        '"value":{"$bytes":"AAEC/v8="}',
+        "get blob:1: found the same bytes b'\\x00\\x01\\x02\\xfe\\xff'",
+        "delete user:1: deleted (it was there)",
+        "get user:1: not found",
+        "refused it with a clear error (bad_request: key must be str or bytes, not int)",
+        "All seven requests were answered as expected.",
+    ],
 }
+
+# Wire-protocol clients: each runs against its own real node process, whose endpoint is
+# its first argument. They stand for clients in other languages, so they may import
+# nothing of kvactors; these are the only modules they may import.
+WIRE_CLIENTS = {
+    "req_client.py": {"__future__", "sys", "typing", "msgpack", "zmq"},
+    "json_client.py": {"__future__", "base64", "json", "sys", "typing", "zmq"},
+}
+
+
+class Node(Protocol):
+    """What these tests use of the conftest's `NodeProcess`."""
+
+    endpoint: str
+
+
+StartNode = Callable[..., Node]
 
 
 def test_every_example_has_expectations() -> None:
@@ -30,10 +72,27 @@ def test_every_example_has_expectations() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_OUTPUT))
-def test_example_runs(name: str) -> None:
+def test_example_runs(name: str, start_node: StartNode) -> None:
+    args = [start_node(f"example-{Path(name).stem}").endpoint] if name in WIRE_CLIENTS else []
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=120
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     for line in EXPECTED_OUTPUT[name]:
         assert line in result.stdout, f"{name} did not print {line!r}:\n{result.stdout}"
+
+
+@pytest.mark.parametrize("name", sorted(WIRE_CLIENTS))
+def test_wire_clients_import_only_what_they_may(name: str) -> None:
+    tree = ast.parse((EXAMPLES / name).read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            imported.add(node.module.split(".")[0])
+    assert imported, f"{name}: no imports found"
+    assert imported <= WIRE_CLIENTS[name], f"{name} imports {sorted(imported - WIRE_CLIENTS[name])}"
