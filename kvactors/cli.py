@@ -107,6 +107,17 @@ def _run_node(args: argparse.Namespace) -> int:
     from kvactors.system import ActorSystem  # noqa: PLC0415
 
     log = logging.getLogger("kvactors.node")
+    done = threading.Event()
+    signals: list[str] = []
+
+    def on_signal(number: int, _frame: object) -> None:
+        signals.append(signal.Signals(number).name)
+        done.set()
+
+    # Before the node starts: it answers requests as soon as its transport is up, and a
+    # signal sent from then on must stop it cleanly, not kill it with the default action.
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         config = NodeConfig.load(
             args.config, name=args.name, bind=args.bind, partitions=args.partitions
@@ -117,15 +128,6 @@ def _run_node(args: argparse.Namespace) -> int:
     except KVActorsError as exc:
         log.error("cannot start: %s", exc)
         return 2
-    done = threading.Event()
-    signals: list[str] = []
-
-    def on_signal(number: int, _frame: object) -> None:
-        signals.append(signal.Signals(number).name)
-        done.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
 
     def watch_for_failure() -> None:
         system.wait()
@@ -162,7 +164,9 @@ def _client_command(args: argparse.Namespace) -> int:
             elif args.command == "delete":
                 print("deleted" if client.delete(args.key) else "(was not there)")
             elif args.command == "ping":
-                print(f"pong from {client.endpoint} in {client.ping() * 1000:.2f} ms")
+                # Ping first: on a fallback, the endpoint that answered is known only after.
+                round_trip = client.ping()
+                print(f"pong from {client.endpoint} in {round_trip * 1000:.2f} ms")
             else:
                 print(json.dumps(client.status(), indent=2, default=_bytes_to_text))
     except KVActorsError as exc:

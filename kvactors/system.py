@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
+from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Self
 
@@ -133,6 +135,31 @@ class ActorSystem:
         """The node's status, as the `status` request reports it (needs `bind`)."""
         status: dict[str, Any] = self._component("request_handler").status().get()
         return status
+
+    def rpc(
+        self,
+        endpoint: str,
+        op: str,
+        args: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Future[Any]:
+        """Call the node at `endpoint` over node-to-node RPC, for admin tasks and tests.
+
+        `op` is ``"ping"`` (result ``{"node": NAME}``) or ``"store"``: `args` is
+        ``{"ops": [["put", KEY, VALUE], ["get", KEY], ["delete", KEY], ...]}`` with keys
+        as bytes and values as their msgpack encoding, and the result is
+        ``{"results": [...]}``, one per op. `timeout` is in seconds (default: the
+        config's `request_timeout`). Returns at once; the Future then holds the result
+        or a typed error: `kvactors.api.rpc.PeerUnreachableError` when nothing could be
+        sent, `RequestTimeoutError` when the peer did not answer in time, or the error
+        the peer answered with. Needs `bind` (else `UnavailableError`).
+        """
+        future: Future[Any] = (
+            self._component("request_handler")
+            .rpc_call(endpoint, op, dict(args or {}), timeout)
+            .get()
+        )
+        return future
 
     def store_server(self, partition: int) -> pykka.ActorRef[Any] | None:
         """The live StoreServer of a partition, or None while it is (re)starting."""

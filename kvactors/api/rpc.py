@@ -135,7 +135,7 @@ def store_ops(call: Call, max_key_bytes: int, max_value_bytes: int) -> list[Stor
             case ["delete", bytes(key)] if len(key) <= max_key_bytes:
                 ops.append(Delete(key))
             case _:
-                raise BadRequestError(f"malformed store op {raw!r:.100}")
+                raise BadRequestError(f"malformed store op: {_shape(raw)}")
     return ops
 
 
@@ -220,7 +220,8 @@ class RpcClient:
             else:
                 future.set_exception(error)
 
-        self._transport.call_soon(lambda: self.call(endpoint, op, args, settle, timeout))
+        if not self._transport.call_soon(lambda: self.call(endpoint, op, args, settle, timeout)):
+            future.set_exception(UnavailableError("the node's transport has stopped"))
         return future
 
     def on_reply(self, endpoint: str, frames: list[bytes]) -> None:
@@ -275,3 +276,10 @@ class RpcClient:
             outstanding.sent = True
         else:
             self._resend.append(call_id)
+
+
+def _shape(raw: object) -> str:
+    """A short description of a malformed op that is safe for any input (no deep repr)."""
+    if isinstance(raw, list):
+        return "[" + ", ".join(type(item).__name__ for item in raw[:4]) + "]"
+    return type(raw).__name__
