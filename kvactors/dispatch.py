@@ -95,37 +95,47 @@ def default_dispatcher() -> ThreadDispatcher:
         return _default
 
 
-RunSoon = Callable[[Callable[[], None]], bool]
-"""Queues a call on some loop's thread; False if that loop has closed."""
+class EventLoop(Protocol):
+    """A loop that runs queued calls on its own thread (the transport is one)."""
+
+    def call_soon(self, call: Callable[[], None]) -> bool:
+        """Queue `call` on the loop's thread; False if the loop has closed."""
+
+    def in_loop_thread(self) -> bool:
+        """True when called on the loop's own thread."""
 
 
 class NodeDispatcher:
     """Runs a node's actors on its transport thread when there is one, else on threads.
 
-    The transport attaches its `call_soon` while it runs. A slice handed to a loop that
-    has just closed is refused (`False`) and goes to the thread dispatcher instead, so
-    no actor is ever left scheduled on a loop that will not run it.
+    The transport attaches itself while it runs. Mail sent from the transport thread is
+    handled there and then, as Akka's calling-thread dispatcher would: the sender is the
+    only thread that runs these actors, so nothing can run them concurrently. Mail from
+    other threads is queued on the loop. A slice handed to a loop that has just closed is
+    refused and goes to the thread dispatcher instead, so no actor is left scheduled on
+    a loop that will not run it.
     """
 
     def __init__(self, fallback: Dispatcher | None = None) -> None:
         self._fallback = fallback or default_dispatcher()
-        self._run_soon: RunSoon | None = None
+        self._loop: EventLoop | None = None
 
-    def attach(self, run_soon: RunSoon) -> None:
-        self._run_soon = run_soon
+    def attach(self, loop: EventLoop) -> None:
+        self._loop = loop
 
-    def detach(self, run_soon: RunSoon) -> None:
-        if self._run_soon == run_soon:
-            self._run_soon = None
+    def detach(self, loop: EventLoop) -> None:
+        if self._loop is loop:
+            self._loop = None
 
     def schedule(self, actor: DispatchedActor) -> None:
-        run_soon = self._run_soon
-
-        def run_slice() -> None:
-            actor._run_slice(THROUGHPUT)
-
-        if run_soon is None or not run_soon(run_slice):
-            self._fallback.schedule(actor)
+        loop = self._loop
+        if loop is not None:
+            if loop.in_loop_thread():
+                actor._run_slice(THROUGHPUT)
+                return
+            if loop.call_soon(lambda: actor._run_slice(THROUGHPUT)):
+                return
+        self._fallback.schedule(actor)
 
 
 class _Mailbox:

@@ -147,7 +147,10 @@ class RequestService:
         envelope, body = _split_envelope(frames)
         self.stats.requests += 1
         if len(body) != 1:
-            fmt = WireFormat.JSON if body and body[0][:1] == b"{" else WireFormat.MSGPACK
+            # protocol.py's rule, applied to the first frame: JSON if `{` comes first
+            # after ASCII whitespace (a JSON client may well send " {...}").
+            first = body[0].lstrip(b" \t\r\n")[:1] if body else b""
+            fmt = WireFormat.JSON if first == b"{" else WireFormat.MSGPACK
             problem = BadRequestError(f"a request is exactly one frame, got {len(body)}")
             self._send_error(envelope, problem, None, fmt)
             return
@@ -247,6 +250,16 @@ class RequestService:
         except KVActorsError as exc:
             self._transport.send_to_client([peer, rpc.MARKER, rpc.encode_error(call.call_id, exc)])
             return
+        except Exception as exc:
+            # Anyone can send the RPC marker: a fault in checking a call (a RecursionError
+            # from repr() of a deeply nested op) must not end the transport thread, whose
+            # restarts, a dozen within seconds, would stop the node.
+            logger.exception("RPC call %r failed", call.op)
+            failure = InternalError(f"{type(exc).__name__}: {exc}")
+            self._transport.send_to_client(
+                [peer, rpc.MARKER, rpc.encode_error(call.call_id, failure)]
+            )
+            return
 
         def done(results: list[Any]) -> None:
             payload = rpc.encode_result(call.call_id, {"results": results})
@@ -293,8 +306,11 @@ class RequestService:
             return
         transport = self._transport
 
-        def reply(results: list[Any]) -> None:  # called in the StoreServer's thread
-            transport.call_soon(lambda: self._batch_done(live, results))
+        def reply(results: list[Any]) -> None:  # in whichever thread ran the StoreServer
+            if transport.in_loop_thread():
+                self._batch_done(live, results)
+            else:
+                transport.call_soon(lambda: self._batch_done(live, results))
 
         def failed(error: BaseException, handled: bool) -> None:  # also not our thread
             transport.call_soon(lambda: self._batch_failed(partition, live, error, handled))
@@ -432,7 +448,7 @@ class RequestHandler(SupervisedActor):
         self._transport.start(self._service, on_failure=self._transport_failed)
         # StoreServers now run on the transport thread: a request is served start to end
         # there, with no thread hand-off.
-        self._dispatcher.attach(self._transport.call_soon)
+        self._dispatcher.attach(self._transport)
         logger.info("node %s serving on %s", self._config.name, self._transport.endpoint)
 
     def on_stop(self) -> None:
@@ -442,7 +458,7 @@ class RequestHandler(SupervisedActor):
         self._close()
 
     def _close(self) -> None:
-        self._dispatcher.detach(self._transport.call_soon)
+        self._dispatcher.detach(self._transport)
         self._transport.stop()
 
     def on_receive(self, message: Any) -> Any:

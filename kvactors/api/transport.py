@@ -189,6 +189,10 @@ class Transport:
     def running(self) -> bool:
         return self._running
 
+    def in_loop_thread(self) -> bool:
+        """True when called on the transport thread itself."""
+        return threading.get_ident() == self._thread_ident
+
     def call_soon(self, call: Callable[[], None]) -> bool:
         """Run `call` in the transport thread soon. Safe from any thread.
 
