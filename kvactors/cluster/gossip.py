@@ -1,0 +1,458 @@
+"""Gossip: how nodes spread their member tables, find failed members, join and leave.
+
+`GossipState` is one node's side of the protocol, driven by its actor: `tick` every
+`GossipConfig.interval` seconds, `on_message` for every gossip message that arrives, and
+`leave` / `complete_leave` when the node goes. Each call returns an `Output`: the messages to
+send and the membership changes to tell subscribers of.
+
+The exchange (push-pull): each tick a node raises its own heartbeat and sends a `Sync` with
+its whole table to a random reachable peer (a suspect counts: it may only be slow). The peer
+merges it and answers with a `SyncReply` holding only what the sender lacks or holds in an
+older form, plus its own record. Both sides then hold the merge of both tables.
+
+Failure detection: a member whose heartbeat or incarnation has not advanced here for
+`suspect_timeout` becomes SUSPECT; `dead_timeout` after that same moment it becomes DEAD. A
+member that hears it is accused (any record of itself that outranks its own) refutes by
+raising its incarnation above the accusation, keeping its status, as in SWIM. DEAD members
+stay in the table and keep being gossiped, and with probability `dead_probe_probability` per
+tick a node also syncs with a random DEAD member, so both halves of a healed partition meet
+again. LEFT members are never suspected.
+
+Joining: a new node knows only its seeds' endpoints. Until a peer is reachable it sends its
+Sync to a random seed, by endpoint alone (`Outgoing.destination` None), every tick; the seed
+answers with the whole table, and the joiner turns ALIVE on the first table it gets from
+another node. Any node with no reachable peer falls back to its seeds the same way.
+
+Leaving: `leave` marks the node LEAVING at a new incarnation and tells `announce_fanout`
+peers; `complete_leave` marks it LEFT and tells them again; after that the node sends nothing.
+
+Pure logic: no I/O, no clock (`now` comes in, in seconds, from any monotonic clock) and no
+global random (a `random.Random` comes in).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Self, TypeAlias, cast
+
+from kvactors.cluster.membership import (
+    MAX_COUNTER,
+    MAX_ENDPOINT_LENGTH,
+    MAX_NAME_LENGTH,
+    Member,
+    MemberChange,
+    MemberStatus,
+    MemberTable,
+    MergeResult,
+    is_membership_change,
+    wire_text,
+)
+
+if TYPE_CHECKING:
+    import random
+
+__all__ = [
+    "GossipConfig",
+    "GossipMessage",
+    "GossipState",
+    "Outgoing",
+    "Output",
+    "Sync",
+    "SyncReply",
+    "WireValue",
+    "message_from_wire",
+]
+
+_JOINING, _ALIVE, _LEAVING = MemberStatus.JOINING, MemberStatus.ALIVE, MemberStatus.LEAVING
+_SUSPECT, _DEAD, _LEFT = MemberStatus.SUSPECT, MemberStatus.DEAD, MemberStatus.LEFT
+
+
+@dataclass(frozen=True, slots=True)
+class GossipConfig:
+    """Timing of the protocol, in seconds. Every node of a cluster should use the same."""
+
+    interval: float = 0.25
+    """Between two ticks: one exchange started per tick (per `fanout` peer)."""
+    suspect_timeout: float = 3.0
+    """Silence after which a member is suspected: well above the time news takes to spread."""
+    dead_timeout: float = 7.5
+    """Silence after which a member is dead, counted from the same moment as suspicion."""
+    fanout: int = 1
+    """Peers each tick syncs with."""
+    announce_fanout: int = 3
+    """Peers told at once that this node is leaving or has left."""
+    dead_probe_probability: float = 0.1
+    """Chance per tick of also syncing with a random DEAD member, to heal partitions."""
+
+    def __post_init__(self) -> None:
+        # Written as `not x > y` so that a NaN is refused as well.
+        if not self.interval > 0:
+            raise ValueError("gossip interval must be > 0")
+        if not self.suspect_timeout > self.interval:
+            raise ValueError("suspect_timeout must be longer than one gossip interval")
+        if not self.dead_timeout > self.suspect_timeout:
+            raise ValueError("dead_timeout must be longer than suspect_timeout")
+        if self.fanout < 1 or self.announce_fanout < 1:
+            raise ValueError("fanout and announce_fanout must be >= 1")
+        if not 0.0 <= self.dead_probe_probability <= 1.0:
+            raise ValueError("dead_probe_probability must be in [0, 1]")
+
+
+# ------------------------------------------------------------------------------ messages
+
+WireValue: TypeAlias = (
+    "str | int | float | bool | bytes | list[WireValue] | dict[str, WireValue] | None"
+)
+"""What the node-to-node codec carries: msgpack's builtin types."""
+
+
+@dataclass(frozen=True, slots=True)
+class _TableMessage:
+    """A message carrying member records; `members` holds each member at most once."""
+
+    KIND: ClassVar[str] = ""
+
+    sender: str
+    sender_endpoint: str
+    members: tuple[Member, ...]
+
+    def to_wire(self) -> dict[str, WireValue]:
+        # A record's wire form is a list of str and int, which is a WireValue; the cast
+        # only tells mypy so, since list is invariant.
+        members = [cast("WireValue", record.to_wire()) for record in self.members]
+        return {
+            "type": self.KIND,
+            "sender": self.sender,
+            "endpoint": self.sender_endpoint,
+            "members": members,
+        }
+
+    @classmethod
+    def from_wire(cls, data: object) -> Self:
+        """Inverse of `to_wire`; raises ValueError on anything malformed or of another type.
+        Keys it does not know are ignored, so that newer nodes may add some."""
+        if not isinstance(data, Mapping):
+            raise ValueError("a gossip message must be a map")
+        if data.get("type") != cls.KIND:
+            raise ValueError(f"not a {cls.KIND!r} message: {data.get('type')!r}")
+        wire_members = data.get("members")
+        if not isinstance(wire_members, list | tuple):
+            raise ValueError("gossip members must be a list of member records")
+        members = tuple(Member.from_wire(item) for item in wire_members)
+        if len({record.name for record in members}) != len(members):
+            raise ValueError("a gossip message names a member twice")
+        return cls(
+            wire_text(data.get("sender"), "sender", MAX_NAME_LENGTH),
+            wire_text(data.get("endpoint"), "sender endpoint", MAX_ENDPOINT_LENGTH),
+            members,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Sync(_TableMessage):
+    """The sender's whole table; the receiver merges it and answers with a `SyncReply`."""
+
+    KIND: ClassVar[str] = "sync"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReply(_TableMessage):
+    """The records the Sync's sender lacked or held in an older form, and the replier's own."""
+
+    KIND: ClassVar[str] = "sync_reply"
+
+
+GossipMessage: TypeAlias = Sync | SyncReply
+
+_MESSAGE_KINDS: dict[object, type[Sync] | type[SyncReply]] = {
+    Sync.KIND: Sync,
+    SyncReply.KIND: SyncReply,
+}
+
+
+def message_from_wire(data: object) -> GossipMessage:
+    """Any gossip message from its wire form; ValueError on anything malformed."""
+    if not isinstance(data, Mapping):
+        raise ValueError("a gossip message must be a map")
+    kind = _MESSAGE_KINDS.get(data.get("type"))
+    if kind is None:
+        raise ValueError(f"unknown gossip message type: {data.get('type')!r}")
+    return kind.from_wire(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message to send. `destination` is the member's name, or None for a seed known only
+    by its endpoint."""
+
+    destination: str | None
+    endpoint: str
+    message: GossipMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What one call decided: messages to send, and membership changes to announce."""
+
+    messages: tuple[Outgoing, ...] = ()
+    changes: tuple[MemberChange, ...] = ()
+
+
+_NOTHING = Output()
+
+
+# ------------------------------------------------------------------------------ the state
+
+
+class GossipState:
+    """One node's gossip state. Not thread-safe: one actor owns it and makes every call.
+
+    `table` must not hold a record of this node that outranks `me`: start a restarted node
+    with `join` (or a fresh table) and let refutation raise its incarnation.
+    """
+
+    __slots__ = ("_candidates", "_config", "_last_advance", "_me", "_seeds", "_table")
+
+    def __init__(
+        self,
+        me: Member,
+        now: float,
+        *,
+        config: GossipConfig | None = None,
+        table: MemberTable | None = None,
+        seeds: Iterable[str] = (),
+    ) -> None:
+        self._config = config or GossipConfig()
+        self._me = me
+        self._table = (table or MemberTable()).with_member(me)
+        self._seeds = tuple(dict.fromkeys(seed for seed in seeds if seed != me.endpoint))
+        # When each watched member's heartbeat or incarnation last advanced here. Members
+        # that are DEAD or LEFT drop out (lazily, see `_detect_failures`); so does this node.
+        self._last_advance = {
+            name: now
+            for name, record in self._table.items()
+            if name != me.name and record.status not in (_DEAD, _LEFT)
+        }
+        # (reachable peers, DEAD peers) by name, rebuilt after any membership change.
+        self._candidates: tuple[list[str], list[str]] | None = None
+
+    @classmethod
+    def join(
+        cls,
+        name: str,
+        endpoint: str,
+        seeds: Iterable[str],
+        now: float,
+        *,
+        config: GossipConfig | None = None,
+    ) -> GossipState:
+        """A node about to join a cluster through any of `seeds` (endpoints; its own is
+        skipped). It stays JOINING until another node sends it a table."""
+        state = cls(Member(name, endpoint, _JOINING, 0, 0), now, config=config, seeds=seeds)
+        if not state.seeds:
+            raise ValueError("joining a cluster needs the endpoint of another node")
+        return state
+
+    @classmethod
+    def found_cluster(
+        cls, name: str, endpoint: str, now: float, *, config: GossipConfig | None = None
+    ) -> GossipState:
+        """The first node of a new cluster: ALIVE, alone, waiting for others to join it."""
+        return cls(Member(name, endpoint, _ALIVE, 0, 0), now, config=config)
+
+    # ------------------------------------------------------------------ read-only views
+
+    @property
+    def me(self) -> Member:
+        return self._me
+
+    @property
+    def name(self) -> str:
+        return self._me.name
+
+    @property
+    def endpoint(self) -> str:
+        return self._me.endpoint
+
+    @property
+    def status(self) -> MemberStatus:
+        return self._me.status
+
+    @property
+    def table(self) -> MemberTable:
+        return self._table
+
+    @property
+    def seeds(self) -> tuple[str, ...]:
+        return self._seeds
+
+    @property
+    def config(self) -> GossipConfig:
+        return self._config
+
+    def silence(self, name: str, now: float) -> float | None:
+        """Seconds since `name`'s heartbeat last advanced here; None when it is not watched
+        (unknown, DEAD, LEFT, or this node itself)."""
+        record = self._table.get(name)
+        last = self._last_advance.get(name)
+        if record is None or last is None or record.status in (_DEAD, _LEFT):
+            return None
+        return now - last
+
+    # ------------------------------------------------------------------ driving calls
+
+    def tick(self, now: float, rng: random.Random) -> Output:
+        """Once per interval: heartbeat, failure detection, and a Sync to start an exchange."""
+        if self._me.status is _LEFT:
+            return _NOTHING
+        heartbeat = min(self._me.heartbeat + 1, MAX_COUNTER)  # saturate rather than crash
+        self._set_me(self._me.with_heartbeat(heartbeat))
+        changes = self._detect_failures(now)
+        messages = self._syncs(self._config.fanout, rng)
+        _, dead = self._peers()
+        probability = self._config.dead_probe_probability
+        if dead and probability > 0.0 and rng.random() < probability:
+            messages.append(self._sync_to(rng.choice(dead)))
+        return Output(tuple(messages), tuple(changes))
+
+    def on_message(self, message: GossipMessage, now: float) -> Output:
+        """Merge what a peer sent; answer a Sync with what the peer lacks."""
+        if message.sender == self._me.name or self._me.status is _LEFT:
+            return _NOTHING
+        result = self._table.merge_tracking(message.members)
+        changes = self._absorb(result, now)
+        if isinstance(message, SyncReply):
+            return Output((), changes)
+        reply = SyncReply(self._me.name, self._me.endpoint, self._reply_records(message, result))
+        outgoing = Outgoing(message.sender, message.sender_endpoint, reply)
+        return Output((outgoing,), changes)
+
+    def leave(self, now: float, rng: random.Random) -> Output:
+        """Start leaving: LEAVING at a new incarnation (so that it outranks any suspicion),
+        announced to `announce_fanout` peers. Nothing when already leaving or gone.
+
+        `now` is unused today; every driving call takes it so that an actor calls them alike.
+        """
+        if self._me.status in (_LEAVING, _LEFT):
+            return _NOTHING
+        return self._announce(_LEAVING, self._me.incarnation + 1, rng)
+
+    def complete_leave(self, now: float, rng: random.Random) -> Output:
+        """Finish leaving: LEFT (the strongest status, so the incarnation stays), announced
+        to `announce_fanout` peers. After this the node sends and takes nothing."""
+        if self._me.status is _LEFT:
+            return _NOTHING
+        return self._announce(_LEFT, self._me.incarnation, rng)
+
+    # ------------------------------------------------------------------ internals
+
+    def _set_me(self, record: Member) -> None:
+        self._me = record
+        self._table = self._table.with_member(record)
+
+    def _announce(self, status: MemberStatus, incarnation: int, rng: random.Random) -> Output:
+        before = self._me
+        self._set_me(dataclasses.replace(before, status=status, incarnation=incarnation))
+        messages = self._syncs(self._config.announce_fanout, rng)
+        return Output(tuple(messages), (MemberChange(before, self._me),))
+
+    def _absorb(self, result: MergeResult, now: float) -> tuple[MemberChange, ...]:
+        """Take a merge in: answer what it says about this node, note who advanced."""
+        before = self._me
+        self._table = result.table
+        self._set_me(self._own_record_after(result.table[before.name]))
+        changes = [change for change in result.changes if change.name != before.name]
+        if is_membership_change(before, self._me):
+            changes.append(MemberChange(before, self._me))
+        if changes:
+            self._candidates = None
+        if result.advanced:
+            self._last_advance.update(dict.fromkeys(result.advanced, now))
+            self._last_advance.pop(before.name, None)
+        return tuple(changes)
+
+    def _own_record_after(self, seen: Member) -> Member:
+        """This node's record once it has seen `seen`, the merged record of itself."""
+        me = self._me
+        if seen.precedence > me.precedence:
+            # An accusation, or a record of an earlier life: outrank it, keep our status.
+            incarnation = min(seen.incarnation + 1, MAX_COUNTER)
+            me = dataclasses.replace(me, incarnation=incarnation, heartbeat=seen.heartbeat)
+        elif seen.heartbeat > me.heartbeat:
+            me = me.with_heartbeat(seen.heartbeat)
+        if me.status is _JOINING:
+            me = dataclasses.replace(me, status=_ALIVE)  # another node has sent its table
+        return me
+
+    def _reply_records(self, sync: Sync, result: MergeResult) -> tuple[Member, ...]:
+        """What the Sync's sender lacks or holds older, and our own record, each once."""
+        me = self._me
+        records = [me]
+        records.extend(record for record in result.differing if record.name != me.name)
+        if len(self._table) > len(sync.members):
+            theirs = {record.name for record in sync.members}
+            records.extend(
+                record
+                for record in self._table.values()
+                if record.name not in theirs and record.name != me.name
+            )
+        return tuple(records)
+
+    def _detect_failures(self, now: float) -> list[MemberChange]:
+        """Suspect members silent for suspect_timeout, declare dead those silent for
+        dead_timeout; both counted from the last advance of their heartbeat here."""
+        last_advance = self._last_advance
+        suspect_after = self._config.suspect_timeout
+        # Most ticks find nobody silent for long; min() over the times settles that in C.
+        if not last_advance or now - min(last_advance.values()) < suspect_after:
+            return []
+        silent = [name for name, last in last_advance.items() if now - last >= suspect_after]
+        accusations: list[Member] = []
+        for name in silent:
+            record = self._table[name]
+            if record.status in (_DEAD, _LEFT):
+                del last_advance[name]  # no longer watched
+            elif record.status is not _SUSPECT:
+                accusations.append(dataclasses.replace(record, status=_SUSPECT))
+            elif now - last_advance[name] >= self._config.dead_timeout:
+                accusations.append(dataclasses.replace(record, status=_DEAD))
+                del last_advance[name]
+        if not accusations:
+            return []
+        # An accusation keeps the incarnation and raises the status, so it wins the merge.
+        self._table, changes = self._table.merge(accusations)
+        self._candidates = None
+        return list(changes)
+
+    def _peers(self) -> tuple[list[str], list[str]]:
+        """(reachable peers, DEAD peers), by name, in table order."""
+        if self._candidates is None:
+            reachable: list[str] = []
+            dead: list[str] = []
+            for name, record in self._table.items():
+                if name == self._me.name:
+                    continue
+                if record.status.is_reachable:
+                    reachable.append(name)
+                elif record.status is _DEAD:
+                    dead.append(name)
+            self._candidates = (reachable, dead)
+        return self._candidates
+
+    def _syncs(self, count: int, rng: random.Random) -> list[Outgoing]:
+        """Syncs to `count` random reachable peers, or to one random seed when none is."""
+        reachable, _ = self._peers()
+        if reachable:
+            chosen = rng.sample(reachable, min(count, len(reachable)))
+            return [self._sync_to(name) for name in chosen]
+        if self._seeds:
+            return [Outgoing(None, rng.choice(self._seeds), self._sync())]
+        return []
+
+    def _sync_to(self, name: str) -> Outgoing:
+        return Outgoing(name, self._table[name].endpoint, self._sync())
+
+    def _sync(self) -> Sync:
+        return Sync(self._me.name, self._me.endpoint, self._table.members())

@@ -1,0 +1,350 @@
+"""The member table: what one node believes about every member of its cluster.
+
+A `Member` is one record: name, endpoint, status, incarnation and heartbeat. Nodes exchange
+their tables by gossip and merge what they receive with `MemberTable.merge`; the merge is
+commutative, associative and idempotent, so every node that has seen the same records holds
+the same table, whatever order they arrived in.
+
+The merge rule, record by record:
+
+- the higher incarnation wins. Only the member itself raises its incarnation (to refute an
+  accusation, to announce that it is leaving, or after a restart), so a newer incarnation is
+  always newer news about that member;
+- at equal incarnation the stronger status wins, in the order JOINING < ALIVE < LEAVING <
+  SUSPECT < DEAD < LEFT: an accusation overrides the claim it accuses, and a member that has
+  left stays left;
+- the endpoint breaks what ties remain, so that the order is total and two nodes never keep
+  different records of the same member;
+- the heartbeat is the highest either side has seen, whichever record wins.
+
+A heartbeat that only moved on is not a membership change (`is_membership_change`), but the
+failure detector needs to hear of it: `MemberTable.merge_tracking` reports those advances.
+
+Pure logic: no I/O, no clock, no randomness. `to_wire` / `from_wire` turn records into lists
+of builtin types for the node-to-node codec, and `from_wire` refuses anything malformed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
+from dataclasses import dataclass, field
+from enum import Enum
+
+__all__ = [
+    "MAX_COUNTER",
+    "MAX_ENDPOINT_LENGTH",
+    "MAX_NAME_LENGTH",
+    "Member",
+    "MemberChange",
+    "MemberStatus",
+    "MemberTable",
+    "MergeResult",
+    "is_membership_change",
+    "wire_counter",
+    "wire_text",
+]
+
+MAX_NAME_LENGTH = 255
+"""Longest member name, in UTF-8 bytes: the same limit as node names in causal contexts."""
+
+MAX_ENDPOINT_LENGTH = 1024
+"""Longest endpoint, in UTF-8 bytes. Far above any real `tcp://host:port`."""
+
+MAX_COUNTER = 2**63 - 1
+"""Incarnations and heartbeats fit a signed 64-bit integer, which every msgpack reader takes."""
+
+
+class MemberStatus(Enum):
+    """What a node believes about a member. The order of definition is the merge order."""
+
+    JOINING = "joining"
+    ALIVE = "alive"
+    LEAVING = "leaving"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+
+    @property
+    def rank(self) -> int:
+        """Strength at equal incarnation: the higher rank wins a merge."""
+        return _RANKS[self]
+
+    @property
+    def is_reachable(self) -> bool:
+        """Worth talking to: running, as far as we know. A suspect may only be slow."""
+        return self in _REACHABLE
+
+
+_RANKS = {status: rank for rank, status in enumerate(MemberStatus)}
+_REACHABLE = frozenset(
+    {MemberStatus.JOINING, MemberStatus.ALIVE, MemberStatus.LEAVING, MemberStatus.SUSPECT}
+)
+_STATUS_BY_WIRE = {status.value: status for status in MemberStatus}
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One member's record. Immutable: every update builds a new record."""
+
+    name: str
+    endpoint: str
+    status: MemberStatus
+    incarnation: int
+    heartbeat: int
+    precedence: tuple[int, int, str] = field(init=False, repr=False, compare=False)
+    """(incarnation, status rank, endpoint): the record with the higher precedence wins a
+    merge. Derived once here, because merging compares it for every record of every table."""
+
+    def __post_init__(self) -> None:
+        _check_text(self.name, "member name", MAX_NAME_LENGTH)
+        _check_text(self.endpoint, "member endpoint", MAX_ENDPOINT_LENGTH)
+        _check_counter(self.incarnation, "incarnation")
+        _check_counter(self.heartbeat, "heartbeat")
+        precedence = (self.incarnation, self.status.rank, self.endpoint)
+        object.__setattr__(self, "precedence", precedence)
+
+    def with_heartbeat(self, heartbeat: int) -> Member:
+        """This record with another heartbeat; the precedence stays the same."""
+        return dataclasses.replace(self, heartbeat=heartbeat)
+
+    def merged_with(self, other: Member) -> Member:
+        """The merge of two records of the same member (see the module docstring).
+
+        Returns one of the two objects themselves when it already is the merge (`self` when
+        both are), so a caller can tell with `is` that nothing changed.
+        """
+        if other.name != self.name:
+            raise ValueError(f"cannot merge records of {self.name!r} and {other.name!r}")
+        winner, loser = (other, self) if other.precedence > self.precedence else (self, other)
+        if winner.heartbeat >= loser.heartbeat:
+            return winner
+        if winner.precedence == loser.precedence:
+            return loser  # the same claim with a newer heartbeat: the loser is the merge
+        return winner.with_heartbeat(loser.heartbeat)
+
+    def to_wire(self) -> list[str | int]:
+        """`[name, endpoint, status, incarnation, heartbeat]`, builtin types only."""
+        return [self.name, self.endpoint, self.status.value, self.incarnation, self.heartbeat]
+
+    @classmethod
+    def from_wire(cls, data: object) -> Member:
+        """Inverse of `to_wire`; raises ValueError on anything that is not a valid record."""
+        if not isinstance(data, list | tuple) or len(data) != 5:
+            raise ValueError("a member is [name, endpoint, status, incarnation, heartbeat]")
+        name, endpoint, status, incarnation, heartbeat = data
+        if not isinstance(status, str) or status not in _STATUS_BY_WIRE:
+            raise ValueError(f"unknown member status: {status!r}")
+        return cls(
+            wire_text(name, "member name", MAX_NAME_LENGTH),
+            wire_text(endpoint, "member endpoint", MAX_ENDPOINT_LENGTH),
+            _STATUS_BY_WIRE[status],
+            wire_counter(incarnation, "incarnation"),
+            wire_counter(heartbeat, "heartbeat"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    """A member's record as it was (None: it was unknown) and as it is now."""
+
+    before: Member | None
+    after: Member
+
+    @property
+    def name(self) -> str:
+        return self.after.name
+
+
+def is_membership_change(before: Member | None, after: Member) -> bool:
+    """True when `after` says something new about the member: it is new, or its status,
+    incarnation or endpoint changed. A heartbeat moving on is routine and does not count."""
+    return before is None or before.precedence != after.precedence
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    """What `MemberTable.merge_tracking` found, besides the merged table."""
+
+    table: MemberTable
+    changes: tuple[MemberChange, ...]
+    """Membership changes (see `is_membership_change`), in the order the records came."""
+    advanced: frozenset[str]
+    """Members whose heartbeat or incarnation moved on, or who were unknown: the failure
+    detector's evidence that they are running."""
+    differing: tuple[Member, ...]
+    """The merged records of the members the other side sent in an older or weaker form:
+    what a reply must carry for the other side to catch up on what it sent."""
+
+
+class MemberTable(Mapping[str, Member]):
+    """An immutable mapping of member name to record, in the order the members were learnt.
+
+    Updates (`with_member`, `merge`) return a new table and leave this one as it was, so a
+    table can be handed to other threads and actors without copying.
+    """
+
+    __slots__ = ("_members", "_records")
+
+    def __init__(self, records: Iterable[Member] = ()) -> None:
+        by_name: dict[str, Member] = {}
+        for record in records:
+            if record.name in by_name:
+                raise ValueError(f"duplicate member in a table: {record.name!r}")
+            by_name[record.name] = record
+        self._records = by_name
+        self._members: tuple[Member, ...] | None = None
+
+    @classmethod
+    def _of(cls, records: dict[str, Member]) -> MemberTable:
+        """A table that takes over `records`, which nobody else may hold or change."""
+        table = cls.__new__(cls)
+        table._records = records
+        table._members = None
+        return table
+
+    # ------------------------------------------------------------------ the Mapping protocol
+
+    def __getitem__(self, name: str) -> Member:
+        return self._records[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._records
+
+    def get(self, name: str, default: Member | None = None) -> Member | None:  # type: ignore[override]
+        return self._records.get(name, default)
+
+    def keys(self) -> KeysView[str]:
+        return self._records.keys()
+
+    def values(self) -> ValuesView[Member]:
+        return self._records.values()
+
+    def items(self) -> ItemsView[str, Member]:
+        return self._records.items()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, MemberTable):
+            return self._records == other._records
+        return NotImplemented
+
+    # Like a dict: compared by content, so not hashable.
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"MemberTable({list(self._records.values())!r})"
+
+    # ------------------------------------------------------------------ updates
+
+    def members(self) -> tuple[Member, ...]:
+        """Every record, in table order (computed once per table: gossip sends it often)."""
+        if self._members is None:
+            self._members = tuple(self._records.values())
+        return self._members
+
+    def with_member(self, record: Member) -> MemberTable:
+        """This table with `record` in place of the member's current record, merge or not."""
+        if self._records.get(record.name) is record:
+            return self
+        records = dict(self._records)
+        records[record.name] = record
+        return MemberTable._of(records)
+
+    def merge(
+        self, other: MemberTable | Iterable[Member]
+    ) -> tuple[MemberTable, tuple[MemberChange, ...]]:
+        """The merged table and the membership changes it made; this very table when the
+        other side brought nothing new."""
+        result = self.merge_tracking(other)
+        return result.table, result.changes
+
+    def merge_tracking(self, other: MemberTable | Iterable[Member]) -> MergeResult:
+        """Merge, and report what the failure detector and a gossip reply need to know."""
+        incoming = other.members() if isinstance(other, MemberTable) else other
+        merged = dict(self._records)
+        replaced = False
+        changes: list[MemberChange] = []
+        advanced: list[str] = []
+        differing: list[Member] = []
+        # The hot path of gossip (every node merges a whole table every round), so the rule
+        # of `Member.merged_with` is inlined here and decided on `precedence` tuples.
+        for theirs in incoming:
+            name = theirs.name
+            mine = merged.get(name)
+            if mine is theirs:
+                continue
+            if mine is None:
+                merged[name] = theirs
+                replaced = True
+                changes.append(MemberChange(None, theirs))
+                advanced.append(name)
+                continue
+            if theirs.precedence == mine.precedence:
+                if theirs.heartbeat > mine.heartbeat:
+                    merged[name] = theirs
+                    replaced = True
+                    advanced.append(name)
+                elif theirs.heartbeat < mine.heartbeat:
+                    differing.append(mine)
+            elif theirs.precedence > mine.precedence:
+                after = theirs
+                if theirs.heartbeat < mine.heartbeat:
+                    after = theirs.with_heartbeat(mine.heartbeat)
+                    differing.append(after)
+                if theirs.incarnation > mine.incarnation or theirs.heartbeat > mine.heartbeat:
+                    advanced.append(name)
+                merged[name] = after
+                replaced = True
+                changes.append(MemberChange(mine, after))
+            else:
+                if theirs.heartbeat > mine.heartbeat:
+                    mine = mine.with_heartbeat(theirs.heartbeat)
+                    merged[name] = mine
+                    replaced = True
+                    advanced.append(name)
+                differing.append(mine)
+        return MergeResult(
+            table=MemberTable._of(merged) if replaced else self,
+            changes=tuple(changes),
+            advanced=frozenset(advanced),
+            differing=tuple(differing),
+        )
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def wire_text(value: object, what: str, max_length: int) -> str:
+    """`value` if it is a non-empty str of at most `max_length` UTF-8 bytes; else ValueError."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, not {type(value).__name__}")
+    _check_text(value, what, max_length)
+    return value
+
+
+def wire_counter(value: object, what: str) -> int:
+    """`value` if it is an int in 0 ..= MAX_COUNTER (and not a bool); else ValueError."""
+    # bool is an int subclass, and a float is not a counter even when it is whole.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{what} must be an integer, not {type(value).__name__}")
+    _check_counter(value, what)
+    return value
+
+
+def _check_text(text: str, what: str, max_length: int) -> None:
+    # isascii() is O(1), so plain ASCII names cost no encoding; a lone surrogate makes
+    # encode() raise UnicodeEncodeError, which is a ValueError too.
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    if not 0 < size <= max_length:
+        raise ValueError(f"{what} must be 1 to {max_length} bytes of UTF-8, got {size}")
+
+
+def _check_counter(value: int, what: str) -> None:
+    if not 0 <= value <= MAX_COUNTER:
+        raise ValueError(f"{what} must be in 0 ..= {MAX_COUNTER}, got {value}")
