@@ -168,7 +168,7 @@ def test_crash_storm_loses_no_acknowledged_write() -> None:
                 # Keep the crashes spread over the whole run, whatever the machine's pace.
                 with progress:
                     progress.wait_for(
-                        lambda i=i: len(crashed_urns) >= i * min_crashes // keys, timeout=10
+                        lambda i=i: len(crashed_urns) >= (i + 1) * min_crashes // keys, timeout=10
                     )
                 key = f"key-{i}"
                 try:
