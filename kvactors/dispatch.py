@@ -26,7 +26,9 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
+
+import pykka
 
 from kvactors.supervision import SupervisedActor
 
@@ -36,6 +38,7 @@ __all__ = [
     "NodeDispatcher",
     "ThreadDispatcher",
     "default_dispatcher",
+    "tell",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,6 +53,9 @@ class Dispatcher(Protocol):
 
     def schedule(self, actor: DispatchedActor) -> None:
         """Run `actor._run_slice(THROUGHPUT)` soon, on some thread. Safe from any thread."""
+
+    def runs_here(self) -> bool:
+        """True if this dispatcher runs its actors on the calling thread itself."""
 
 
 class ThreadDispatcher:
@@ -71,6 +77,9 @@ class ThreadDispatcher:
 
     def schedule(self, actor: DispatchedActor) -> None:
         self._runnable.put(actor)
+
+    def runs_here(self) -> bool:
+        return False
 
     def _work(self) -> None:
         runnable = self._runnable
@@ -127,6 +136,10 @@ class NodeDispatcher:
         if self._loop is loop:
             self._loop = None
 
+    def runs_here(self) -> bool:
+        loop = self._loop
+        return loop is not None and loop.in_loop_thread()
+
     def schedule(self, actor: DispatchedActor) -> None:
         loop = self._loop
         if loop is not None:
@@ -138,24 +151,58 @@ class NodeDispatcher:
         self._fallback.schedule(actor)
 
 
+class _Tell(NamedTuple):
+    """The envelope of a `tell` (Pykka's own is private); the actor loop reads both fields."""
+
+    message: Any
+    reply_to: None = None
+
+
+def tell(ref: pykka.ActorRef[Any], message: Any) -> None:
+    """`ref.tell(message)`, handled there and then when it can be.
+
+    When the actor is a dispatched one, idle, and its dispatcher runs it on this very
+    thread, queueing the message only to run it at once would be wasted work: it is
+    handled now, exactly as the dispatcher would have. Otherwise this is `ref.tell`
+    (and raises `pykka.ActorDeadError` for a stopped actor).
+    """
+    inbox = ref.actor_inbox
+    if type(inbox) is _Mailbox and inbox.deliver(message):
+        return
+    ref.tell(message)
+
+
 class _Mailbox:
     """A Pykka inbox whose `put` also queues its actor on the dispatcher."""
 
-    __slots__ = ("_actor", "_messages")
+    __slots__ = ("_actor", "messages")
 
     def __init__(self, actor: DispatchedActor) -> None:
-        self._messages: collections.deque[Any] = collections.deque()
+        self.messages: collections.deque[Any] = collections.deque()
         self._actor = actor
 
     def put(self, envelope: Any, /) -> None:
-        self._messages.append(envelope)
+        self.messages.append(envelope)
         self._actor._wake()
 
+    def deliver(self, message: Any) -> bool:
+        """Handle `message` now if the actor is idle and runs on this thread; else False."""
+        actor = self._actor
+        if actor._scheduled or self.messages or not actor._dispatcher.runs_here():
+            return False
+        with actor._schedule_lock:
+            if actor._scheduled or actor._finished:
+                return False
+            actor._scheduled = True
+        self.messages.append(_Tell(message))
+        actor._run_slice(THROUGHPUT)
+        return True
+
     def get(self) -> Any:
-        return self._messages.popleft()
+        return self.messages.popleft()
 
     def empty(self) -> bool:
-        return not self._messages
+        return not self.messages
 
 
 class DispatchedActor(SupervisedActor):
@@ -170,7 +217,8 @@ class DispatchedActor(SupervisedActor):
         super().__init__()
 
     def _create_actor_inbox(self) -> Any:  # type: ignore[override]
-        return _Mailbox(self)
+        self._mailbox = _Mailbox(self)
+        return self._mailbox
 
     def _start_actor_loop(self) -> None:
         self._dispatcher.schedule(self)
@@ -187,16 +235,17 @@ class DispatchedActor(SupervisedActor):
         if not self._set_up:
             self._set_up = True
             self._actor_loop_setup()
-        inbox, stopped = self.actor_inbox, self.actor_stopped
+        messages = self._mailbox.messages
+        handle = self._handle_envelope
         for _ in range(throughput):
-            if stopped.is_set() or inbox.empty():
+            if self._halted or not messages:
                 break
-            self._handle_envelope(inbox.get())
-        if stopped.is_set():
+            handle(messages.popleft())
+        if self._halted:
             self._finish()
             return
         with self._schedule_lock:
-            if inbox.empty():
+            if not messages:
                 self._scheduled = False
                 return
         self._dispatcher.schedule(self)  # more mail: back of the queue, others go first

@@ -168,6 +168,8 @@ class SupervisedActor(pykka.ThreadingActor):
             self._link.claimed = True
             self._link.actor = self.actor_ref
         self._exit_error: BaseException | None = None
+        # A plain mirror of `actor_stopped`, cheap to read after every message.
+        self._halted = False
 
     # -- Pykka loop hooks -------------------------------------------------------------
 
@@ -226,8 +228,13 @@ class SupervisedActor(pykka.ThreadingActor):
 
     # -- crash and exit ----------------------------------------------------------------
 
+    def _stop(self) -> None:
+        self._halted = True
+        super()._stop()
+
     def _crash(self, exc: BaseException, during: str) -> None:
         self._exit_error = exc
+        self._halted = True
         logger.error("%s crashed in %s: %r", self, during, exc, exc_info=exc)
         pykka.ActorRegistry.unregister(self.actor_ref)
         self.actor_stopped.set()

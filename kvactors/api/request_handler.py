@@ -24,13 +24,14 @@ import heapq
 import itertools
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
 
+from kvactors import dispatch
 from kvactors.api import rpc
 from kvactors.api.protocol import (
     Codec,
@@ -92,19 +93,60 @@ class ServiceStats:
 class _Pending:
     """One request waiting for StoreServers: one result slot per key."""
 
-    __slots__ = ("done", "missing", "on_done", "on_error", "results")
+    __slots__ = ("deadline", "done", "missing", "results")
 
-    def __init__(
-        self,
-        slots: int,
-        on_done: Callable[[list[Any]], None],
-        on_error: Callable[[KVActorsError], None],
-    ) -> None:
+    def __init__(self, slots: int, deadline: float) -> None:
         self.results: list[Any] = [None] * slots
         self.missing = slots
-        self.on_done = on_done
-        self.on_error = on_error
+        self.deadline = deadline
         self.done = False
+
+    def answer(self, service: RequestService) -> None:
+        """Send the reply built from `results`."""
+        raise NotImplementedError
+
+    def refuse(self, service: RequestService, error: KVActorsError) -> None:
+        """Send an error reply instead."""
+        raise NotImplementedError
+
+
+class _ClientRequest(_Pending):
+    __slots__ = ("envelope", "request")
+
+    def __init__(
+        self, envelope: list[bytes], request: Request, slots: int, deadline: float
+    ) -> None:
+        # The base fields set here, not through super(): one call less per request.
+        self.results: list[Any] = [None] * slots
+        self.missing = slots
+        self.deadline = deadline
+        self.done = False
+        self.envelope = envelope
+        self.request = request
+
+    def answer(self, service: RequestService) -> None:
+        request = self.request
+        frame = encode_reply(_reply_for(request, self.results), request.fmt)
+        service.send_frames([*self.envelope, frame])
+
+    def refuse(self, service: RequestService, error: KVActorsError) -> None:
+        service.send_error(self.envelope, error, self.request.request_id, self.request.fmt)
+
+
+class _RpcRequest(_Pending):
+    __slots__ = ("call_id", "peer")
+
+    def __init__(self, peer: bytes, call_id: int, slots: int, deadline: float) -> None:
+        super().__init__(slots, deadline)
+        self.peer = peer
+        self.call_id = call_id
+
+    def answer(self, service: RequestService) -> None:
+        payload = rpc.encode_result(self.call_id, {"results": self.results})
+        service.send_frames([self.peer, rpc.MARKER, payload])
+
+    def refuse(self, service: RequestService, error: KVActorsError) -> None:
+        service.send_frames([self.peer, rpc.MARKER, rpc.encode_error(self.call_id, error)])
 
 
 # One queued key operation: which request, which slot of its results, and the op.
@@ -132,7 +174,11 @@ class RequestService:
         self._inflight = 0
         self._queued: defaultdict[int, list[_Entry]] = defaultdict(list)
         self._parked: list[tuple[int, _Entry]] = []
-        self._deadlines: list[tuple[float, int, _Pending]] = []
+        # Deadlines in arrival order: with the default timeout they are also in deadline
+        # order, so only the head needs watching. Requests with a timeout of their own
+        # go to a heap.
+        self._deadlines: deque[_Pending] = deque()
+        self._custom_deadlines: list[tuple[float, int, _Pending]] = []
         self._sequence = itertools.count()
         self._closing = False
         self.stats = ServiceStats()
@@ -144,7 +190,11 @@ class RequestService:
         if len(frames) >= 3 and frames[1] == rpc.MARKER:
             self._serve_rpc(frames[0], frames[2:])
             return
-        envelope, body = _split_envelope(frames)
+        # REQ sockets (and some DEALERs) put an empty delimiter after the routing id.
+        if len(frames) == 3 and not frames[1]:
+            envelope, body = frames[:2], frames[2:]
+        else:
+            envelope, body = _split_envelope(frames)
         self.stats.requests += 1
         if len(body) != 1:
             # protocol.py's rule, applied to the first frame: JSON if `{` comes first
@@ -152,29 +202,29 @@ class RequestService:
             first = body[0].lstrip(b" \t\r\n")[:1] if body else b""
             fmt = WireFormat.JSON if first == b"{" else WireFormat.MSGPACK
             problem = BadRequestError(f"a request is exactly one frame, got {len(body)}")
-            self._send_error(envelope, problem, None, fmt)
+            self.send_error(envelope, problem, None, fmt)
             return
         try:
             request = self._codec.decode_request(body[0])
         except ProtocolError as exc:
-            self._send_error(envelope, exc, exc.request_id, exc.fmt)
+            self.send_error(envelope, exc, exc.request_id, exc.fmt)
             return
         try:
             self._dispatch(envelope, request)
         except KVActorsError as exc:
-            self._send_error(envelope, exc, request.request_id, request.fmt)
+            self.send_error(envelope, exc, request.request_id, request.fmt)
         except Exception as exc:
             logger.exception("request %r failed", request.op)
             error = InternalError(f"{type(exc).__name__}: {exc}")
-            self._send_error(envelope, error, request.request_id, request.fmt)
+            self.send_error(envelope, error, request.request_id, request.fmt)
 
     def on_peer_frames(self, endpoint: str, frames: list[bytes]) -> None:
         self.rpc.on_reply(endpoint, frames)
 
     def on_flush(self) -> None:
         deadlines = self._deadlines
-        while deadlines and deadlines[0][2].done:  # answered: no deadline to watch
-            heapq.heappop(deadlines)
+        while deadlines and deadlines[0].done:  # answered: no deadline to watch
+            deadlines.popleft()
         if not self._queued:
             return
         queued, self._queued = self._queued, defaultdict(list)
@@ -194,9 +244,10 @@ class RequestService:
         self._closing = True
         error = UnavailableError("the node is shutting down")
         self.rpc.fail_all(error)
-        for _, _, pending in self._deadlines:
+        for pending in [*self._deadlines, *(entry[2] for entry in self._custom_deadlines)]:
             self._fail(pending, error)
         self._deadlines.clear()
+        self._custom_deadlines.clear()
 
     # -- requests ------------------------------------------------------------------------
 
@@ -223,14 +274,9 @@ class RequestService:
         else:
             ops = [Put(item.key, item.value_bytes) for item in request.items]
 
-        def done(results: list[Any]) -> None:
-            self._send_reply(envelope, request, _reply_for(request, results))
-
-        def error(problem: KVActorsError) -> None:
-            self._send_error(envelope, problem, request.request_id, request.fmt)
-
-        timeout = self._timeout if request.timeout_ms is None else request.timeout_ms / 1000
-        self._submit(ops, done, error, timeout)
+        timeout = None if request.timeout_ms is None else request.timeout_ms / 1000
+        pending = _ClientRequest(envelope, request, len(ops), self._deadline(timeout))
+        self._submit(pending, ops, timeout is not None)
 
     def _serve_rpc(self, peer: bytes, body: list[bytes]) -> None:
         self.stats.rpc_requests += 1
@@ -261,15 +307,8 @@ class RequestService:
             )
             return
 
-        def done(results: list[Any]) -> None:
-            payload = rpc.encode_result(call.call_id, {"results": results})
-            self._transport.send_to_client([peer, rpc.MARKER, payload])
-
-        def error(problem: KVActorsError) -> None:
-            payload = rpc.encode_error(call.call_id, problem)
-            self._transport.send_to_client([peer, rpc.MARKER, payload])
-
-        self._submit(ops, done, error, call.timeout)
+        pending = _RpcRequest(peer, call.call_id, len(ops), self._deadline(call.timeout))
+        self._submit(pending, ops, own_timeout=True)
 
     def _admit(self) -> None:
         """Refuse new work while closing or past the in-flight bound."""
@@ -281,25 +320,23 @@ class RequestService:
 
     # -- batching --------------------------------------------------------------------------
 
-    def _submit(
-        self,
-        ops: Sequence[StoreOp],
-        on_done: Callable[[list[Any]], None],
-        on_error: Callable[[KVActorsError], None],
-        timeout: float,
-    ) -> None:
-        pending = _Pending(len(ops), on_done, on_error)
-        self._inflight += 1
-        deadline = self._clock() + timeout
-        heapq.heappush(self._deadlines, (deadline, next(self._sequence), pending))
-        partitions = self._partitions
-        for slot, op in enumerate(ops):
-            self._queued[partition_of(op.key, partitions)].append((pending, slot, op))
+    def _deadline(self, timeout: float | None) -> float:
+        return self._clock() + (self._timeout if timeout is None else timeout)
 
-    def _send_batch(self, partition: int, entries: list[_Entry]) -> None:
-        live = [entry for entry in entries if not entry[0].done]
-        if not live:
-            return
+    def _submit(self, pending: _Pending, ops: Sequence[StoreOp], own_timeout: bool) -> None:
+        self._inflight += 1
+        if not own_timeout:
+            self._deadlines.append(pending)
+        else:
+            entry = (pending.deadline, next(self._sequence), pending)
+            heapq.heappush(self._custom_deadlines, entry)
+        queued, partitions = self._queued, self._partitions
+        for slot, op in enumerate(ops):
+            queued[partition_of(op.key, partitions)].append((pending, slot, op))
+
+    def _send_batch(self, partition: int, live: list[_Entry]) -> None:
+        # Ops of requests that have timed out meanwhile go along: a write may still land
+        # after its timeout (docs/protocol.md says so), and filtering costs every batch.
         ref = self._directory.current(partition)
         if ref is None or not ref.is_alive():
             self._parked.extend((partition, entry) for entry in live)
@@ -315,16 +352,16 @@ class RequestService:
         def failed(error: BaseException, handled: bool) -> None:  # also not our thread
             transport.call_soon(lambda: self._batch_failed(partition, live, error, handled))
 
-        batch = StoreBatch(tuple(entry[2] for entry in live), reply, failed)
+        batch = StoreBatch([entry[2] for entry in live], reply, failed)
         try:
-            ref.tell(batch)
+            dispatch.tell(ref, batch)
         except pykka.ActorDeadError:
             self._parked.extend((partition, entry) for entry in live)
             return
         self.stats.batches += 1
 
     def _batch_done(self, entries: list[_Entry], results: list[Any]) -> None:
-        for (pending, slot, _), result in zip(entries, results, strict=True):
+        for (pending, slot, _), result in zip(entries, results):  # noqa: B905 - equal by design
             if pending.done:
                 continue
             pending.results[slot] = result
@@ -332,7 +369,7 @@ class RequestService:
             if pending.missing == 0:
                 pending.done = True
                 self._inflight -= 1
-                pending.on_done(pending.results)
+                pending.answer(self)
 
     def _batch_failed(
         self, partition: int, entries: list[_Entry], error: BaseException, handled: bool
@@ -351,22 +388,29 @@ class RequestService:
             return
         pending.done = True
         self._inflight -= 1
-        pending.on_error(error)
+        pending.refuse(self, error)
 
     def _expire(self, now: float) -> None:
-        deadlines = self._deadlines
-        while deadlines and (deadlines[0][0] <= now or deadlines[0][2].done):
-            _, _, pending = heapq.heappop(deadlines)
-            if not pending.done:
-                self.stats.timeouts += 1
-                self._fail(pending, RequestTimeoutError("the request did not complete in time"))
+        deadlines, custom = self._deadlines, self._custom_deadlines
+        while deadlines and (deadlines[0].done or deadlines[0].deadline <= now):
+            self._time_out(deadlines.popleft())
+        while custom and (custom[0][2].done or custom[0][0] <= now):
+            self._time_out(heapq.heappop(custom)[2])
+
+    def _time_out(self, pending: _Pending) -> None:
+        if not pending.done:
+            self.stats.timeouts += 1
+            self._fail(pending, RequestTimeoutError("the request did not complete in time"))
 
     # -- replies ---------------------------------------------------------------------------
 
     def _send_reply(self, envelope: list[bytes], request: Request, reply: Reply) -> None:
         self._transport.send_to_client([*envelope, encode_reply(reply, request.fmt)])
 
-    def _send_error(
+    def send_frames(self, frames: list[bytes]) -> None:
+        self._transport.send_to_client(frames)
+
+    def send_error(
         self, envelope: list[bytes], error: KVActorsError, request_id: Any, fmt: WireFormat
     ) -> None:
         self.stats.errors += 1

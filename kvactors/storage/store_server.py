@@ -1,15 +1,19 @@
 """StoreServer: the actor that serves one partition's table.
 
-It is the only writer of its table while it runs. Each message is one operation; a
-batch (`PutMany`) is applied as one storage transaction. Replies are the handler's
-return value, so callers use `ask`; the store never waits on anyone.
+It is the only writer of its table while it runs. The embedded client `ask`s it one
+operation (or one `GetMany`/`PutMany`) at a time; the request path `tell`s it a
+`StoreBatch` and gets the results through a callback. Writes of one message are applied
+as one storage transaction. The store never waits on anyone.
+
+The messages of the request path are NamedTuples: immutable like frozen dataclasses, and
+several times cheaper to build, which counts at one or more per request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from kvactors.dispatch import DispatchedActor, Dispatcher
 from kvactors.storage.backends import Table, Write
@@ -27,8 +31,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Get:
+class Get(NamedTuple):
     key: bytes
 
 
@@ -37,8 +40,7 @@ class GetMany:
     keys: tuple[bytes, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Put:
+class Put(NamedTuple):
     key: bytes
     value: bytes
 
@@ -48,16 +50,14 @@ class PutMany:
     items: tuple[tuple[bytes, bytes], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Delete:
+class Delete(NamedTuple):
     key: bytes
 
 
 StoreOp = Get | Put | Delete
 
 
-@dataclass(frozen=True, slots=True)
-class StoreBatch:
+class StoreBatch(NamedTuple):
     """Operations from the request path, answered through callbacks, never by `ask`.
 
     The ops are applied in order, and all writes in one storage transaction, before
@@ -66,7 +66,7 @@ class StoreBatch:
     been partly applied (`handled`) or certainly was not.
     """
 
-    ops: tuple[StoreOp, ...]
+    ops: Sequence[StoreOp]
     reply: Callable[[list[Any]], None]
     failed: Callable[[BaseException, bool], None]
 
@@ -124,7 +124,7 @@ class StoreServer(DispatchedActor):
                 raise InjectedCrashError(f"{self}: crash injected")
         return super().on_receive(message)
 
-    def _apply_batch(self, ops: tuple[StoreOp, ...]) -> list[Any]:
+    def _apply_batch(self, ops: Sequence[StoreOp]) -> list[Any]:
         # Writes go to the table in one transaction at the end (group commit); reads in
         # the batch see the batch's earlier writes through `written`.
         table = self._table

@@ -9,6 +9,7 @@ import math
 import random
 
 import pytest
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -56,8 +57,8 @@ PROPERTY = settings(max_examples=150, deadline=None)
 SMALLER_PROPERTY = settings(max_examples=100, deadline=None)
 
 
-def blake2b_point(key: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+def xxh3_point(key: bytes) -> int:
+    return xxhash.xxh3_64(key).intdigest()
 
 
 def every_preference_list(built: Ring, n: int | None = None) -> list[tuple[str, ...]]:
@@ -86,8 +87,8 @@ def test_module_is_pure() -> None:
 
 
 @given(st.binary(max_size=64))
-def test_key_hash_is_the_big_endian_blake2b_point(key: bytes) -> None:
-    assert key_hash(key) == blake2b_point(key)
+def test_key_hash_is_the_xxh3_64_point(key: bytes) -> None:
+    assert key_hash(key) == xxh3_point(key)
 
 
 @given(st.binary(max_size=64), st.integers(min_value=0, max_value=16))
@@ -96,13 +97,13 @@ def test_partition_is_the_arc_holding_the_key_point(key: bytes, bits: int) -> No
     partition = partition_of(key, partitions)
     arc = (1 << 64) // partitions
     assert 0 <= partition < partitions
-    assert partition * arc <= blake2b_point(key) < (partition + 1) * arc
+    assert partition * arc <= xxh3_point(key) < (partition + 1) * arc
 
 
-def test_partition_of_known_keys_matches_blake2b_computed_here() -> None:
+def test_partition_of_known_keys_matches_xxh3_computed_here() -> None:
     built = Ring.build(["a", "b", "c"], partitions=256)
     for key in (b"", b"user:1", "ключ".encode(), bytes(range(256))):
-        expected = blake2b_point(key) >> 56
+        expected = xxh3_point(key) >> 56
         assert built.partition_of(key) == expected
         assert partition_of(key, 256) == expected
         assert built.owners(key) == built.preference_list(expected)
