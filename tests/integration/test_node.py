@@ -374,6 +374,36 @@ def test_rpc_ping_and_store_between_two_nodes(
         assert client.get("rpc:big") is None
 
 
+# Node "a" in a process of its own: it starts, calls node "b" over RPC and prints what
+# came back. Both ends are then real node processes with their own transports.
+RPC_FROM_A_PROCESS = """
+import sys, msgpack
+from kvactors import ActorSystem
+peer = sys.argv[1]
+with ActorSystem(name="a", bind="tcp://127.0.0.1:0") as a:
+    print(a.rpc(peer, "ping", timeout=5.0).result(timeout=10))
+    ops = [["put", b"rpc:proc", msgpack.packb("from a")], ["get", b"rpc:proc"]]
+    print(a.rpc(peer, "store", {"ops": ops}, timeout=5.0).result(timeout=10))
+"""
+
+
+def test_rpc_between_two_node_processes(start_node: StartNode) -> None:
+    peer = start_node("b")
+    result = subprocess.run(
+        [sys.executable, "-c", RPC_FROM_A_PROCESS, peer.endpoint],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "{'node': 'b'}",
+        "{'results': [None, " + repr(pack("from a")) + "]}",
+    ]
+    with Client(peer.endpoint, timeout=REPLY_TIMEOUT) as client:
+        assert client.get("rpc:proc") == "from a"
+
+
 def test_rpc_to_an_endpoint_where_nothing_listens(local_node: ActorSystem) -> None:
     timeout = 0.5
     future = local_node.rpc(unused_endpoint(), "ping", timeout=timeout)
