@@ -262,7 +262,8 @@ class RequestService:
         if request.r is not None or request.w is not None:
             _check_quorum(request.r, "r")
             _check_quorum(request.w, "w")
-        self._admit()
+        if self._closing or self._inflight >= self._max_inflight:
+            self._admit()  # raises the right refusal
         if op is Op.GET:
             ops: Sequence[StoreOp] = (Get(request.key),)
         elif op is Op.PUT:
@@ -341,24 +342,27 @@ class RequestService:
         if ref is None or not ref.is_alive():
             self._parked.extend((partition, entry) for entry in live)
             return
-        transport = self._transport
-
-        def reply(results: list[Any]) -> None:  # in whichever thread ran the StoreServer
-            if transport.in_loop_thread():
-                self._batch_done(live, results)
-            else:
-                transport.call_soon(lambda: self._batch_done(live, results))
-
-        def failed(error: BaseException, handled: bool) -> None:  # also not our thread
-            transport.call_soon(lambda: self._batch_failed(partition, live, error, handled))
-
-        batch = StoreBatch([entry[2] for entry in live], reply, failed)
+        batch = StoreBatch([entry[2] for entry in live], self, (partition, live))
         try:
             dispatch.tell(ref, batch)
         except pykka.ActorDeadError:
             self._parked.extend((partition, entry) for entry in live)
             return
         self.stats.batches += 1
+
+    # -- BatchSink: called on whichever thread ran the StoreServer ----------------------
+
+    def batch_done(self, token: tuple[int, list[_Entry]], results: list[Any]) -> None:
+        if self._transport.in_loop_thread():
+            self._batch_done(token[1], results)
+        else:
+            self._transport.call_soon(lambda: self._batch_done(token[1], results))
+
+    def batch_failed(
+        self, token: tuple[int, list[_Entry]], error: BaseException, handled: bool
+    ) -> None:
+        partition, entries = token
+        self._transport.call_soon(lambda: self._batch_failed(partition, entries, error, handled))
 
     def _batch_done(self, entries: list[_Entry], results: list[Any]) -> None:
         for (pending, slot, _), result in zip(entries, results):  # noqa: B905 - equal by design

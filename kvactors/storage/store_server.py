@@ -11,14 +11,15 @@ several times cheaper to build, which counts at one or more per request.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from kvactors.dispatch import DispatchedActor, Dispatcher
 from kvactors.storage.backends import Table, Write
 
 __all__ = [
+    "BatchSink",
     "CrashNow",
     "Delete",
     "Get",
@@ -57,21 +58,31 @@ class Delete(NamedTuple):
 StoreOp = Get | Put | Delete
 
 
+class BatchSink(Protocol):
+    """Who hears how a `StoreBatch` went; called on whichever thread ran the StoreServer."""
+
+    def batch_done(self, token: Any, results: list[Any]) -> None: ...
+
+    def batch_failed(self, token: Any, error: BaseException, handled: bool) -> None: ...
+
+
 class StoreBatch(NamedTuple):
-    """Operations from the request path, answered through callbacks, never by `ask`.
+    """Operations from the request path, answered through a sink, never by `ask`.
 
     The ops are applied in order, and all writes in one storage transaction, before
-    `reply` gets one result per op (what Get, Put and Delete would return). If the
-    StoreServer dies first, `failed(error, handled)` says whether the batch may have
-    been partly applied (`handled`) or certainly was not.
+    `sink.batch_done(token, results)` gets one result per op (what Get, Put and Delete
+    would return). If the StoreServer dies first, `sink.batch_failed(token, error,
+    handled)` says whether the batch may have been partly applied (`handled`) or
+    certainly was not. A sink and a token rather than two callbacks: nothing to build per
+    batch but the tuple itself.
     """
 
     ops: Sequence[StoreOp]
-    reply: Callable[[list[Any]], None]
-    failed: Callable[[BaseException, bool], None]
+    sink: BatchSink
+    token: Any
 
     def undelivered(self, error: BaseException, handled: bool) -> None:
-        self.failed(error, handled)
+        self.sink.batch_failed(self.token, error, handled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +108,7 @@ class StoreServer(DispatchedActor):
     def _handle_receive(self, message: Any) -> Any:
         # The request path's message first, ahead of Pykka's checks for proxy calls.
         if type(message) is StoreBatch:
-            message.reply(self._apply_batch(message.ops))
+            message.sink.batch_done(message.token, self._apply_batch(message.ops))
             return None
         return super()._handle_receive(message)
 
