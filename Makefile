@@ -27,7 +27,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/embedded.py
+	$(BIN)/python benchmarks/embedded.py --runs 5
+	$(BIN)/python benchmarks/throughput.py --runs 5 --seconds 3
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
