@@ -1,8 +1,8 @@
 """The client wire protocol: decoding and validating requests, encoding replies.
 
 This module is the whole contract between a kvactors node and its clients in any
-language; this docstring is the source of ``docs/protocol.md``. It does no I/O: the
-transport hands it one frame and sends back the bytes it returns.
+language; ``docs/protocol.md`` tells the same for client authors and must agree with it.
+It does no I/O: the transport hands it one frame and sends back the bytes it returns.
 
 Frames and formats
 ------------------
@@ -22,7 +22,9 @@ Requests (``op`` may also be spelled ``operation``, the seed's JSON field)::
     {"op": "ping"}   {"op": "status"}                    optional: timeout_ms
 
 - ``id`` (optional on every request): an integer (64-bit), a string or bytes of at most
-  256 bytes; it is echoed in the reply, in success and in error replies alike.
+  256 bytes; it is echoed in the reply, in success and in error replies alike, whenever
+  it could be read (not when the id itself is invalid, or the frame is too broken to
+  find it).
 - ``key``: a string (stored as its UTF-8 bytes, so ``"a"`` and ``b"a"`` are one key) or
   bytes, at most ``max_key_bytes`` (64 KiB by default).
 - ``value``: any msgpack value (map keys str or bytes; no extension types), at most
@@ -31,6 +33,9 @@ Requests (``op`` may also be spelled ``operation``, the seed's JSON field)::
 - ``context``: bytes, the opaque causal context a get returned (at most 68,355 bytes,
   the largest context a node makes).
 - ``siblings``: boolean; true asks for every concurrent version instead of one.
+- ``context`` and ``siblings`` are checked but not yet acted on: a node keeps one version
+  per key until replication with causal versions arrives, so replies carry no context
+  and a siblings request gets the ordinary reply.
 - ``null``/nil for an optional field means the field is absent. Any other field, or a
   field the operation does not take, is a ``bad_request``.
 - ``get_many`` and ``put_many`` take 1 to ``max_batch_items`` (1000) keys or items.
@@ -72,8 +77,10 @@ Limits and safety
 -----------------
 - A frame is at most ``max_frame_bytes``: by default ``2 * (max_key_bytes +
   max_value_bytes + max context) + 64 KiB``, about 2.3 MiB, room for a key, a value and a
-  context even as base64 in JSON; a larger frame is ``too_large``. The transport should
-  set ZeroMQ's ``MAXMSGSIZE`` to the same number.
+  context even as base64 in JSON. The node's transport sets ZeroMQ's ``MAXMSGSIZE`` to
+  the same number, so over the network a larger frame never reaches the codec: libzmq
+  drops the sender's connection and no reply comes (the codec's own ``too_large`` check
+  serves frames that reach it some other way).
 - msgpack is decoded in one call whose string, bytes, array and map limits are capped by
   the frame's length, so no declared length (say 4 GB) allocates more than the frame
   holds; extension types (timestamps included) are refused, map keys must be str or bytes,
