@@ -436,10 +436,14 @@ class RequestService:
 
 
 def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """(envelope, body): REQ and some DEALERs put an empty delimiter after the routing id."""
-    if len(frames) >= 3 and frames[1] == b"":
-        return frames[:2], frames[2:]
-    return frames[:1], frames[1:]
+    """(envelope, body): the envelope runs to the first empty delimiter after the routing
+    id (REQ sockets, proxies and REQ_CORRELATE add frames before it), else it is the
+    routing id alone (a DEALER sending bare frames)."""
+    try:
+        delimiter = frames.index(b"", 1, len(frames) - 1)  # a delimiter has a body after it
+    except ValueError:
+        return frames[:1], frames[1:]
+    return frames[: delimiter + 1], frames[delimiter + 1 :]
 
 
 def _check_quorum(value: int | None, name: str) -> None:

@@ -822,8 +822,11 @@ def check_answer(case: BadInput, reply: list[bytes]) -> None:
         check_rpc_answer(reply)
         return
     envelope: list[bytes] = []
-    if not case.via_req and len(frames) >= 2 and frames[0] == b"":
-        envelope, frames = [b""], frames[1:]  # a DEALER may send REQ's empty delimiter
+    if not case.via_req and b"" in frames[:-1]:
+        # The envelope runs to the first empty frame with a body after it (REQ's
+        # delimiter; proxies and REQ_CORRELATE add frames before it): it comes back.
+        delimiter = frames.index(b"", 0, len(frames) - 1)
+        envelope, frames = frames[: delimiter + 1], frames[delimiter + 1 :]
     assert len(reply) == len(envelope) + 1, f"expected {len(envelope) + 1} frame(s): {reply!r:.300}"
     assert reply[:-1] == envelope, f"the envelope did not come back: {reply!r:.300}"
     frame = reply[-1]

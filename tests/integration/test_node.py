@@ -601,3 +601,30 @@ def test_command_help_and_usage_errors() -> None:
             assert mention in result.stdout, f"kvactors {command} --help lacks {mention}"
     assert no_endpoint.returncode == 2
     assert "--endpoint" in no_endpoint.stderr
+
+
+def test_envelopes_with_extra_routing_frames_are_kept(node: Node) -> None:
+    context = zmq.Context.instance()
+    # A REQ socket that correlates its requests adds a request-id frame to the envelope.
+    req = context.socket(zmq.REQ)
+    req.setsockopt(zmq.REQ_CORRELATE, 1)
+    req.setsockopt(zmq.REQ_RELAXED, 1)
+    req.setsockopt(zmq.LINGER, 0)
+    # A DEALER standing in for a proxy: routing frames of its own before the delimiter.
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        req.connect(node.endpoint)
+        req.send(msgpack.packb({"op": "ping", "id": 1}))
+        assert req.poll(int(REPLY_TIMEOUT * 1000)), "no reply to a correlated REQ"
+        assert msgpack.unpackb(req.recv()) == {"ok": True, "id": 1}
+
+        dealer.connect(node.endpoint)
+        dealer.send_multipart([b"hop-1", b"hop-2", b"", msgpack.packb({"op": "ping", "id": 2})])
+        assert dealer.poll(int(REPLY_TIMEOUT * 1000)), "no reply through a routed envelope"
+        *envelope, reply = dealer.recv_multipart()
+        assert envelope == [b"hop-1", b"hop-2", b""]
+        assert msgpack.unpackb(reply) == {"ok": True, "id": 2}
+    finally:
+        req.close()
+        dealer.close()
