@@ -38,8 +38,25 @@ class NodeConfig:
     bind: str | None = None
     """ZeroMQ endpoint the node serves on, e.g. ``tcp://127.0.0.1:5555``; None: embedded only."""
 
-    partitions: int = 64
-    """Q: number of partitions, a power of two, fixed when the cluster is created."""
+    advertise: str | None = None
+    """The endpoint peers and clients should use, when it differs from `bind`
+    (e.g. bind ``tcp://0.0.0.0:5555``, advertise ``tcp://10.0.0.7:5555``)."""
+
+    seeds: tuple[str, ...] = ()
+    """Endpoints of nodes to join the cluster through; none: found a new cluster."""
+
+    partitions: int = 1024
+    """Q: number of partitions, a power of two, fixed when the cluster is created. Every
+    node of a cluster must use the same Q."""
+
+    gossip_interval: float = 0.25
+    """Seconds between gossip rounds."""
+
+    suspect_timeout: float = 3.0
+    """Seconds without a heartbeat before a member is suspect."""
+
+    dead_timeout: float = 7.5
+    """Seconds without a heartbeat before a member is dead (from the same moment)."""
 
     storage: str = "memory"
     """Storage backend: ``memory``."""
@@ -66,6 +83,8 @@ class NodeConfig:
     """... within this many seconds and a supervisor gives up and escalates."""
 
     def __post_init__(self) -> None:
+        # A TOML list or an env var's parts arrive as a list; the frozen config keeps a tuple.
+        object.__setattr__(self, "seeds", tuple(self.seeds))
         _check(bool(self.name) and self.name.isprintable(), "name must be a non-empty string")
         _check(
             self.partitions > 0 and self.partitions & (self.partitions - 1) == 0,
@@ -80,7 +99,21 @@ class NodeConfig:
         _check(self.request_timeout > 0, "request_timeout must be positive")
         _check(self.max_inflight > 0, "max_inflight must be positive")
         _check(self.max_restarts >= 0, "max_restarts must be zero or more")
+        _check(self.gossip_interval > 0, "gossip_interval must be positive")
+        _check(
+            self.gossip_interval < self.suspect_timeout < self.dead_timeout,
+            "timeouts must grow: gossip_interval < suspect_timeout < dead_timeout",
+        )
+        _check(
+            all(isinstance(seed, str) and seed for seed in self.seeds),
+            "seeds must be endpoints",
+        )
         _check(self.max_seconds > 0, "max_seconds must be positive")
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint this node is known by: `advertise`, else `bind`, else a local name."""
+        return self.advertise or self.bind or f"inproc://{self.name}"
 
     def replace(self, **changes: Any) -> NodeConfig:
         """A copy with some fields changed (checked again)."""
@@ -149,6 +182,8 @@ def _parse(name: str, type_name: str, raw: str) -> Any:
             return int(raw)
         if type_name.startswith("float"):
             return float(raw)
+        if type_name.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
     except ValueError as exc:
         raise ConfigError(f"{_ENV_PREFIX}{name.upper()}: {exc}") from exc
     return raw

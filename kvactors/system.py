@@ -22,9 +22,19 @@ import pykka
 
 from kvactors.api.local_client import LocalClient
 from kvactors.api.request_handler import RequestHandler
+from kvactors.api.rpc import PeerNetwork
+from kvactors.cluster.gossip_protocol import GossipProtocol, Leave
+from kvactors.cluster.membership import Member, MemberStatus
+from kvactors.cluster.membership_manager import MembershipManager, Subscribe
 from kvactors.config import NodeConfig
 from kvactors.dispatch import NodeDispatcher
+from kvactors.distribution.responsibility_manager import (
+    ResponsibilityManager,
+    RingHolder,
+    build_snapshot,
+)
 from kvactors.errors import KVActorsError, UnavailableError
+from kvactors.services import NodeServices
 from kvactors.storage.backends import StorageBackend, open_backend
 from kvactors.storage.store_supervisor import PartitionDirectory, StoreSupervisor
 from kvactors.supervision import (
@@ -55,8 +65,16 @@ class ActorSystem:
         self._root: pykka.ActorRef[Any] | None = None
         self._backend: StorageBackend | None = None
         self._directory = PartitionDirectory(self.config.partitions)
-        self._dispatcher = NodeDispatcher()
-        self._client = LocalClient(self._directory, self.config)
+        me = Member(self.config.name, self.config.endpoint, MemberStatus.ALIVE, 0, 0)
+        self._services = NodeServices(
+            config=self.config,
+            directory=self._directory,
+            dispatcher=NodeDispatcher(),
+            network=PeerNetwork(),
+            ring=RingHolder(build_snapshot(0, me, [me], self.config.partitions)),
+            stop_node=self._stop_soon,
+        )
+        self._client = LocalClient(self._services)
         self._stopped = threading.Event()
         self._failure: BaseException | None = None
         self._lock = threading.Lock()
@@ -161,6 +179,15 @@ class ActorSystem:
         )
         return future
 
+    def leave(self) -> None:
+        """Leave the cluster: announce it, then stop (`wait()` returns when done)."""
+        self._services.component("gossip_protocol").tell(Leave())
+
+    def members(self) -> tuple[Member, ...]:
+        """Every member this node knows of, with its status (admin path; blocking)."""
+        members: tuple[Member, ...] = self._component("membership_manager").members().get()
+        return members
+
     def store_server(self, partition: int) -> pykka.ActorRef[Any] | None:
         """The live StoreServer of a partition, or None while it is (re)starting."""
         return self._directory.current(partition)
@@ -181,30 +208,42 @@ class ActorSystem:
     def _components(self, backend: StorageBackend) -> list[ChildSpec]:
         """The seed's start order: StoreSupervisor, MembershipManager, GossipProtocol,
         NodeResponsibilityManager, RequestHandler (the last only with a bind endpoint)."""
-        config, directory, dispatcher = self.config, self._directory, self._dispatcher
-        network = [
-            ChildSpec(
-                "request_handler",
-                lambda: RequestHandler.start(config, directory, dispatcher),
-                shutdown=15.0,
-            )
-        ]
-        return [
+        config, services = self.config, self._services
+
+        def subscribe(ref: pykka.ActorRef[Any]) -> None:
+            services.component("membership_manager").tell(Subscribe(ref))
+
+        specs = [
             ChildSpec(
                 "store_supervisor",
                 lambda: StoreSupervisor.start(
                     backend,
-                    directory,
+                    services.directory,
                     range(config.partitions),
-                    dispatcher=dispatcher,
+                    dispatcher=services.dispatcher,
                     max_restarts=config.max_restarts,
                     max_seconds=config.max_seconds,
                 ),
                 shutdown=30.0,
                 start_timeout=60.0,
             ),
-            *(network if config.bind is not None else []),
+            ChildSpec("membership_manager", lambda: MembershipManager.start(services)),
+            ChildSpec("gossip_protocol", lambda: GossipProtocol.start(services)),
+            ChildSpec(
+                "responsibility_manager",
+                lambda: ResponsibilityManager.start(services.ring, config.partitions, subscribe),
+            ),
         ]
+        if config.bind is not None:
+            specs.append(
+                ChildSpec("request_handler", lambda: RequestHandler.start(services), shutdown=15.0)
+            )
+        return specs
+
+    def _stop_soon(self) -> None:
+        # Called from inside the tree (a node that has left): stopping waits for every
+        # actor, the caller included, so it must happen on a thread of its own.
+        threading.Thread(target=self.stop, name=f"{self.name}-stop", daemon=True).start()
 
     def _component(self, child_id: str) -> Any:
         root = self._root

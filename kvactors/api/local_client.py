@@ -14,16 +14,18 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
 import pykka
 
+from kvactors.api.rpc import STORE
 from kvactors.codec import Key, decode_value, encode_value, normalize_key
-from kvactors.config import NodeConfig
 from kvactors.distribution.hashing import partition_of
 from kvactors.errors import InternalError, KVActorsError, RequestTimeoutError, UnavailableError
+from kvactors.services import NodeServices
 from kvactors.storage.store_server import Delete, Get, GetMany, Put, PutMany
-from kvactors.storage.store_supervisor import PartitionDirectory
 
 __all__ = ["LocalClient"]
 
@@ -41,9 +43,12 @@ class LocalClient:
     `get_many` leaves it out of its result.
     """
 
-    def __init__(self, directory: PartitionDirectory, config: NodeConfig) -> None:
-        self._directory = directory
-        self._partitions = len(directory)
+    def __init__(self, services: NodeServices) -> None:
+        config = services.config
+        self._directory = services.directory
+        self._ring = services.ring
+        self._network = services.network
+        self._partitions = len(self._directory)
         self._max_key = config.max_key_bytes
         self._max_value = config.max_value_bytes
         self._timeout = config.request_timeout
@@ -109,11 +114,31 @@ class LocalClient:
         return time.monotonic() + (self._timeout if timeout is None else timeout)
 
     def _call(self, partition: int, message: object, deadline: float) -> Any:
-        return self._await(partition, message, *self._send(partition, message, deadline), deadline)
+        return self._call_all({partition: message}, deadline)[partition]
 
     def _call_all(self, messages: Mapping[int, object], deadline: float) -> dict[int, Any]:
-        sent = {p: self._send(p, m, deadline) for p, m in messages.items()}
-        return {p: self._await(p, messages[p], *sent[p], deadline) for p in messages}
+        """Local partitions are asked here; the others' owners get one RPC each."""
+        route = self._ring.current.route
+        local = {p: m for p, m in messages.items() if route[p] is None}
+        remote: defaultdict[str, list[int]] = defaultdict(list)
+        for partition in messages:
+            owner = route[partition]
+            if owner is not None:
+                remote[owner].append(partition)
+        calls = {
+            owner: self._network.call(
+                owner,
+                STORE,
+                {"ops": [op for p in partitions for op in _wire_ops(messages[p])]},
+                max(0.001, deadline - time.monotonic()),
+            )
+            for owner, partitions in remote.items()
+        }
+        sent = {p: self._send(p, m, deadline) for p, m in local.items()}
+        replies = {p: self._await(p, local[p], *sent[p], deadline) for p in local}
+        for owner, future in calls.items():
+            replies.update(_remote_replies(owner, future, remote[owner], messages, deadline))
+        return replies
 
     def _send(
         self, partition: int, message: object, deadline: float
@@ -157,3 +182,51 @@ class LocalClient:
             except Exception as exc:
                 raise InternalError(f"partition {partition} failed: {exc!r}") from exc
             ref, future = self._send(partition, message, deadline)
+
+
+def _wire_ops(message: object) -> list[list[Any]]:
+    """A StoreServer message as the ops of a `store` RPC."""
+    match message:
+        case Get(key):
+            return [["get", key]]
+        case Put(key, value):
+            return [["put", key, value]]
+        case Delete(key):
+            return [["delete", key]]
+        case GetMany(keys):
+            return [["get", key] for key in keys]
+        case PutMany(items):
+            return [["put", key, value] for key, value in items]
+    raise TypeError(f"no wire form for {message!r}")
+
+
+def _remote_replies(
+    owner: str,
+    future: Future[Any],
+    partitions: list[int],
+    messages: Mapping[int, object],
+    deadline: float,
+) -> dict[int, Any]:
+    """Split one `store` RPC's results back into each partition's reply."""
+    try:
+        results = future.result(timeout=max(0.0, deadline - time.monotonic()))["results"]
+    except FutureTimeout:
+        raise RequestTimeoutError(f"the owner {owner} did not answer in time") from None
+    except KVActorsError:
+        raise
+    except Exception as exc:
+        raise InternalError(f"the owner {owner} failed: {exc!r}") from exc
+    replies: dict[int, Any] = {}
+    position = 0
+    for partition in partitions:
+        message = messages[partition]
+        count = len(_wire_ops(message))
+        chunk = results[position : position + count]
+        position += count
+        if isinstance(message, Get | Delete):
+            replies[partition] = chunk[0]
+        elif isinstance(message, GetMany):
+            replies[partition] = chunk
+        else:
+            replies[partition] = None
+    return replies

@@ -19,7 +19,7 @@ Requests (``op`` may also be spelled ``operation``, the seed's JSON field)::
     {"op": "delete", "key": K, "id": ID}                 optional: context, w, timeout_ms
     {"op": "get_many", "keys": [K, ...]}                 optional: r, siblings, timeout_ms
     {"op": "put_many", "items": [[K, V], [K, V, CONTEXT], ...]}  optional: w, timeout_ms
-    {"op": "ping"}   {"op": "status"}                    optional: timeout_ms
+    {"op": "ping"}   {"op": "status"}   {"op": "leave"}  optional: timeout_ms
 
 - ``id`` (optional on every request): an integer (64-bit), a string or bytes of at most
   256 bytes; it is echoed in the reply, in success and in error replies alike, whenever
@@ -180,6 +180,7 @@ class Op(StrEnum):
     PUT_MANY = "put_many"
     PING = "ping"
     STATUS = "status"
+    LEAVE = "leave"
 
 
 class PutItem(NamedTuple):
@@ -370,6 +371,7 @@ class Codec:
             _OpSpec(Op.PUT_MANY, frozenset({"items", "w"}), 2, self._items),
             _OpSpec(Op.PING, frozenset(), 1, _no_payload),
             _OpSpec(Op.STATUS, frozenset(), 1, _no_payload),
+            _OpSpec(Op.LEAVE, frozenset(), 1, _no_payload),
         ]
         # Keyed by the op's name as it arrives: a str hashes faster than an Enum member.
         self._specs = {

@@ -56,8 +56,7 @@ from kvactors.api.protocol import (
     status_reply,
 )
 from kvactors.api.transport import SocketOptions, Transport, TransportStats
-from kvactors.config import NodeConfig
-from kvactors.dispatch import NodeDispatcher
+from kvactors.cluster.gossip_protocol import Leave
 from kvactors.distribution.hashing import partition_of
 from kvactors.errors import (
     BadRequestError,
@@ -67,8 +66,8 @@ from kvactors.errors import (
     RequestTimeoutError,
     UnavailableError,
 )
+from kvactors.services import NodeServices
 from kvactors.storage.store_server import Delete, Get, Put, StoreBatch, StoreOp
-from kvactors.storage.store_supervisor import PartitionDirectory
 from kvactors.supervision import SupervisedActor
 
 __all__ = ["RequestHandler", "RequestService", "ServiceStats"]
@@ -88,6 +87,7 @@ class ServiceStats:
     rpc_requests: int = 0
     batches: int = 0
     retried_ops: int = 0
+    forwarded: int = 0
 
 
 class _Pending:
@@ -158,13 +158,15 @@ class RequestService:
 
     def __init__(
         self,
-        config: NodeConfig,
-        directory: PartitionDirectory,
+        services: NodeServices,
         transport: Transport,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        config = services.config
+        self._services = services
         self._config = config
-        self._directory = directory
+        self._directory = services.directory
+        self._ring = services.ring
         self._transport = transport
         self._clock = clock
         self._codec = Codec.from_config(config)
@@ -173,6 +175,9 @@ class RequestService:
         self._max_inflight = config.max_inflight
         self._inflight = 0
         self._queued: defaultdict[int, list[_Entry]] = defaultdict(list)
+        # Ops for keys another node owns, by that node's endpoint, forwarded per flush.
+        self._forward: defaultdict[str, list[_Entry]] = defaultdict(list)
+        self._local_route: tuple[str | None, ...] = (None,) * config.partitions
         self._parked: list[tuple[int, _Entry]] = []
         # Deadlines in arrival order: with the default timeout they are also in deadline
         # order, so only the head needs watching. Requests with a timeout of their own
@@ -225,6 +230,10 @@ class RequestService:
         deadlines = self._deadlines
         while deadlines and deadlines[0].done:  # answered: no deadline to watch
             deadlines.popleft()
+        if self._forward:
+            forward, self._forward = self._forward, defaultdict(list)
+            for endpoint, entries in forward.items():
+                self._forward_batch(endpoint, entries)
         if not self._queued:
             return
         queued, self._queued = self._queued, defaultdict(list)
@@ -259,6 +268,10 @@ class RequestService:
         if op is Op.STATUS:
             self._send_reply(envelope, request, status_reply(request.request_id, self.status()))
             return
+        if op is Op.LEAVE:
+            self._services.component("gossip_protocol").tell(Leave())
+            self._send_reply(envelope, request, ping_reply(request.request_id))
+            return
         if request.r is not None or request.w is not None:
             _check_quorum(request.r, "r")
             _check_quorum(request.w, "w")
@@ -292,6 +305,9 @@ class RequestService:
             self._transport.send_to_client([peer, rpc.MARKER, result])
             return
         try:
+            if call.op != rpc.STORE:
+                self._serve_registered_rpc(peer, call)
+                return
             ops = rpc.store_ops(call, self._codec.max_key_bytes, self._codec.max_value_bytes)
             self._admit()
         except KVActorsError as exc:
@@ -308,8 +324,18 @@ class RequestService:
             )
             return
 
+        # A store call is served here, whoever owns the keys now: the caller routed it by
+        # its own view of the ring, and forwarding again could bounce it between views.
         pending = _RpcRequest(peer, call.call_id, len(ops), self._deadline(call.timeout))
-        self._submit(pending, ops, own_timeout=True)
+        self._submit(pending, ops, own_timeout=True, local=True)
+
+    def _serve_registered_rpc(self, peer: bytes, call: rpc.Call) -> None:
+        """An op a component serves (gossip, ...): its handler answers without blocking."""
+        handler = self._services.network.handler_for(call.op)
+        if handler is None:
+            raise BadRequestError(f"unknown RPC op {call.op!r}")
+        payload = rpc.encode_result(call.call_id, handler(call.args))
+        self._transport.send_to_client([peer, rpc.MARKER, payload])
 
     def _admit(self) -> None:
         """Refuse new work while closing or past the in-flight bound."""
@@ -324,16 +350,44 @@ class RequestService:
     def _deadline(self, timeout: float | None) -> float:
         return self._clock() + (self._timeout if timeout is None else timeout)
 
-    def _submit(self, pending: _Pending, ops: Sequence[StoreOp], own_timeout: bool) -> None:
+    def _submit(
+        self, pending: _Pending, ops: Sequence[StoreOp], own_timeout: bool, local: bool = False
+    ) -> None:
         self._inflight += 1
         if not own_timeout:
             self._deadlines.append(pending)
         else:
             entry = (pending.deadline, next(self._sequence), pending)
             heapq.heappush(self._custom_deadlines, entry)
-        queued, partitions = self._queued, self._partitions
+        queued, forward, partitions = self._queued, self._forward, self._partitions
+        route = self._local_route if local else self._ring.current.route
         for slot, op in enumerate(ops):
-            queued[partition_of(op.key, partitions)].append((pending, slot, op))
+            partition = partition_of(op.key, partitions)
+            owner = route[partition]
+            if owner is None:
+                queued[partition].append((pending, slot, op))
+            else:
+                forward[owner].append((pending, slot, op))
+
+    def _forward_batch(self, endpoint: str, entries: list[_Entry]) -> None:
+        """Send the ops for keys `endpoint` owns there, as one `store` RPC."""
+
+        def settle(result: Any, error: KVActorsError | None) -> None:
+            results = result.get("results") if isinstance(result, dict) else None
+            if error is None and (not isinstance(results, list) or len(results) != len(entries)):
+                error = InternalError(f"{endpoint} answered a store call with {result!r:.100}")
+            if error is not None:
+                if not isinstance(error, RequestTimeoutError):
+                    error = UnavailableError(f"the owner {endpoint} failed: {error}")
+                for pending, _, _ in entries:
+                    self._fail(pending, error)
+                return
+            assert isinstance(results, list)
+            self._batch_done(entries, results)
+
+        ops = [_op_to_wire(entry[2]) for entry in entries]
+        self.stats.forwarded += len(ops)
+        self.rpc.call(endpoint, rpc.STORE, {"ops": ops}, settle, self._timeout)
 
     def _send_batch(self, partition: int, live: list[_Entry]) -> None:
         # Ops of requests that have timed out meanwhile go along: a write may still land
@@ -421,18 +475,45 @@ class RequestService:
         self._transport.send_to_client([*envelope, encode_error(error, request_id, fmt)])
 
     def status(self) -> dict[str, Any]:
+        """The node's view of the cluster and its own counters (the `status` reply)."""
         transport: TransportStats = self._transport.stats
+        snapshot = self._ring.current
+        owned = snapshot.partitions_owned()
         return {
             "node": self._config.name,
-            "endpoint": self._transport.endpoint,
+            "endpoint": self._config.endpoint,
             "partitions": self._partitions,
+            "members": [
+                {
+                    "name": member.name,
+                    "endpoint": member.endpoint,
+                    "status": member.status.value,
+                    "incarnation": member.incarnation,
+                    "partitions": owned.get(member.name, 0),
+                }
+                for member in snapshot.members
+            ],
+            "ring": {
+                "version": snapshot.version,
+                "owners": len(snapshot.ring.members),
+                "balance": round(snapshot.ring.balance(1), 4),
+            },
             "inflight": self._inflight,
             "requests": self.stats.requests,
+            "forwarded": self.stats.forwarded,
             "errors": self.stats.errors,
             "overloaded": self.stats.overloaded,
             "timeouts": self.stats.timeouts,
             "unroutable_replies": transport.unroutable,
         }
+
+
+def _op_to_wire(op: StoreOp) -> list[Any]:
+    if type(op) is Get:
+        return ["get", op.key]
+    if type(op) is Put:
+        return ["put", op.key, op.value]
+    return ["delete", op.key]
 
 
 def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
@@ -480,18 +561,17 @@ class RequestHandler(SupervisedActor):
     restarts both: the socket is bound again and serving resumes.
     """
 
-    def __init__(
-        self, config: NodeConfig, directory: PartitionDirectory, dispatcher: NodeDispatcher
-    ) -> None:
+    def __init__(self, services: NodeServices) -> None:
         super().__init__()
+        config = services.config
         if config.bind is None:
             raise BadRequestError("a RequestHandler needs a bind endpoint")
+        self._services = services
         self._config = config
-        self._directory = directory
-        self._dispatcher = dispatcher
+        self._dispatcher = services.dispatcher
         options = SocketOptions(max_message_bytes=Codec.from_config(config).max_frame_bytes)
         self._transport = Transport(config.bind, options, name=f"{config.name}-transport")
-        self._service = RequestService(config, directory, self._transport)
+        self._service = RequestService(services, self._transport)
 
     def __str__(self) -> str:
         return f"RequestHandler {self._config.name}"
@@ -501,6 +581,7 @@ class RequestHandler(SupervisedActor):
         # StoreServers now run on the transport thread: a request is served start to end
         # there, with no thread hand-off.
         self._dispatcher.attach(self._transport)
+        self._services.network.attach(self._service.rpc)
         logger.info("node %s serving on %s", self._config.name, self._transport.endpoint)
 
     def on_stop(self) -> None:
@@ -510,6 +591,7 @@ class RequestHandler(SupervisedActor):
         self._close()
 
     def _close(self) -> None:
+        self._services.network.detach(self._service.rpc)
         self._dispatcher.detach(self._transport)
         self._transport.stop()
 

@@ -41,11 +41,13 @@ from kvactors.errors import (
 from kvactors.storage.store_server import Delete, Get, Put, StoreOp
 
 __all__ = [
+    "GOSSIP",
     "MARKER",
     "PING",
     "STORE",
     "BadCall",
     "Call",
+    "PeerNetwork",
     "PeerUnreachableError",
     "RpcClient",
     "decode_call",
@@ -59,7 +61,8 @@ logger = logging.getLogger(__name__)
 MARKER: Final = b"KVRPC1"
 PING: Final = "ping"
 STORE: Final = "store"
-_OPS: Final = frozenset({PING, STORE})
+GOSSIP: Final = "gossip"
+_MAX_OP_NAME = 64
 _MAX_CALL_OPS: Final = 10_000
 
 
@@ -104,8 +107,8 @@ def decode_call(body: list[bytes]) -> Call | BadCall:
             raise BadRequestError("an RPC call needs an integer id")
         op = message.pop("op", None)
         timeout = message.pop("timeout", None)
-        if op not in _OPS:
-            raise BadRequestError(f"unknown RPC op {op!r}")
+        if type(op) is not str or not 0 < len(op) <= _MAX_OP_NAME:
+            raise BadRequestError("an RPC call needs an op name")
         if type(timeout) not in (int, float) or not 0 < timeout <= 3600:
             raise BadRequestError("an RPC call needs a timeout in seconds")
         return Call(call_id, op, float(timeout), message)
@@ -283,3 +286,47 @@ def _shape(raw: object) -> str:
     if isinstance(raw, list):
         return "[" + ", ".join(type(item).__name__ for item in raw[:4]) + "]"
     return type(raw).__name__
+
+
+InboundHandler = Callable[[dict[str, Any]], Any]
+"""Serves one RPC op on the transport thread: returns the result (msgpack-able) or raises a
+KVActorsError. It must not block: an actor that does the work is told, not asked."""
+
+
+class PeerNetwork:
+    """How a node's components reach their peers, and are reached by them. Thread-safe.
+
+    Components start before the transport (the seed's order puts the RequestHandler
+    last), so they hold this instead: the RequestHandler attaches its RPC client while
+    the transport runs, and calls made before (or after) fail at once with
+    `UnavailableError`. Components register the RPC ops they serve with `handle`.
+    """
+
+    def __init__(self) -> None:
+        self._client: RpcClient | None = None
+        self._handlers: dict[str, InboundHandler] = {}
+
+    def attach(self, client: RpcClient) -> None:
+        self._client = client
+
+    def detach(self, client: RpcClient) -> None:
+        if self._client is client:
+            self._client = None
+
+    def call(
+        self, endpoint: str, op: str, args: dict[str, Any], timeout: float | None = None
+    ) -> Future[Any]:
+        """Call `op` on the node at `endpoint`; the Future holds the result or a typed error."""
+        client = self._client
+        if client is None:
+            future: Future[Any] = Future()
+            future.set_exception(UnavailableError("this node's transport is not running"))
+            return future
+        return client.call_threadsafe(endpoint, op, args, timeout)
+
+    def handle(self, op: str, handler: InboundHandler) -> None:
+        """Serve RPC `op` with `handler` (replacing any earlier one)."""
+        self._handlers[op] = handler
+
+    def handler_for(self, op: str) -> InboundHandler | None:
+        return self._handlers.get(op)

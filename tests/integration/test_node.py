@@ -142,7 +142,7 @@ def test_client_ping_and_status(node: Node) -> None:
         after = client.status()
     assert after["node"] == node.name
     assert after["endpoint"] == node.endpoint
-    assert after["partitions"] == 64
+    assert after["partitions"] == NodeConfig().partitions
     assert after["inflight"] == 0
     assert after["requests"] - before["requests"] == 2  # the put and this status
     assert after["errors"] == before["errors"]

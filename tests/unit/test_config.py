@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 
 from kvactors import ConfigError, NodeConfig
+from kvactors.distribution import ring
 
 
 def test_defaults_match_the_design() -> None:
     config = NodeConfig()
-    assert config.partitions == 64
+    assert config.partitions == ring.DEFAULT_PARTITIONS  # chosen for the ring targets
     assert config.max_key_bytes == 64 * 1024
     assert config.max_value_bytes == 1024 * 1024
     assert config.storage == "memory"

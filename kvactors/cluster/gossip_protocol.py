@@ -1,0 +1,184 @@
+"""GossipProtocol: runs this node's gossip (kvactors.cluster.gossip) over RPC.
+
+Every gossip interval a ticker tells the actor to tick: the pure `GossipState` bumps the
+heartbeat, detects failures and picks a peer to exchange tables with. Messages travel as
+one-way `gossip` RPCs through the node's PeerNetwork (a lost one is just lost: gossip
+repeats itself); incoming ones are handed to this actor by the transport thread.
+Membership changes go to the MembershipManager.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kvactors.api.rpc import GOSSIP
+from kvactors.cluster.gossip import GossipConfig, GossipState, Output, message_from_wire
+from kvactors.cluster.membership import MemberStatus
+from kvactors.cluster.membership_manager import TableUpdate
+from kvactors.errors import BadRequestError
+from kvactors.services import NodeServices
+from kvactors.supervision import SupervisedActor
+
+__all__ = ["GossipProtocol", "Leave"]
+
+logger = logging.getLogger(__name__)
+
+# Ticks a joining node waits for a seed before it says, once, that it serves alone.
+_PATIENCE_TICKS = 8
+# Ticks between announcing LEAVING, announcing LEFT, and stopping the node.
+_LEAVE_TICKS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Incoming:
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """Leave the cluster: announce LEAVING, then LEFT, then stop the node."""
+
+
+class GossipProtocol(SupervisedActor):
+    """Owns the node's GossipState and its timer."""
+
+    def __init__(self, services: NodeServices) -> None:
+        super().__init__()
+        self._services = services
+        config = services.config
+        self._gossip_config = GossipConfig(
+            interval=config.gossip_interval,
+            suspect_timeout=config.suspect_timeout,
+            dead_timeout=config.dead_timeout,
+        )
+        self._rng = random.Random()
+        self._clock: Callable[[], float] = time.monotonic
+        self._state: GossipState | None = None
+        self._ticks = 0
+        self._leaving_since: int | None = None
+        self._stop_ticker = threading.Event()
+
+    def __str__(self) -> str:
+        return f"GossipProtocol {self._services.config.name}"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._services.register("gossip_protocol", self.actor_ref)
+        config, now = self._services.config, self._clock()
+        endpoint = config.endpoint
+        seeds = [seed for seed in config.seeds if seed != endpoint]
+        if seeds:
+            self._state = GossipState.join(
+                config.name, endpoint, seeds, now, config=self._gossip_config
+            )
+        else:
+            self._state = GossipState.found_cluster(
+                config.name, endpoint, now, config=self._gossip_config
+            )
+        self._services.network.handle(GOSSIP, self._incoming)
+        self._report(Output())
+        threading.Thread(target=self._run_ticker, name=f"{self}-ticker", daemon=True).start()
+
+    def on_stop(self) -> None:
+        self._stop_ticker.set()
+
+    def on_failure(self, *_exc_info: Any) -> None:
+        self._stop_ticker.set()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Tick):
+            self._tick()
+        elif isinstance(message, _Incoming):
+            self._receive(message.message)
+        elif isinstance(message, Leave):
+            self._start_leaving()
+        else:
+            return super().on_receive(message)
+        return None
+
+    # -- the work ----------------------------------------------------------------------
+
+    def _run_ticker(self) -> None:
+        interval = self._gossip_config.interval
+        while not self._stop_ticker.wait(interval):
+            try:
+                self.actor_ref.tell(_Tick())
+            except Exception:  # the actor has stopped
+                return
+
+    def _incoming(self, args: dict[str, Any]) -> None:
+        """Serves the `gossip` RPC on the transport thread: hand over, never block."""
+        self.actor_ref.tell(_Incoming(args.get("message")))
+
+    def _tick(self) -> None:
+        state = self._live_state()
+        self._ticks += 1
+        self._send(state.tick(self._clock(), self._rng))
+        if state.status is MemberStatus.JOINING and self._ticks == _PATIENCE_TICKS:
+            logger.warning(
+                "no seed of %s has answered yet; serving alone until one does",
+                ", ".join(state.seeds),
+            )
+        if self._leaving_since is not None:
+            self._continue_leaving(state)
+
+    def _receive(self, data: Any) -> None:
+        state = self._live_state()
+        try:
+            message = message_from_wire(data)
+        except ValueError as exc:
+            logger.warning("ignoring a malformed gossip message: %s", exc)
+            return
+        was_joining = state.status is MemberStatus.JOINING
+        self._send(state.on_message(message, self._clock()))
+        if was_joining and state.status is MemberStatus.ALIVE:
+            logger.info("joined the cluster through %s", message.sender)
+
+    def _start_leaving(self) -> None:
+        state = self._live_state()
+        if self._leaving_since is None:
+            logger.info("leaving the cluster")
+            self._leaving_since = self._ticks
+            self._send(state.leave(self._clock(), self._rng))
+
+    def _continue_leaving(self, state: GossipState) -> None:
+        assert self._leaving_since is not None
+        waited = self._ticks - self._leaving_since
+        if waited == _LEAVE_TICKS:
+            self._send(state.complete_leave(self._clock(), self._rng))
+        elif waited == 2 * _LEAVE_TICKS:
+            logger.info("left the cluster; stopping")
+            self._services.stop_node()
+
+    def _send(self, output: Output) -> None:
+        network = self._services.network
+        timeout = 4 * self._gossip_config.interval
+        for outgoing in output.messages:
+            # Fire and forget: gossip repeats itself, so a lost message is just lost.
+            network.call(
+                outgoing.endpoint, GOSSIP, {"message": outgoing.message.to_wire()}, timeout
+            )
+        self._report(output)
+
+    def _report(self, output: Output) -> None:
+        if output.changes or self._ticks == 0:
+            state = self._live_state()
+            update = TableUpdate(state.me, tuple(state.table.members()), output.changes)
+            self._services.component("membership_manager").tell(update)
+
+    def _live_state(self) -> GossipState:
+        if self._state is None:
+            raise BadRequestError("gossip has not started")
+        return self._state

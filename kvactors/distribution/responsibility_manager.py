@@ -1,0 +1,132 @@
+"""NodeResponsibilityManager: ring + members -> which node owns a key.
+
+It listens to the MembershipManager; on every change of membership it builds the
+consistent-hash ring of the members that can own data (joining, alive, suspect,
+leaving: dead and left members drop out until they return) and publishes an immutable
+`RingSnapshot` in a `RingHolder`. Request paths read `holder.current` without asking any
+actor, as Erlang code reads a `persistent_term`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from kvactors.cluster.membership import Member, MemberStatus
+from kvactors.distribution.ring import Ring
+from kvactors.supervision import SupervisedActor
+
+__all__ = ["ResponsibilityManager", "RingHolder", "RingSnapshot", "build_snapshot"]
+
+logger = logging.getLogger(__name__)
+
+# Members that own partitions. A suspect still owns its share: suspicion is often wrong.
+_OWNING = frozenset(
+    {MemberStatus.JOINING, MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.LEAVING}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RingSnapshot:
+    """Who owns what, as this node sees it at one moment. Immutable; read it freely."""
+
+    version: int
+    me: str
+    ring: Ring
+    members: tuple[Member, ...]
+    """Every member this node knows of, owning or not, sorted by name."""
+    route: tuple[str | None, ...] = field(repr=False)
+    """Per partition: None when this node owns it, else the owner's endpoint."""
+
+    @property
+    def members_by_name(self) -> dict[str, Member]:
+        return {member.name: member for member in self.members}
+
+    def owner(self, partition: int) -> str:
+        """The name of the member that owns `partition` (the head of its preference list)."""
+        return self.ring.preference_list(partition, 1)[0]
+
+    def partitions_owned(self) -> dict[str, int]:
+        """Partitions each owning member heads the preference list of."""
+        return self.ring.replica_counts(1)
+
+
+def build_snapshot(
+    version: int, me: Member, members: Iterable[Member], partitions: int
+) -> RingSnapshot:
+    """The snapshot for `members`; `me` always owns a share, even before anyone knows it."""
+    known = {member.name: member for member in members}
+    known[me.name] = known.get(me.name, me)
+    owners = [m for m in known.values() if m.status in _OWNING or m.name == me.name]
+    ring = Ring.build([m.name for m in owners], partitions=partitions)
+    endpoints: Mapping[str, str] = {m.name: m.endpoint for m in owners}
+    route = tuple(
+        None if head == me.name else endpoints[head]
+        for head in (ring.preference_list(p, 1)[0] for p in range(partitions))
+    )
+    members_sorted = tuple(sorted(known.values(), key=lambda m: m.name))
+    return RingSnapshot(version, me.name, ring, members_sorted, route)
+
+
+class RingHolder:
+    """The current RingSnapshot. One writer (the ResponsibilityManager), any readers."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, initial: RingSnapshot) -> None:
+        self.current = initial
+
+    def publish(self, snapshot: RingSnapshot) -> None:
+        # A single reference assignment: readers see the old snapshot or the new one.
+        self.current = snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class MembersChanged:
+    """From the MembershipManager: the member table after a change."""
+
+    me: Member
+    members: tuple[Member, ...]
+
+
+class ResponsibilityManager(SupervisedActor):
+    """Rebuilds the ring on every membership change and publishes it."""
+
+    def __init__(
+        self,
+        holder: RingHolder,
+        partitions: int,
+        subscribe: Callable[[pykka.ActorRef[Any]], None],
+    ) -> None:
+        super().__init__()
+        self._holder = holder
+        self._partitions = partitions
+        self._subscribe = subscribe
+
+    def on_start(self) -> None:
+        self._subscribe(self.actor_ref)
+
+    def __str__(self) -> str:
+        return "ResponsibilityManager"
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, MembersChanged):
+            self._rebuild(message)
+            return None
+        return super().on_receive(message)
+
+    def _rebuild(self, change: MembersChanged) -> None:
+        old = self._holder.current
+        snapshot = build_snapshot(old.version + 1, change.me, change.members, self._partitions)
+        if snapshot.ring.members != old.ring.members:
+            logger.info(
+                "ring rebuilt: %d owning members (%s), balance %.3f",
+                len(snapshot.ring.members),
+                ", ".join(snapshot.ring.members),
+                snapshot.ring.balance(1),
+            )
+        self._holder.publish(snapshot)

@@ -1,0 +1,47 @@
+"""NodeServices: what the components of one node share.
+
+The actors of a node are restarted independently, so they must not hold each other's
+refs from their constructors. They share this object instead, created once by the
+ActorSystem: the config, the shared read-mostly structures (the partition directory,
+the ring snapshot), the dispatcher and the peer network, and the live ref of each
+component (each registers itself when it starts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from kvactors.api.rpc import PeerNetwork
+from kvactors.config import NodeConfig
+from kvactors.dispatch import NodeDispatcher
+from kvactors.distribution.responsibility_manager import RingHolder
+from kvactors.errors import UnavailableError
+from kvactors.storage.store_supervisor import PartitionDirectory
+
+__all__ = ["NodeServices"]
+
+
+@dataclass(slots=True)
+class NodeServices:
+    config: NodeConfig
+    directory: PartitionDirectory
+    dispatcher: NodeDispatcher
+    network: PeerNetwork
+    ring: RingHolder
+    stop_node: Callable[[], None]
+    """Asks the node to stop; returns at once (the stop happens on another thread)."""
+    components: dict[str, pykka.ActorRef[Any]] = field(default_factory=dict)
+
+    def register(self, name: str, ref: pykka.ActorRef[Any]) -> None:
+        self.components[name] = ref
+
+    def component(self, name: str) -> pykka.ActorRef[Any]:
+        """The live ref of a component; UnavailableError if it is not running."""
+        ref = self.components.get(name)
+        if ref is None or not ref.is_alive():
+            raise UnavailableError(f"{name} is not running")
+        return ref
