@@ -55,6 +55,12 @@ def _add_node(commands: Any) -> None:
     )
     node.add_argument("--name", help="unique name of the node (default: random)")
     node.add_argument("--bind", help=f"endpoint to serve on, e.g. {_EXAMPLE_ENDPOINT}")
+    node.add_argument(
+        "--join",
+        metavar="ENDPOINT[,ENDPOINT...]",
+        help="join the cluster through any of these nodes (default: found a new cluster)",
+    )
+    node.add_argument("--advertise", help="the endpoint peers should use, if not --bind")
     node.add_argument("--partitions", type=int, help="number of partitions, a power of two")
     node.add_argument("--config", metavar="FILE", help="a TOML file of node settings")
 
@@ -65,7 +71,8 @@ def _add_client_commands(commands: Any) -> None:
         ("put", "store VALUE (JSON, or a plain string) under KEY", ["key", "value"]),
         ("delete", "delete KEY", ["key"]),
         ("ping", "measure a round trip to a node", []),
-        ("status", "print a node's status as JSON", []),
+        ("status", "print a node's view of the cluster: members, partitions, ring balance", []),
+        ("leave", "make a node leave its cluster and stop", []),
     ]
     for name, summary, positionals in specs:
         command = commands.add_parser(
@@ -83,8 +90,20 @@ def _add_client_commands(commands: Any) -> None:
             help="a node's endpoint; repeat to give fallbacks",
         )
         command.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print the status as JSON")
         for positional in positionals:
             command.add_argument(positional)
+    cluster = commands.add_parser(
+        "cluster",
+        help="run a local cluster of node processes until Ctrl-C",
+        description="Start NODES node processes on 127.0.0.1, ports BASE-PORT upwards, the "
+        "others joining the first; print their endpoints; stop them all on Ctrl-C or SIGTERM.",
+        epilog="example: kvactors cluster --nodes 3 --base-port 5555",
+    )
+    cluster.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    cluster.add_argument("--base-port", type=int, default=5555, help="first port (default 5555)")
+    cluster.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,8 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_node(args)
     if args.command == "selftest":
         return _selftest(args.keys)
-    if args.command in ("get", "put", "delete", "ping", "status"):
+    if args.command in ("get", "put", "delete", "ping", "status", "leave"):
         return _client_command(args)
+    if args.command == "cluster":
+        return _run_cluster(args)
     parser.print_help()
     return 0
 
@@ -119,8 +140,14 @@ def _run_node(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        seeds = None if args.join is None else tuple(args.join.split(","))
         config = NodeConfig.load(
-            args.config, name=args.name, bind=args.bind, partitions=args.partitions
+            args.config,
+            name=args.name,
+            bind=args.bind,
+            advertise=args.advertise,
+            seeds=seeds,
+            partitions=args.partitions,
         )
         if config.bind is None:
             raise KVActorsError("a node needs an endpoint: give --bind or KVACTORS_BIND")
@@ -167,8 +194,13 @@ def _client_command(args: argparse.Namespace) -> int:
                 # Ping first: on a fallback, the endpoint that answered is known only after.
                 round_trip = client.ping()
                 print(f"pong from {client.endpoint} in {round_trip * 1000:.2f} ms")
-            else:
+            elif args.command == "leave":
+                client.leave()
+                print(f"{client.endpoint} is leaving the cluster")
+            elif args.json:
                 print(json.dumps(client.status(), indent=2, default=_bytes_to_text))
+            else:
+                print(format_status(client.status()))
     except KVActorsError as exc:
         print(f"error ({exc.code}): {exc}", file=sys.stderr)
         return 1
@@ -199,3 +231,44 @@ def _selftest(keys: int) -> int:
     wrong = sum(1 for i in range(keys) if found.get(f"selftest:{i}") != i)
     print(f"node {system.name}: wrote and read back {keys} keys in {elapsed:.3f}s, {wrong} wrong")
     return 1 if wrong else 0
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """A node's status as a table a person reads at a glance."""
+    rows = [("NAME", "ENDPOINT", "STATUS", "INCARNATION", "PARTITIONS")]
+    rows += [
+        (m["name"], m["endpoint"], m["status"], str(m["incarnation"]), str(m["partitions"]))
+        for m in status.get("members", [])
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    ]
+    ring = status.get("ring", {})
+    lines.append("")
+    lines.append(
+        f"as seen by {status.get('node')}: {status.get('partitions')} partitions over "
+        f"{ring.get('owners')} owning members; ring balance {ring.get('balance')} "
+        "(busiest member's partitions / average)"
+    )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    from kvactors.launcher import LocalCluster  # noqa: PLC0415
+
+    log = logging.getLogger("kvactors.cluster")
+    done = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    with LocalCluster(args.nodes, base_port=args.base_port, host=args.host) as cluster:
+        for node in cluster.nodes:
+            print(f"{node.name}  {node.endpoint}  (pid {node.pid})", flush=True)
+        print(f"{args.nodes} nodes running; Ctrl-C stops them all", flush=True)
+        while not done.wait(0.5):
+            exited = cluster.exited()
+            if exited:
+                log.error("node %s exited on its own; stopping the others", exited[0])
+                return 1
+    return 0

@@ -96,6 +96,10 @@ class Client:
         self._call(Op.PING, timeout)
         return time.perf_counter() - started
 
+    def leave(self, *, timeout: float | None = None) -> None:
+        """Ask the current node to leave its cluster; it stops once it has."""
+        self._call(Op.LEAVE, timeout)
+
     def status(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The current node's status report."""
         status: dict[str, Any] = self._call(Op.STATUS, timeout)["status"]

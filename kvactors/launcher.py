@@ -1,0 +1,163 @@
+"""LocalCluster: node processes on this machine, for `kvactors cluster`, demos and tests.
+
+Each node is a real `kvactors node` process bound to loopback; the first founds the
+cluster and the others join through it. The launcher waits until every node answers
+before it returns, and stops them all (SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+import msgpack
+import zmq
+
+from kvactors.errors import KVActorsError
+
+__all__ = ["LocalCluster", "NodeProcess", "node_answers"]
+
+
+def node_answers(endpoint: str, timeout: float = 0.5) -> bool:
+    """True if a node answers a ping on `endpoint` within `timeout` seconds."""
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send(msgpack.packb({"op": "ping"}))
+        return bool(sock.poll(int(timeout * 1000)))
+    finally:
+        sock.close()
+
+
+@dataclass
+class NodeProcess:
+    """One `kvactors node` process."""
+
+    name: str
+    endpoint: str
+    args: list[str] = field(default_factory=list)
+    log: IO[bytes] | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> Self:
+        command = [
+            sys.executable, "-m", "kvactors", "node",
+            "--name", self.name, "--bind", self.endpoint, *self.args,
+        ]  # fmt: skip
+        target = self.log if self.log is not None else subprocess.DEVNULL
+        self.process = subprocess.Popen(command, stdout=target, stderr=target)
+        deadline = time.monotonic() + timeout
+        while not node_answers(self.endpoint):
+            if self.process.poll() is not None:
+                raise KVActorsError(f"node {self.name} exited with {self.process.returncode}")
+            if time.monotonic() > deadline:
+                raise KVActorsError(f"node {self.name} did not answer within {timeout}s")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the node dies at once, as in a crash."""
+        if self.running:
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=timeout)
+        return self.process.returncode
+
+
+class LocalCluster:
+    """`nodes` node processes on `host`, ports `base_port` upwards. A context manager."""
+
+    def __init__(
+        self,
+        nodes: int,
+        *,
+        base_port: int,
+        host: str = "127.0.0.1",
+        extra_args: Sequence[str] = (),
+        log_dir: str | Path | None = None,
+    ) -> None:
+        if nodes < 1:
+            raise KVActorsError("a cluster needs at least one node")
+        self._log_dir = None if log_dir is None else Path(log_dir)
+        self._logs: list[IO[bytes]] = []
+        first = f"tcp://{host}:{base_port}"
+        self.nodes = [
+            NodeProcess(
+                f"node-{index + 1}",
+                f"tcp://{host}:{base_port + index}",
+                [*extra_args, *(["--join", first] if index else [])],
+            )
+            for index in range(nodes)
+        ]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [node.endpoint for node in self.nodes]
+
+    def start(self) -> Self:
+        try:
+            for node in self.nodes:
+                if self._log_dir is not None:
+                    self._log_dir.mkdir(parents=True, exist_ok=True)
+                    log = (self._log_dir / f"{node.name}.log").open("ab")
+                    self._logs.append(log)
+                    node.log = log
+                node.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def exited(self) -> list[str]:
+        """Names of the nodes whose process has ended."""
+        return [node.name for node in self.nodes if node.process and not node.running]
+
+    def node(self, name: str) -> NodeProcess:
+        return next(node for node in self.nodes if node.name == name)
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
