@@ -549,7 +549,7 @@ def test_commands_against_a_node(node: Node) -> None:
         ["delete", "-e", live, "cli:missing"],
         ["ping", "-e", live],
         ["ping", "-e", dead, "-e", live, "--timeout", "1"],
-        ["status", "-e", live],
+        ["status", "-e", live, "--json"],
         ["get", "-e", dead, "--timeout", "0.3", "seeded:1"],
     )
     put_json, put_text, got, fallback, missing, deleted, not_there = results[:7]
@@ -580,12 +580,14 @@ def test_commands_against_a_node(node: Node) -> None:
 
 
 HELP_MENTIONS = {
-    "node": ["--name", "--bind", "--partitions", "--config", "SIGTERM"],
+    "node": ["--name", "--bind", "--join", "--partitions", "--config", "SIGTERM"],
+    "leave": ["--endpoint", "--timeout"],
+    "cluster": ["--nodes", "--base-port", "Ctrl-C"],
     "get": ["--endpoint", "--timeout", "key"],
     "put": ["--endpoint", "--timeout", "key value"],
     "delete": ["--endpoint", "--timeout", "key"],
     "ping": ["--endpoint", "--timeout"],
-    "status": ["--endpoint", "--timeout"],
+    "status": ["--endpoint", "--timeout", "--json"],
 }
 
 
