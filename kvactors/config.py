@@ -45,7 +45,7 @@ class NodeConfig:
     seeds: tuple[str, ...] = ()
     """Endpoints of nodes to join the cluster through; none: found a new cluster."""
 
-    partitions: int = 1024
+    partitions: int = 2048
     """Q: number of partitions, a power of two, fixed when the cluster is created. Every
     node of a cluster must use the same Q."""
 

@@ -27,12 +27,10 @@ from kvactors.distribution.ring import (
 N = DEFAULT_REPLICAS
 Q = DEFAULT_PARTITIONS
 
-# Joins and removals move at most this many times the ideal share of replicas. The issue's
-# target is 1.10; the ring meets it in ~99% of random joins at Q=1024 and passes it by a few
-# slots in the rest (worst measured 1.13), see the module docstring. The newcomer's own
-# share is capped at 1.10 and asserted as such; test_nearly_every_join_meets_the_1_10_...
-# holds the rate of joins within 1.10.
-MOVEMENT_BOUND = 1.25
+# Joins and removals move at most this many times the ideal share of replicas: the issue's
+# target, met at the default Q=2048 (at Q=1024 about 1% of joins pass it; see the module
+# docstring).
+MOVEMENT_BOUND = LOAD_LIMIT
 
 # Member names: random, but drawn from a fixed pool so that each name's placement (about a
 # millisecond to compute) is memoised across examples and the file stays fast.
@@ -185,16 +183,16 @@ def test_a_removal_moves_little_more_than_the_leavers_share(
     assert leaver_share <= moved <= MOVEMENT_BOUND * ideal
 
 
-def test_nearly_every_join_meets_the_1_10_movement_target() -> None:
-    """The statistics behind MOVEMENT_BOUND, where they are worst: joins that bring the
-    ring to 22 to 32 members. Bounded loads in the usual clockwise form fail this."""
+def test_every_join_onto_a_large_ring_meets_the_1_10_movement_target() -> None:
+    """Where movement is worst, joins that bring the ring to 22 to 32 members, 100 seeded
+    cases all within 1.10. Bounded loads in the usual clockwise form fail this."""
     rng = random.Random(7)
     ratios = []
     for _ in range(100):
         names = rng.sample(NAME_POOL, rng.randint(22, 32))
         before, after = Ring.build(names[:-1]), Ring.build(names)
         ratios.append(moved_replicas(before, after) / (N * Q / len(names)))
-    assert sum(ratio <= 1.10 for ratio in ratios) >= 93
+    assert sum(ratio <= 1.10 for ratio in ratios) == 100
     assert sum(ratios) / len(ratios) <= 1.02
 
 
