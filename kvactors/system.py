@@ -31,6 +31,7 @@ from kvactors.dispatch import NodeDispatcher
 from kvactors.distribution.responsibility_manager import (
     ResponsibilityManager,
     RingHolder,
+    RingSnapshot,
     build_snapshot,
 )
 from kvactors.errors import KVActorsError, UnavailableError
@@ -178,6 +179,14 @@ class ActorSystem:
             .get()
         )
         return future
+
+    def ring_snapshot(self) -> RingSnapshot:
+        """Who owns what, as this node sees it now (read without asking any actor)."""
+        return self._services.ring.current
+
+    def ring_owners(self) -> tuple[str, ...]:
+        """The members that own partitions now, by name."""
+        return self._services.ring.current.ring.members
 
     def leave(self) -> None:
         """Leave the cluster: announce it, then stop (`wait()` returns when done)."""

@@ -72,8 +72,8 @@ riak_core's claim does, which a function of the member set cannot.
 Why Q = 2048 is affordable: a node runs a StoreServer per partition, but StoreServers are
 dispatched actors (kvactors.dispatch) with no thread of their own; 2048 of them start in
 about 0.4 s. Cost of the ring: 32 members at the defaults build in about ten milliseconds
-once the members' placements are memoised (they depend only on name, Q and V; about a millisecond each to
-compute the first time).
+once the members' placements are memoised (they depend only on name, Q and V; about a
+millisecond each to compute the first time).
 """
 
 from __future__ import annotations

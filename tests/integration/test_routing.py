@@ -1,0 +1,68 @@
+"""Routing across nodes: any node serves any key; each key is stored on its owner only."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgpack
+import pytest
+
+from kvactors import ActorSystem, Client, NodeConfig
+from kvactors.distribution.hashing import partition_of
+
+TIMEOUT = 10.0
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not true within {timeout}s: {condition}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def embedded_peer(start_node: Any) -> Iterator[tuple[ActorSystem, Any]]:
+    """Node b as a process; node a embedded in this test, joined to b."""
+    b = start_node("b")
+    # The embedded node's endpoint must be one b can reach: a fixed free port, not port 0.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = NodeConfig(name="a", bind=f"tcp://127.0.0.1:{port}", seeds=(b.endpoint,))
+    with ActorSystem(config) as a:
+        wait_for(lambda: len(a.ring_owners()) == 2)
+        yield a, b
+
+
+def stored_on(system: ActorSystem, endpoint: str, key: bytes) -> Any:
+    """What the node at `endpoint` holds for `key` in its own store (a store RPC is served
+    locally, whoever owns the key)."""
+    result = system.rpc(endpoint, "store", {"ops": [["get", key]]}, timeout=5).result(10)
+    value = result["results"][0]
+    return None if value is None else msgpack.unpackb(value)
+
+
+def test_embedded_client_routes_to_owners_and_any_node_reads_back(
+    embedded_peer: tuple[ActorSystem, Any],
+) -> None:
+    a, b = embedded_peer
+    keys = [f"route:{i}" for i in range(200)]
+    for index, key in enumerate(keys):
+        a.client.put(key, index)
+    with Client(b.endpoint, timeout=TIMEOUT) as client:
+        assert client.get_many(keys) == {key: index for index, key in enumerate(keys)}
+    assert a.client.get_many(keys) == {key: index for index, key in enumerate(keys)}
+
+    snapshot = a.ring_snapshot()
+    owners = {snapshot.owner(partition_of(key.encode(), a.config.partitions)) for key in keys}
+    assert owners == {"a", "b"}, "200 keys should spread over both nodes"
+    for index, key in enumerate(keys[:40]):
+        owner = snapshot.owner(partition_of(key.encode(), a.config.partitions))
+        other = b.endpoint if owner == "a" else a.endpoint
+        mine = a.endpoint if owner == "a" else b.endpoint
+        assert stored_on(a, mine, key.encode()) == index
+        assert stored_on(a, other, key.encode()) is None, f"{key} stored off its owner"
