@@ -49,12 +49,22 @@ class NodeProcess:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> Self:
+        """Launch the process and wait until the node answers."""
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> Self:
+        """Launch the process; it answers a little later (see `wait_ready`)."""
         command = [
             sys.executable, "-m", "kvactors", "node",
             "--name", self.name, "--bind", self.endpoint, *self.args,
         ]  # fmt: skip
         target = self.log if self.log is not None else subprocess.DEVNULL
         self.process = subprocess.Popen(command, stdout=target, stderr=target)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> Self:
+        """Wait until the launched node answers a ping."""
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while not node_answers(self.endpoint):
             if self.process.poll() is not None:
@@ -125,13 +135,17 @@ class LocalCluster:
 
     def start(self) -> Self:
         try:
+            # All at once: each process takes about a second to import and start, and the
+            # joiners keep knocking at the first node until it answers.
             for node in self.nodes:
                 if self._log_dir is not None:
                     self._log_dir.mkdir(parents=True, exist_ok=True)
                     log = (self._log_dir / f"{node.name}.log").open("ab")
                     self._logs.append(log)
                     node.log = log
-                node.start()
+                node.launch()
+            for node in self.nodes:
+                node.wait_ready()
         except BaseException:
             self.stop()
             raise
