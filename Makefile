@@ -13,7 +13,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/embedded.py
+	$(BIN)/python examples/cluster_demo.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

@@ -45,6 +45,25 @@ EXPECTED_OUTPUT = {
         "refused it with a clear error (bad_request: key must be str or bytes, not int)",
         "All seven requests were answered as expected.",
     ],
+    "local_cluster.py": [
+        "3 nodes running; node-1 founded the cluster.",
+        "every node sees 3 alive members",
+        "put city:lagos through node-2, get through node-3: the same",
+        "read back 6 of 6 keys through a different node",
+        "node-3  tcp://127.0.0.1:",
+        "stopped all 3 nodes cleanly",
+    ],
+    "cluster_demo.py": [
+        "Every node lists all 3 as alive",
+        "Wrote 3,000 keys in",
+        ": 0 mismatches.",
+        "node-1 marked node-3 dead",
+        "node-2 marked node-3 dead",
+        "node-3  tcp://127.0.0.1:",
+        "node-1 stopped (exit code 0",
+        "node-2 stopped (exit code 0",
+        "Every node has stopped cleanly.",
+    ],
 }
 
 # Wire-protocol clients: each runs against its own real node process, whose endpoint is
