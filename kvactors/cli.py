@@ -163,6 +163,10 @@ def _run_node(args: argparse.Namespace) -> int:
     threading.Thread(target=watch_for_failure, daemon=True).start()
     log.info("node %s ready on %s", config.name, system.endpoint)
     done.wait()
+    # Stopping now: a second signal (Ctrl-C and a launcher's SIGTERM often both come)
+    # must not cut the clean stop short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if signals:
         log.info("received %s; stopping", signals[0])
     system.stop()
@@ -267,8 +271,11 @@ def _run_cluster(args: argparse.Namespace) -> int:
             print(f"{node.name}  {node.endpoint}  (pid {node.pid})", flush=True)
         print(f"{args.nodes} nodes running; Ctrl-C stops them all", flush=True)
         while not done.wait(0.5):
-            exited = cluster.exited()
-            if exited:
-                log.error("node %s exited on its own; stopping the others", exited[0])
+            failed = cluster.failed()
+            if failed:
+                log.error("node %s failed; stopping the others", failed[0])
                 return 1
+            if len(cluster.exited()) == len(cluster.nodes):
+                log.info("every node has left")
+                return 0
     return 0

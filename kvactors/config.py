@@ -108,6 +108,10 @@ class NodeConfig:
             all(isinstance(seed, str) and seed for seed in self.seeds),
             "seeds must be endpoints",
         )
+        _check(
+            not (self.seeds and self.advertise is None and _is_wildcard(self.bind)),
+            "a node that binds every interface must say how peers reach it: give advertise",
+        )
         _check(self.max_seconds > 0, "max_seconds must be positive")
 
     @property
@@ -139,6 +143,10 @@ class NodeConfig:
         unknown = set(values) - _field_types().keys()
         _check(not unknown, f"unknown config fields: {', '.join(sorted(unknown))}")
         return cls(**values)
+
+
+def _is_wildcard(bind: str | None) -> bool:
+    return bind is not None and ("*" in bind or "0.0.0.0" in bind or "[::]" in bind)
 
 
 def _check(condition: bool, message: str) -> None:

@@ -59,7 +59,11 @@ class NodeProcess:
             "--name", self.name, "--bind", self.endpoint, *self.args,
         ]  # fmt: skip
         target = self.log if self.log is not None else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, stdout=target, stderr=target)
+        # A session of its own: a terminal's Ctrl-C reaches the launcher alone, which then
+        # stops every node once, cleanly.
+        self.process = subprocess.Popen(
+            command, stdout=target, stderr=target, start_new_session=True
+        )
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> Self:
@@ -114,10 +118,13 @@ class LocalCluster:
         host: str = "127.0.0.1",
         extra_args: Sequence[str] = (),
         log_dir: str | Path | None = None,
+        converge: bool = True,
     ) -> None:
+        """`converge`: `start()` returns only once every node sees every node alive."""
         if nodes < 1:
             raise KVActorsError("a cluster needs at least one node")
         self._log_dir = None if log_dir is None else Path(log_dir)
+        self._converge = converge
         self._logs: list[IO[bytes]] = []
         first = f"tcp://{host}:{base_port}"
         self.nodes = [
@@ -146,6 +153,8 @@ class LocalCluster:
                 node.launch()
             for node in self.nodes:
                 node.wait_ready()
+            if self._converge:
+                self.wait_converged()
         except BaseException:
             self.stop()
             raise
@@ -154,6 +163,33 @@ class LocalCluster:
     def exited(self) -> list[str]:
         """Names of the nodes whose process has ended."""
         return [node.name for node in self.nodes if node.process and not node.running]
+
+    def failed(self) -> list[str]:
+        """Names of the nodes whose process has ended with an error (leaving exits 0)."""
+        return [
+            node.name
+            for node in self.nodes
+            if node.process is not None and node.process.poll() not in (None, 0)
+        ]
+
+    def wait_converged(self, timeout: float = 30.0) -> None:
+        """Wait until every node lists every node as alive: until then a joiner that is
+        still alone thinks it owns every key."""
+        from kvactors.api.client import Client  # noqa: PLC0415 - the launcher needs it here only
+
+        names = {node.name for node in self.nodes}
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            with Client(node.endpoint, timeout=2.0, retries=0) as client:
+                while True:
+                    alive = {
+                        m["name"] for m in client.status()["members"] if m["status"] == "alive"
+                    }
+                    if names <= alive:
+                        break
+                    if time.monotonic() > deadline:
+                        raise KVActorsError(f"{node.name} sees only {sorted(alive)} alive")
+                    time.sleep(0.05)
 
     def node(self, name: str) -> NodeProcess:
         return next(node for node in self.nodes if node.name == name)

@@ -12,6 +12,7 @@ order; the root supervisor uses `rest_for_one`, so a crash of an early component
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -62,7 +63,7 @@ class ActorSystem:
 
     def __init__(self, config: NodeConfig | None = None, **overrides: Any) -> None:
         base = config if config is not None else NodeConfig()
-        self.config = base.replace(**overrides) if overrides else base
+        self.config = _with_concrete_port(base.replace(**overrides) if overrides else base)
         self._root: pykka.ActorRef[Any] | None = None
         self._backend: StorageBackend | None = None
         self._directory = PartitionDirectory(self.config.partitions)
@@ -272,3 +273,20 @@ class ActorSystem:
                 exit_.error,
             )
         self._stopped.set()
+
+
+def _with_concrete_port(config: NodeConfig) -> NodeConfig:
+    """Pick the free port a `bind` of port 0 stands for, before anything starts.
+
+    Peers learn a node's endpoint through gossip, which starts before the transport
+    binds; an endpoint of port 0 would send them nowhere. (A port taken by someone else
+    in between makes the start fail clearly, with "cannot bind".)
+    """
+    bind = config.bind
+    if bind is None or not bind.startswith("tcp://") or not bind.endswith(":0"):
+        return config
+    host = bind[len("tcp://") : -len(":0")]
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host.strip("[]") if host != "*" else "", 0))
+        port = probe.getsockname()[1]
+    return config.replace(bind=f"tcp://{host}:{port}")
