@@ -1,0 +1,51 @@
+"""Ring snapshots: who owns partitions, and how requests are routed."""
+
+from __future__ import annotations
+
+from kvactors.cluster.membership import Member, MemberStatus
+from kvactors.distribution.responsibility_manager import build_snapshot
+
+Q = 256
+
+
+def member(name: str, status: MemberStatus = MemberStatus.ALIVE) -> Member:
+    return Member(name, f"tcp://{name}:5555", status, 0, 0)
+
+
+def test_a_lone_node_owns_everything_and_routes_locally() -> None:
+    me = member("a")
+    snapshot = build_snapshot(0, me, [me], Q)
+    assert snapshot.route == (None,) * Q
+    assert snapshot.partitions_owned() == {"a": Q}
+
+
+def test_routes_point_at_the_owner_endpoint_or_none_for_this_node() -> None:
+    me, others = member("a"), [member("b"), member("c")]
+    snapshot = build_snapshot(1, me, [me, *others], Q)
+    for partition, route in enumerate(snapshot.route):
+        owner = snapshot.owner(partition)
+        assert route == (None if owner == "a" else f"tcp://{owner}:5555")
+    assert set(snapshot.partitions_owned()) == {"a", "b", "c"}
+    assert sum(snapshot.partitions_owned().values()) == Q
+
+
+def test_dead_and_left_members_own_nothing_but_stay_listed() -> None:
+    me = member("a")
+    members = [
+        me,
+        member("b", MemberStatus.DEAD),
+        member("c", MemberStatus.LEFT),
+        member("d", MemberStatus.SUSPECT),
+        member("e", MemberStatus.JOINING),
+    ]
+    snapshot = build_snapshot(2, me, members, Q)
+    assert set(snapshot.ring.members) == {"a", "d", "e"}
+    assert [m.name for m in snapshot.members] == ["a", "b", "c", "d", "e"]
+    assert all(route != "tcp://b:5555" for route in snapshot.route)
+
+
+def test_this_node_owns_a_share_even_before_the_others_list_it() -> None:
+    me = member("a", MemberStatus.JOINING)
+    snapshot = build_snapshot(3, me, [member("b")], Q)
+    assert "a" in snapshot.ring.members
+    assert None in snapshot.route
