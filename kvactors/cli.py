@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import signal
@@ -161,6 +162,9 @@ def _run_node(args: argparse.Namespace) -> int:
         done.set()
 
     threading.Thread(target=watch_for_failure, daemon=True).start()
+    # Everything built so far (thousands of actors, the ring) lives as long as the node:
+    # keep the garbage collector from scanning it again and again.
+    gc.freeze()
     log.info("node %s ready on %s", config.name, system.endpoint)
     done.wait()
     # Stopping now: a second signal (Ctrl-C and a launcher's SIGTERM often both come)

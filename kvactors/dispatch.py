@@ -237,10 +237,10 @@ class DispatchedActor(SupervisedActor):
             self._actor_loop_setup()
         messages = self._mailbox.messages
         handle = self._handle_envelope
-        for _ in range(throughput):
-            if self._halted or not messages:
-                break
+        budget = throughput
+        while budget and messages and not self._halted:
             handle(messages.popleft())
+            budget -= 1
         if self._halted:
             self._finish()
             return

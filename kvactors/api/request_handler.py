@@ -195,8 +195,11 @@ class RequestService:
         if len(frames) >= 3 and frames[1] == rpc.MARKER:
             self._serve_rpc(frames[0], frames[2:])
             return
-        # REQ sockets (and some DEALERs) put an empty delimiter after the routing id.
-        if len(frames) == 3 and not frames[1]:
+        # The common shapes first: a DEALER's [id, request] and a REQ's [id, b"", request].
+        count = len(frames)
+        if count == 2:
+            envelope, body = frames[:1], frames[1:]
+        elif count == 3 and not frames[1]:
             envelope, body = frames[:2], frames[2:]
         else:
             envelope, body = _split_envelope(frames)
@@ -520,10 +523,9 @@ def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     """(envelope, body): the envelope runs to the first empty delimiter after the routing
     id (REQ sockets, proxies and REQ_CORRELATE add frames before it), else it is the
     routing id alone (a DEALER sending bare frames)."""
-    try:
-        delimiter = frames.index(b"", 1, len(frames) - 1)  # a delimiter has a body after it
-    except ValueError:
+    if b"" not in frames[1:-1]:  # a delimiter has a body after it
         return frames[:1], frames[1:]
+    delimiter = frames.index(b"", 1)
     return frames[: delimiter + 1], frames[delimiter + 1 :]
 
 

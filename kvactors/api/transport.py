@@ -38,7 +38,6 @@ _DRAIN_BUDGET = 4096
 # which costs more than the send itself for small messages.
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
 
 
 def _send_parts(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
@@ -50,11 +49,17 @@ def _send_parts(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
 
 
 def _recv_parts(sock: zmq.Socket[bytes]) -> list[bytes]:
-    """recv_multipart without blocking; raises zmq.Again when nothing is ready."""
-    recv, more = sock.recv, sock.getsockopt
-    frames = [recv(_NOBLOCK)]
-    while more(_RCVMORE):
-        frames.append(recv(_NOBLOCK))
+    """recv_multipart without blocking; raises zmq.Again when nothing is ready.
+
+    Frames come as zmq.Frame objects whose `more` flag is read off the frame: asking the
+    socket for RCVMORE costs a Python-level option lookup per part, more than the copy.
+    """
+    recv = sock.recv
+    frame = recv(_NOBLOCK, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = recv(_NOBLOCK, copy=False)
+        frames.append(frame.bytes)
     return frames
 
 

@@ -139,6 +139,8 @@ class StoreServer(DispatchedActor):
         # Writes go to the table in one transaction at the end (group commit); reads in
         # the batch see the batch's earlier writes through `written`.
         table = self._table
+        if len(ops) == 1 and type(ops[0]) is Get:
+            return [table.get(ops[0].key)]  # the commonest batch: one read, nothing to merge
         written: dict[bytes, bytes | None] = {}
         writes: list[Write] = []
         results: list[Any] = []
