@@ -114,6 +114,10 @@ class LocalClient:
         return time.monotonic() + (self._timeout if timeout is None else timeout)
 
     def _call(self, partition: int, message: object, deadline: float) -> Any:
+        if self._ring.current.route[partition] is None:  # this node owns it: ask here
+            return self._await(
+                partition, message, *self._send(partition, message, deadline), deadline
+            )
         return self._call_all({partition: message}, deadline)[partition]
 
     def _call_all(self, messages: Mapping[int, object], deadline: float) -> dict[int, Any]:
