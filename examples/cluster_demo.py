@@ -8,10 +8,8 @@ the other two notice, then stops everything. It explains each step as it goes.
 
 from __future__ import annotations
 
-import random
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import textwrap
@@ -24,13 +22,12 @@ import zmq
 
 from kvactors.cli import format_status
 from kvactors.errors import KVActorsError
-from kvactors.launcher import LocalCluster
+from kvactors.launcher import LocalCluster, free_port_block
 
 HOST = "127.0.0.1"
 NODES = 3
 KEYS = 3_000
 # Well below Linux's ephemeral range (32768 up), where outgoing connections take ports.
-PORT_RANGE = (20_000, 30_000)
 # Longer than a node's own request timeout (5 s), so its `timeout` reply arrives first.
 REPLY_TIMEOUT_MS = 6_000
 POLL_INTERVAL = 0.1
@@ -99,25 +96,6 @@ def member_status(status: dict[str, Any], name: str) -> str:
 
 def alive_count(status: dict[str, Any]) -> int:
     return sum(1 for member in status["members"] if member["status"] == "alive")
-
-
-def free_port_block(count: int, attempts: int = 200) -> int:
-    """The first of `count` consecutive ports that are free now, chosen at random."""
-    rng = random.Random()
-    for _ in range(attempts):
-        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - count)
-        if all(port_is_free(base + offset) for offset in range(count)):
-            return base
-    raise DemoError(f"found no {count} free consecutive ports in {PORT_RANGE}")
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
 
 
 # ------------------------------------------------------------------------------ the steps

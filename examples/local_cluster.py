@@ -13,9 +13,7 @@ through another, then prints the cluster's status table.
 from __future__ import annotations
 
 import argparse
-import random
 import signal
-import socket
 import sys
 import time
 from typing import Any
@@ -23,11 +21,10 @@ from typing import Any
 from kvactors import Client
 from kvactors.cli import format_status
 from kvactors.errors import KVActorsError
-from kvactors.launcher import LocalCluster
+from kvactors.launcher import LocalCluster, free_port_block
 
 HOST = "127.0.0.1"
 # Well below Linux's ephemeral range (32768 up), where outgoing connections take ports.
-PORT_RANGE = (20_000, 30_000)
 # Gossip makes every node know every other within a second or two; this is generous.
 CONVERGE_TIMEOUT = 30.0
 POLL_INTERVAL = 0.1
@@ -44,25 +41,6 @@ CITIES = {
 
 class NotConvergedError(Exception):
     """The nodes did not all come to see each other in time."""
-
-
-def free_port_block(count: int, attempts: int = 200) -> int:
-    """The first of `count` consecutive ports that are free now, chosen at random."""
-    rng = random.Random()
-    for _ in range(attempts):
-        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - count)
-        if all(port_is_free(base + offset) for offset in range(count)):
-            return base
-    raise SystemExit(f"found no {count} free consecutive ports in {PORT_RANGE}")
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
 
 
 def wait_until_converged(cluster: LocalCluster) -> float:

@@ -8,7 +8,9 @@ before it returns, and stops them all (SIGTERM, then SIGKILL after a grace perio
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +25,29 @@ import zmq
 
 from kvactors.errors import KVActorsError
 
-__all__ = ["LocalCluster", "NodeProcess", "node_answers"]
+__all__ = ["LocalCluster", "NodeProcess", "free_port_block", "node_answers"]
+
+# Below Linux's ephemeral range (32768 and up), so outgoing connections do not take them.
+_PORT_RANGE = (20_000, 30_000)
+
+
+def free_port_block(count: int, host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """The first of `count` consecutive ports free on `host` now, chosen at random."""
+    rng = random.Random()
+    for _ in range(attempts):
+        base = rng.randrange(_PORT_RANGE[0], _PORT_RANGE[1] - count)
+        if all(_port_is_free(host, base + offset) for offset in range(count)):
+            return base
+    raise KVActorsError(f"found no {count} free consecutive ports in {_PORT_RANGE}")
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def node_answers(endpoint: str, timeout: float = 0.5) -> bool:

@@ -12,28 +12,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgpack
 import pytest
-import zmq
+
+from kvactors.launcher import node_answers
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def ping(endpoint: str, timeout: float = 0.5) -> bool:
-    """True if a node answers a ping on `endpoint` within `timeout` seconds."""
-    context = zmq.Context.instance()
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(endpoint)
-        sock.send(msgpack.packb({"op": "ping"}))
-        return bool(sock.poll(int(timeout * 1000)))
-    finally:
-        sock.close()
 
 
 @dataclass
@@ -54,7 +41,7 @@ class NodeProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
-        while not ping(self.endpoint):
+        while not node_answers(self.endpoint):
             if self.process.poll() is not None:
                 raise RuntimeError(f"node {self.name} exited:\n{self.log()}")
             if time.monotonic() > deadline:

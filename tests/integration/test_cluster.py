@@ -16,10 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +31,7 @@ import pytest
 
 from kvactors import Client
 from kvactors.config import NodeConfig
-from kvactors.launcher import LocalCluster, NodeProcess, node_answers
+from kvactors.launcher import LocalCluster, NodeProcess, free_port_block, node_answers
 
 T = TypeVar("T")
 Status = dict[str, Any]
@@ -50,29 +48,9 @@ REPLY_TIMEOUT = 10.0
 POLL_INTERVAL = 0.02
 SEED_WARNING = "no seed of {seeds} has answered yet; serving alone until one does"
 # Below Linux's ephemeral range (32768+), where the nodes' own outgoing sockets live.
-_PORT_RANGE = (20000, 32000)
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_block(count: int) -> int:
-    """The first of `count` consecutive loopback ports that were all free a moment ago."""
-    rng = random.Random()
-    for _ in range(500):
-        base = rng.randrange(_PORT_RANGE[0], _PORT_RANGE[1] - count)
-        if all(_port_is_free(base + offset) for offset in range(count)):
-            return base
-    raise RuntimeError(f"no block of {count} free ports in {_PORT_RANGE}")
 
 
 def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
