@@ -26,8 +26,6 @@ and 5 % of messages dropped; ``pytest -s`` prints them again.
 
 from __future__ import annotations
 
-import ast
-import inspect
 import math
 import random
 from collections.abc import Callable, Iterable
@@ -37,7 +35,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvactors.cluster import gossip
 from kvactors.cluster.gossip import (
     GossipConfig,
     GossipMessage,
@@ -223,27 +220,6 @@ def pair(config: GossipConfig = CONFIG) -> tuple[GossipState, GossipState]:
 
 def changed_statuses(output: Output) -> dict[str, MemberStatus]:
     return {change.name: change.after.status for change in output.changes}
-
-
-def test_module_is_pure() -> None:
-    tree = ast.parse(inspect.getsource(gossip))
-    typing_only = {
-        id(statement)
-        for node in tree.body
-        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
-        for statement in ast.walk(node)
-    }
-    imported = {
-        alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import) and id(node) not in typing_only
-        for alias in node.names
-    } | {
-        (node.module or "").split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and id(node) not in typing_only
-    }
-    assert not imported & {"pykka", "zmq", "msgpack", "time", "random", "socket", "os"}
 
 
 def test_config_defaults_and_validation() -> None:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import ast
-import inspect
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvactors.cluster import membership
 from kvactors.cluster.membership import (
     MAX_NAME_LENGTH,
     Member,
@@ -52,21 +48,6 @@ def reference_merge(*records: Member) -> Member:
     best = max(records, key=lambda m: (m.incarnation, order.index(m.status), m.endpoint))
     heartbeat = max(m.heartbeat for m in records)
     return Member(best.name, best.endpoint, best.status, best.incarnation, heartbeat)
-
-
-def test_module_is_pure() -> None:
-    tree = ast.parse(inspect.getsource(membership))
-    imported = {
-        alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    } | {
-        (node.module or "").split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom)
-    }
-    assert not imported & {"pykka", "zmq", "msgpack", "time", "random", "socket", "os"}
 
 
 # ------------------------------------------------------------------------------ the merge rule

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import inspect
 import itertools
 from dataclasses import dataclass
 
@@ -11,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvactors.distribution import quorum
 from kvactors.distribution.quorum import Decision, Outcome, QuorumKind, QuorumTracker
 from kvactors.distribution.versions import (
     HlcStamp,
@@ -93,21 +90,6 @@ def check_run(replicas: tuple[str, ...], required: int, events: list[Event]) -> 
 
 
 # ------------------------------------------------------------------------------ the module
-
-
-def test_module_is_pure() -> None:
-    tree = ast.parse(inspect.getsource(quorum))
-    imported = {
-        alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    } | {
-        (node.module or "").split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom)
-    }
-    assert not imported & {"pykka", "zmq", "msgpack", "time", "random", "socket", "os"}
 
 
 # ---------------------------------------------------------------------------- decisions

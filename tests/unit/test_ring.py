@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import inspect
 import math
 import random
 
@@ -13,7 +11,6 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvactors.distribution import ring
 from kvactors.distribution.ring import (
     DEFAULT_PARTITIONS,
     DEFAULT_REPLICAS,
@@ -64,21 +61,6 @@ def every_preference_list(built: Ring, n: int | None = None) -> list[tuple[str, 
 
 
 # ------------------------------------------------------------------------------ the module
-
-
-def test_module_is_pure() -> None:
-    tree = ast.parse(inspect.getsource(ring))
-    imported = {
-        alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    } | {
-        (node.module or "").split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom)
-    }
-    assert not imported & {"pykka", "zmq", "msgpack", "time", "random", "socket", "os"}
 
 
 # ------------------------------------------------------------------------------ key placement

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import ast
-import inspect
 from collections.abc import Iterable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvactors.distribution import versions
 from kvactors.distribution.versions import (
     MAX_CONTEXT_BYTES,
     MAX_CONTEXT_ENTRIES,
@@ -94,21 +91,6 @@ def reference_maximal(pool: Iterable[Version]) -> set[Version]:
 
 
 # ------------------------------------------------------------------------------ the module
-
-
-def test_module_is_pure() -> None:
-    tree = ast.parse(inspect.getsource(versions))
-    imported = {
-        alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    } | {
-        (node.module or "").split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom)
-    }
-    assert not imported & {"pykka", "zmq", "msgpack", "time", "random", "socket", "os"}
 
 
 # --------------------------------------------------------------------------- vector clocks
