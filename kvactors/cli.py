@@ -63,6 +63,9 @@ def _add_node(commands: Any) -> None:
     )
     node.add_argument("--advertise", help="the endpoint peers should use, if not --bind")
     node.add_argument("--partitions", type=int, help="number of partitions, a power of two")
+    node.add_argument("--replicas", type=int, help="N: copies of each key (default 3)")
+    node.add_argument("--read-quorum", type=int, help="R: replicas a read waits for (default 2)")
+    node.add_argument("--write-quorum", type=int, help="W: replicas a write waits for (default 2)")
     node.add_argument("--config", metavar="FILE", help="a TOML file of node settings")
 
 
@@ -149,6 +152,9 @@ def _run_node(args: argparse.Namespace) -> int:
             advertise=args.advertise,
             seeds=seeds,
             partitions=args.partitions,
+            replicas=args.replicas,
+            read_quorum=args.read_quorum,
+            write_quorum=args.write_quorum,
         )
         if config.bind is None:
             raise KVActorsError("a node needs an endpoint: give --bind or KVACTORS_BIND")

@@ -49,6 +49,20 @@ class NodeConfig:
     """Q: number of partitions, a power of two, fixed when the cluster is created. Every
     node of a cluster must use the same Q."""
 
+    replicas: int = 3
+    """N: copies of each key, on N distinct nodes (capped at the cluster's size)."""
+
+    read_quorum: int = 2
+    """R: replicas that must answer a read (capped at N); a request may ask for its own `r`."""
+
+    write_quorum: int = 2
+    """W: replicas that must hold a write before it is acknowledged (capped at N); a
+    request may ask for its own `w`."""
+
+    tombstone_grace: float = 600.0
+    """Seconds a deleted key's tombstone is kept, so that replicas which missed the delete
+    learn it instead of bringing the value back."""
+
     gossip_interval: float = 0.25
     """Seconds between gossip rounds."""
 
@@ -94,6 +108,12 @@ class NodeConfig:
             self.storage in _STORAGE_KINDS,
             f"storage must be one of {', '.join(_STORAGE_KINDS)}, got {self.storage!r}",
         )
+        _check(self.replicas >= 1, "replicas must be at least 1")
+        _check(
+            1 <= self.read_quorum <= self.replicas and 1 <= self.write_quorum <= self.replicas,
+            "read_quorum and write_quorum must be between 1 and replicas",
+        )
+        _check(self.tombstone_grace >= 0, "tombstone_grace must be zero or more")
         _check(self.max_key_bytes > 0, "max_key_bytes must be positive")
         _check(self.max_value_bytes > 0, "max_value_bytes must be positive")
         _check(self.request_timeout > 0, "request_timeout must be positive")

@@ -194,8 +194,21 @@ class _Mailbox:
             if actor._scheduled or actor._finished:
                 return False
             actor._scheduled = True
-        self.messages.append(_Tell(message))
-        actor._run_slice(THROUGHPUT)
+        if not actor._set_up or actor._halted:
+            self.messages.append(_Tell(message))
+            actor._run_slice(THROUGHPUT)
+            return True
+        # The common case, without the queue: handle it, then finish the slice as
+        # `_run_slice` would (mail that came meanwhile, a stop the message caused).
+        actor._handle_envelope(_Tell(message))
+        if self.messages or actor._halted:
+            actor._run_slice(THROUGHPUT)
+            return True
+        with actor._schedule_lock:
+            if not self.messages:
+                actor._scheduled = False
+                return True
+        actor._dispatcher.schedule(actor)
         return True
 
     def get(self) -> Any:

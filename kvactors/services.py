@@ -10,8 +10,9 @@ component (each registers itself when it starts).
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pykka
 
@@ -22,7 +23,16 @@ from kvactors.distribution.responsibility_manager import RingHolder
 from kvactors.errors import UnavailableError
 from kvactors.storage.store_supervisor import PartitionDirectory
 
-__all__ = ["NodeServices"]
+if TYPE_CHECKING:
+    from kvactors.api.protocol import Reply, Request
+
+__all__ = ["NodeServices", "RequestGateway"]
+
+
+class RequestGateway(Protocol):
+    """Coordinates a client request from any thread (the RequestService does)."""
+
+    def submit(self, request: Request) -> Future[Reply]: ...
 
 
 @dataclass(slots=True)
@@ -35,6 +45,8 @@ class NodeServices:
     stop_node: Callable[[], None]
     """Asks the node to stop; returns at once (the stop happens on another thread)."""
     components: dict[str, pykka.ActorRef[Any]] = field(default_factory=dict)
+    gateway: RequestGateway | None = None
+    """The request path's entry for the embedded client, while the node serves the network."""
 
     def register(self, name: str, ref: pykka.ActorRef[Any]) -> None:
         self.components[name] = ref

@@ -73,7 +73,9 @@ class ActorSystem:
             directory=self._directory,
             dispatcher=NodeDispatcher(),
             network=PeerNetwork(),
-            ring=RingHolder(build_snapshot(0, me, [me], self.config.partitions)),
+            ring=RingHolder(
+                build_snapshot(0, me, [me], self.config.partitions, self.config.replicas)
+            ),
             stop_node=self._stop_soon,
         )
         self._client = LocalClient(self._services)
@@ -231,6 +233,8 @@ class ActorSystem:
                     services.directory,
                     range(config.partitions),
                     dispatcher=services.dispatcher,
+                    node=config.name,
+                    tombstone_grace=config.tombstone_grace,
                     max_restarts=config.max_restarts,
                     max_seconds=config.max_seconds,
                 ),
@@ -241,7 +245,9 @@ class ActorSystem:
             ChildSpec("gossip_protocol", lambda: GossipProtocol.start(services)),
             ChildSpec(
                 "responsibility_manager",
-                lambda: ResponsibilityManager.start(services.ring, config.partitions, subscribe),
+                lambda: ResponsibilityManager.start(
+                    services.ring, config.partitions, subscribe, config.replicas
+                ),
             ),
         ]
         if config.bind is not None:

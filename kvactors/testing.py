@@ -13,9 +13,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from kvactors.distribution.versions import KeyState
     from kvactors.system import ActorSystem
 
-__all__ = ["FakeClock", "crash_store_server", "wait_until"]
+__all__ = ["FakeClock", "crash_store_server", "replica_state", "stored_values", "wait_until"]
 
 
 def wait_until(
@@ -78,3 +79,38 @@ def crash_store_server(
     except Exception:  # it died in between: the same as not live
         return None
     return partition
+
+
+def replica_state(endpoint: str, key: str | bytes, timeout: float = 5.0) -> KeyState:
+    """What the node at `endpoint` holds for `key` in its own store, whichever replicas the
+    key has: the node's `KeyState` of it (empty when it holds none).
+
+    For tests that check replication and repair on each node's own store. It speaks the
+    node-to-node `store` RPC over a DEALER socket of its own.
+    """
+    import msgpack  # noqa: PLC0415 - kept out of the import of this module
+    import zmq  # noqa: PLC0415
+
+    from kvactors.api.rpc import MARKER, STORE, encode_call  # noqa: PLC0415
+    from kvactors.distribution.versions import state_from_wire  # noqa: PLC0415
+
+    raw = key.encode("utf-8") if isinstance(key, str) else key
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    with context.socket(zmq.DEALER) as sock:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        sock.send_multipart([MARKER, encode_call(1, STORE, timeout, {"ops": [["read", raw]]})])
+        if not sock.poll(int(timeout * 1000)):
+            raise TimeoutError(f"{endpoint} did not answer a store read in {timeout}s")
+        reply = msgpack.unpackb(sock.recv_multipart()[-1], raw=False)
+    if not reply.get("ok"):
+        raise AssertionError(f"{endpoint} refused a store read: {reply.get('error')}")
+    return state_from_wire(reply["result"]["results"][0])
+
+
+def stored_values(endpoint: str, key: str | bytes, timeout: float = 5.0) -> list[object]:
+    """The live values (decoded, newest first) the node at `endpoint` holds for `key`."""
+    from kvactors.codec import decode_value  # noqa: PLC0415
+
+    state = replica_state(endpoint, key, timeout)
+    return [decode_value(v.value) for v in state.live if v.value is not None]

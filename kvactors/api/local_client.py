@@ -1,8 +1,10 @@
 """LocalClient: `system.client`, get/put/delete on an embedded node from any thread.
 
-The client finds a key's partition, reads the partition's live StoreServer from the
-PartitionDirectory (no actor is asked) and asks it. Keys and values are validated and
-encoded here, in the caller's thread, so bad input never reaches an actor.
+In a cluster, requests go to the node's quorum coordinator on its transport thread, like
+network requests. While the node is alone (N=1, no peers), the client finds a key's
+partition, reads the partition's live StoreServer from the PartitionDirectory (no actor is
+asked) and asks it. Keys and values are validated and encoded here, in the caller's
+thread, so bad input never reaches an actor.
 
 A StoreServer may crash and be restarted while a request is on its way. A message the
 dead StoreServer never handled is sent again to its successor; that is always safe,
@@ -13,19 +15,26 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
 import pykka
 
-from kvactors.api.rpc import STORE
+from kvactors.api.protocol import DEFAULT_MAX_BATCH_ITEMS, Op, PutItem, Reply, Request, WireFormat
+from kvactors.api.versioned import Versioned, read_modify_write
 from kvactors.codec import Key, decode_value, encode_value, normalize_key
 from kvactors.distribution.hashing import partition_of
-from kvactors.errors import InternalError, KVActorsError, RequestTimeoutError, UnavailableError
-from kvactors.services import NodeServices
-from kvactors.storage.store_server import Delete, Get, GetMany, Put, PutMany
+from kvactors.distribution.versions import KeyState, VectorClock, decode_context
+from kvactors.errors import (
+    BadRequestError,
+    InternalError,
+    KVActorsError,
+    RequestTimeoutError,
+    UnavailableError,
+)
+from kvactors.services import NodeServices, RequestGateway
+from kvactors.storage.store_server import Get, GetMany, PutMany, ReadKey, WriteKey, Written
 
 __all__ = ["LocalClient"]
 
@@ -40,14 +49,16 @@ class LocalClient:
     """get/put/delete against the node embedded in this process. Thread-safe.
 
     A missing key is not an error: `get` returns `default` (None unless given), and
-    `get_many` leaves it out of its result.
+    `get_many` leaves it out of its result. While the node is alone (no peers, N=1) the
+    client asks its StoreServers directly; in a cluster every request goes through the
+    node's quorum coordinator, exactly as a network request does.
     """
 
     def __init__(self, services: NodeServices) -> None:
         config = services.config
+        self._services = services
         self._directory = services.directory
         self._ring = services.ring
-        self._network = services.network
         self._partitions = len(self._directory)
         self._max_key = config.max_key_bytes
         self._max_value = config.max_value_bytes
@@ -55,35 +66,139 @@ class LocalClient:
 
     # -- single keys ------------------------------------------------------------------
 
-    def get(self, key: Key, default: Any = None, *, timeout: float | None = None) -> Any:
+    def get(
+        self, key: Key, default: Any = None, *, r: int | None = None, timeout: float | None = None
+    ) -> Any:
         """The value stored under `key`, or `default` when there is none."""
         raw = normalize_key(key, self._max_key)
+        gateway = self._gateway()
+        if gateway is not None:
+            reply = self._submit(gateway, Op.GET, timeout, key=raw, r=r)
+            if reply.found and reply.value_bytes is not None:
+                return decode_value(reply.value_bytes)
+            return default
         encoded = self._call(self._partition(raw), Get(raw), self._deadline(timeout))
         return default if encoded is None else decode_value(encoded)
 
-    def put(self, key: Key, value: Any, *, timeout: float | None = None) -> None:
-        """Store `value` under `key`; returns once the store has it."""
+    def get_versioned(
+        self, key: Key, *, r: int | None = None, timeout: float | None = None
+    ) -> Versioned:
+        """The key with every live sibling and the causal context for the next write."""
         raw = normalize_key(key, self._max_key)
-        message = Put(raw, encode_value(value, self._max_value))
-        self._call(self._partition(raw), message, self._deadline(timeout))
+        gateway = self._gateway()
+        if gateway is not None:
+            reply = self._submit(gateway, Op.GET, timeout, key=raw, r=r, siblings=True)
+            values = [decode_value(value) for value in reply.siblings or ()]
+            return Versioned(bool(values), values[0] if values else None, values, reply.context)
+        state: KeyState = self._call(self._partition(raw), ReadKey(raw), self._deadline(timeout))
+        distinct = dict.fromkeys(v.value for v in state.live if v.value is not None)
+        values = [decode_value(value) for value in distinct]
+        context = state.encoded_context()
+        return Versioned(bool(values), values[0] if values else None, values, context)
 
-    def delete(self, key: Key, *, timeout: float | None = None) -> bool:
-        """Remove `key`; True if it was there."""
+    def put(
+        self,
+        key: Key,
+        value: Any,
+        *,
+        context: bytes | None = None,
+        w: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Store `value` under `key`; returns once W replicas hold it (see `Client.put`)."""
+        self.put_with_outcome(key, value, context=context, w=w, timeout=timeout)
+
+    def put_with_outcome(
+        self,
+        key: Key,
+        value: Any,
+        *,
+        context: bytes | None = None,
+        w: int | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """`put`, returning True if the key has concurrent siblings afterwards."""
         raw = normalize_key(key, self._max_key)
-        existed: bool = self._call(self._partition(raw), Delete(raw), self._deadline(timeout))
-        return existed
+        encoded = encode_value(value, self._max_value)
+        gateway = self._gateway()
+        if gateway is not None:
+            reply = self._submit(
+                gateway, Op.PUT, timeout, key=raw, value_bytes=encoded, context=context, w=w
+            )
+            return bool(reply.conflict)
+        message = WriteKey(raw, encoded, _clock(context))
+        written: Written = self._call(self._partition(raw), message, self._deadline(timeout))
+        return len({v.value for v in written.state.live}) > 1
+
+    def delete(
+        self,
+        key: Key,
+        *,
+        context: bytes | None = None,
+        w: int | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Remove `key`; True if a live value was there."""
+        raw = normalize_key(key, self._max_key)
+        gateway = self._gateway()
+        if gateway is not None:
+            reply = self._submit(gateway, Op.DELETE, timeout, key=raw, context=context, w=w)
+            return bool(reply.deleted)
+        message = WriteKey(raw, None, _clock(context))
+        written: Written = self._call(self._partition(raw), message, self._deadline(timeout))
+        return written.existed
+
+    def update(
+        self,
+        key: Key,
+        fn: Callable[[Any], Any],
+        *,
+        merge: Callable[[list[Any]], Any] | None = None,
+        default: Any = None,
+        r: int | None = None,
+        w: int | None = None,
+        attempts: int = 10,
+        timeout: float | None = None,
+    ) -> Any:
+        """Read-modify-write `key` without losing concurrent changes (see `Client.update`)."""
+        return read_modify_write(
+            self,
+            key,
+            fn,
+            merge=merge,
+            default=default,
+            r=r,
+            w=w,
+            attempts=attempts,
+            timeout=timeout,
+        )
 
     # -- batches: one message per partition, all partitions in parallel --------------
 
-    def get_many(self, keys: Iterable[K], *, timeout: float | None = None) -> dict[K, Any]:
+    def get_many(
+        self, keys: Iterable[K], *, r: int | None = None, timeout: float | None = None
+    ) -> dict[K, Any]:
         """The found keys among `keys`, mapped to their values."""
+        gateway = self._gateway()
+        if gateway is not None:
+            wanted = [(key, normalize_key(key, self._max_key)) for key in keys]
+            found: dict[K, Any] = {}
+            for chunk in _chunks(wanted):
+                raw_keys = tuple(raw for _, raw in chunk)
+                reply = self._submit(gateway, Op.GET_MANY, timeout, keys=raw_keys, r=r)
+                for (key, _), item in zip(chunk, reply.results or (), strict=True):
+                    if item.error is not None:
+                        raise item.error
+                    if item.found and item.value_bytes is not None:
+                        found[key] = decode_value(item.value_bytes)
+            return found
         by_partition: defaultdict[int, list[tuple[K, bytes]]] = defaultdict(list)
         for key in keys:
             raw = normalize_key(key, self._max_key)
             by_partition[self._partition(raw)].append((key, raw))
         messages = {p: GetMany(tuple(raw for _, raw in pairs)) for p, pairs in by_partition.items()}
         replies = self._call_all(messages, self._deadline(timeout))
-        found: dict[K, Any] = {}
+        found = {}
         for partition, pairs in by_partition.items():
             for (key, _), encoded in zip(pairs, replies[partition], strict=True):
                 if encoded is not None:
@@ -94,16 +209,78 @@ class LocalClient:
         self,
         items: Mapping[K, Any] | Iterable[tuple[K, Any]],
         *,
+        w: int | None = None,
         timeout: float | None = None,
     ) -> None:
         """Store many pairs; each partition applies its share in one transaction."""
         pairs = items.items() if isinstance(items, Mapping) else items
+        encoded = [
+            (normalize_key(key, self._max_key), encode_value(value, self._max_value))
+            for key, value in pairs
+        ]
+        gateway = self._gateway()
+        if gateway is not None:
+            for chunk in _chunks(encoded):
+                put_items = tuple(PutItem(raw, value, None) for raw, value in chunk)
+                reply = self._submit(gateway, Op.PUT_MANY, timeout, items=put_items, w=w)
+                for item in reply.results or ():
+                    if item.error is not None:
+                        raise item.error
+            return
         by_partition: defaultdict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
-        for key, value in pairs:
-            raw = normalize_key(key, self._max_key)
-            by_partition[self._partition(raw)].append((raw, encode_value(value, self._max_value)))
+        for raw, value in encoded:
+            by_partition[self._partition(raw)].append((raw, value))
         messages = {p: PutMany(tuple(writes)) for p, writes in by_partition.items()}
         self._call_all(messages, self._deadline(timeout))
+
+    # -- through the coordinator -----------------------------------------------------
+
+    def _gateway(self) -> RequestGateway | None:
+        """The coordinator, unless this node is alone and keeps every key's one copy."""
+        snapshot = self._ring.current
+        if snapshot.n_val == 1 and len(snapshot.ring.members) == 1:
+            return None
+        gateway = self._services.gateway
+        if gateway is None:
+            raise UnavailableError("the node is in a cluster but its request path is not running")
+        return gateway
+
+    def _submit(
+        self,
+        gateway: RequestGateway,
+        op: Op,
+        timeout: float | None,
+        *,
+        key: bytes = b"",
+        value_bytes: bytes = b"",
+        context: bytes | None = None,
+        r: int | None = None,
+        w: int | None = None,
+        siblings: bool = False,
+        keys: tuple[bytes, ...] = (),
+        items: tuple[PutItem, ...] = (),
+    ) -> Reply:
+        seconds = self._timeout if timeout is None else timeout
+        request = Request(
+            op,
+            WireFormat.MSGPACK,
+            None,
+            key,
+            value_bytes,
+            context,
+            r,
+            w,
+            max(1, int(seconds * 1000)),
+            siblings,
+            keys,
+            items,
+        )
+        future = gateway.submit(request)
+        try:
+            # The coordinator answers by the deadline; the margin covers a busy thread.
+            return future.result(timeout=seconds + 5.0)
+        except FutureTimeout:
+            raise RequestTimeoutError("the node did not answer in time") from None
 
     # -- delivery ---------------------------------------------------------------------
 
@@ -114,35 +291,12 @@ class LocalClient:
         return time.monotonic() + (self._timeout if timeout is None else timeout)
 
     def _call(self, partition: int, message: object, deadline: float) -> Any:
-        if self._ring.current.route[partition] is None:  # this node owns it: ask here
-            return self._await(
-                partition, message, *self._send(partition, message, deadline), deadline
-            )
-        return self._call_all({partition: message}, deadline)[partition]
+        return self._await(partition, message, *self._send(partition, message, deadline), deadline)
 
     def _call_all(self, messages: Mapping[int, object], deadline: float) -> dict[int, Any]:
-        """Local partitions are asked here; the others' owners get one RPC each."""
-        route = self._ring.current.route
-        local = {p: m for p, m in messages.items() if route[p] is None}
-        remote: defaultdict[str, list[int]] = defaultdict(list)
-        for partition in messages:
-            owner = route[partition]
-            if owner is not None:
-                remote[owner].append(partition)
-        calls = {
-            owner: self._network.call(
-                owner,
-                STORE,
-                {"ops": [op for p in partitions for op in _wire_ops(messages[p])]},
-                max(0.001, deadline - time.monotonic()),
-            )
-            for owner, partitions in remote.items()
-        }
-        sent = {p: self._send(p, m, deadline) for p, m in local.items()}
-        replies = {p: self._await(p, local[p], *sent[p], deadline) for p in local}
-        for owner, future in calls.items():
-            replies.update(_remote_replies(owner, future, remote[owner], messages, deadline))
-        return replies
+        """Every partition is asked at once, then every answer awaited."""
+        sent = {p: self._send(p, m, deadline) for p, m in messages.items()}
+        return {p: self._await(p, messages[p], *sent[p], deadline) for p in messages}
 
     def _send(
         self, partition: int, message: object, deadline: float
@@ -188,49 +342,15 @@ class LocalClient:
             ref, future = self._send(partition, message, deadline)
 
 
-def _wire_ops(message: object) -> list[list[Any]]:
-    """A StoreServer message as the ops of a `store` RPC."""
-    match message:
-        case Get(key):
-            return [["get", key]]
-        case Put(key, value):
-            return [["put", key, value]]
-        case Delete(key):
-            return [["delete", key]]
-        case GetMany(keys):
-            return [["get", key] for key in keys]
-        case PutMany(items):
-            return [["put", key, value] for key, value in items]
-    raise TypeError(f"no wire form for {message!r}")
-
-
-def _remote_replies(
-    owner: str,
-    future: Future[Any],
-    partitions: list[int],
-    messages: Mapping[int, object],
-    deadline: float,
-) -> dict[int, Any]:
-    """Split one `store` RPC's results back into each partition's reply."""
+def _clock(context: bytes | None) -> VectorClock | None:
+    if context is None:
+        return None
     try:
-        results = future.result(timeout=max(0.0, deadline - time.monotonic()))["results"]
-    except FutureTimeout:
-        raise RequestTimeoutError(f"the owner {owner} did not answer in time") from None
-    except KVActorsError:
-        raise
-    except Exception as exc:
-        raise InternalError(f"the owner {owner} failed: {exc!r}") from exc
-    replies: dict[int, Any] = {}
-    position = 0
-    for partition in partitions:
-        message = messages[partition]
-        count = len(_wire_ops(message))
-        chunk = results[position : position + count]
-        position += count
-        if isinstance(message, Get | Delete):
-            replies[partition] = chunk[0]
-        elif isinstance(message, GetMany):
-            replies[partition] = chunk
-        else:
-            replies[partition] = None
-    return replies
+        return decode_context(context)
+    except ValueError as exc:
+        raise BadRequestError(f"context is not one a node made: {exc}") from None
+
+
+def _chunks(items: list[Any]) -> list[list[Any]]:
+    size = DEFAULT_MAX_BATCH_ITEMS
+    return [items[start : start + size] for start in range(0, len(items), size)]

@@ -33,18 +33,15 @@ Requests (``op`` may also be spelled ``operation``, the seed's JSON field)::
 - ``context``: bytes, the opaque causal context a get returned (at most 68,355 bytes,
   the largest context a node makes).
 - ``siblings``: boolean; true asks for every concurrent version instead of one.
-- ``context`` and ``siblings`` are checked but not yet acted on: a node keeps one version
-  per key until replication with causal versions arrives, so replies carry no context
-  and a siblings request gets the ordinary reply.
 - ``null``/nil for an optional field means the field is absent. Any other field, or a
   field the operation does not take, is a ``bad_request``.
 - ``get_many`` and ``put_many`` take 1 to ``max_batch_items`` (1000) keys or items.
 
 Replies are maps with ``"ok"`` and, when the request had one, ``"id"``::
 
-    put        {"ok": true, "id": 7}                       (+ "context" when known)
+    put        {"ok": true, "id": 7}            (+ "conflict": true when siblings remain)
     get        {"ok": true, "id": 8, "found": true, "value": V, "context": C}
-               {"ok": true, "id": 8, "found": false}
+               {"ok": true, "id": 8, "found": false, "context": C}
                with siblings: {"ok": true, "found": true, "siblings": [V, ...], "context": C}
     delete     {"ok": true, "id": 9, "deleted": true}
     get_many   {"ok": true, "results": [ITEM, ...]}   one ITEM per key, in request order
@@ -240,6 +237,7 @@ class Reply(NamedTuple):
     deleted: bool | None = None
     results: tuple[ItemResult, ...] | None = None
     status: Mapping[str, Any] | None = None
+    conflict: bool | None = None
 
 
 class ProtocolError(BadRequestError):
@@ -833,9 +831,13 @@ def _dump_json(obj: Any) -> bytes:
 # -- replies ------------------------------------------------------------------------------
 
 
-def put_reply(request_id: RequestId | None, context: bytes | None = None) -> Reply:
-    """A put was stored."""
-    return Reply(request_id, None, None, None, context)
+def put_reply(
+    request_id: RequestId | None, context: bytes | None = None, *, conflict: bool = False
+) -> Reply:
+    """A put was stored; `conflict`: the key now has concurrent siblings."""
+    return Reply(
+        request_id, None, None, None, context, None, None, None, True if conflict else None
+    )
 
 
 def get_reply(request_id: RequestId | None, value_bytes: bytes, context: bytes | None) -> Reply:
@@ -957,6 +959,8 @@ def _plain_fields(reply: Reply) -> dict[str, Any]:
         fields["deleted"] = reply.deleted
     if reply.status is not None:
         fields["status"] = reply.status
+    if reply.conflict:
+        fields["conflict"] = True
     return fields
 
 
@@ -989,6 +993,7 @@ _FOUND_TRUE: Final = _name("found") + b"\xc3"
 _FOUND_FALSE: Final = _name("found") + b"\xc2"
 _DELETED_TRUE: Final = _name("deleted") + b"\xc3"
 _DELETED_FALSE: Final = _name("deleted") + b"\xc2"
+_CONFLICT_TRUE: Final = _name("conflict") + b"\xc3"
 # Replies and result items have fewer than 16 fields: their map header is one byte.
 _MAP_HEADERS: Final = tuple(bytes((0x80 | count,)) for count in range(16))
 
@@ -996,7 +1001,7 @@ _MAP_HEADERS: Final = tuple(bytes((0x80 | count,)) for count in range(16))
 def _pack_reply(reply: Reply) -> bytes:
     """The reply as a msgpack map assembled from encoded pieces; values are spliced in as
     stored, never decoded and re-encoded."""
-    request_id, found, value_bytes, siblings, context, deleted, results, status = reply
+    request_id, found, value_bytes, siblings, context, deleted, results, status, conflict = reply
     parts = [b"", _OK_TRUE]  # parts[0] becomes the map header once the count is known
     count = 1
     if request_id is not None:
@@ -1022,6 +1027,9 @@ def _pack_reply(reply: Reply) -> bytes:
         count += 1
     if status is not None:
         parts += (_STATUS, _PACKER.pack(status))
+        count += 1
+    if conflict:
+        parts.append(_CONFLICT_TRUE)
         count += 1
     parts[0] = _MAP_HEADERS[count]
     return b"".join(parts)

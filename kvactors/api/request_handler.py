@@ -5,11 +5,14 @@ node's `Transport` and a `RequestService`, whose callbacks run in the transport 
 
 1. a frame arrives on the ROUTER; the service splits off the envelope, decodes and
    validates the request (`protocol.Codec`), and answers bad input at once;
-2. each key's operation is queued for its partition; when the transport has drained
-   everything ready (`on_flush`), each partition's queue goes to its StoreServer as one
-   `StoreBatch` (a `tell`, never an `ask`);
-3. the StoreServer calls back with the results; the callback hands them to the
-   transport thread, which encodes each reply and sends it with its original envelope.
+2. each key of the request becomes a quorum operation (kvactors.distribution.coordinator)
+   on the key's N replicas: replica operations for this node are queued for their
+   partition, those for peers are queued for that peer;
+3. when the transport has drained everything ready (`on_flush`), each partition's queue
+   goes to its StoreServer as one `StoreBatch` (a `tell`, never an `ask`), and each
+   peer's queue goes out as one `store` RPC;
+4. answers come back as callbacks on the transport thread; once R or W replicas of every
+   key have answered, the reply goes out with the request's original envelope.
 
 Requests in flight are bounded (`max_inflight`); past it a request is answered
 `overloaded` at once. Each has a deadline; the periodic tick answers `timeout` for
@@ -25,7 +28,8 @@ import itertools
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,18 +50,38 @@ from kvactors.api.protocol import (
     encode_reply,
     get_many_reply,
     get_reply,
+    item_failed,
     item_found,
     item_not_found,
+    item_siblings,
     item_written,
     not_found_reply,
     ping_reply,
     put_many_reply,
     put_reply,
+    siblings_reply,
     status_reply,
 )
 from kvactors.api.transport import SocketOptions, Transport, TransportStats
 from kvactors.cluster.gossip_protocol import Leave
+from kvactors.distribution.coordinator import (
+    KeyOutcome,
+    ReadOperation,
+    ReadResult,
+    ReplicaTarget,
+    WriteOperation,
+    WriteResult,
+    distinct_live_values,
+)
 from kvactors.distribution.hashing import partition_of
+from kvactors.distribution.responsibility_manager import RingSnapshot
+from kvactors.distribution.versions import (
+    KeyState,
+    VectorClock,
+    decode_context,
+    state_from_wire,
+    state_to_wire,
+)
 from kvactors.errors import (
     BadRequestError,
     InternalError,
@@ -65,17 +89,18 @@ from kvactors.errors import (
     OverloadedError,
     RequestTimeoutError,
     UnavailableError,
+    error_for_code,
 )
 from kvactors.services import NodeServices
-from kvactors.storage.store_server import Delete, Get, Put, StoreBatch, StoreOp
+from kvactors.storage.store_server import ReadKey, StoreBatch, StoreOp, WriteKey, Written
 from kvactors.supervision import SupervisedActor
 
 __all__ = ["RequestHandler", "RequestService", "ServiceStats"]
 
 logger = logging.getLogger(__name__)
 
-# Replicas of each key on this version's single node; quorums above it cannot be met.
-_REPLICAS = 1
+COORDINATE = "coordinate"
+"""The RPC op that asks a replica to coordinate writes for a node that is not one."""
 
 
 @dataclass(slots=True)
@@ -88,10 +113,12 @@ class ServiceStats:
     batches: int = 0
     retried_ops: int = 0
     forwarded: int = 0
+    replica_calls: int = 0
+    read_repairs: int = 0
 
 
 class _Pending:
-    """One request waiting for StoreServers: one result slot per key."""
+    """One request waiting for its keys: one result slot per key."""
 
     __slots__ = ("deadline", "done", "missing", "results")
 
@@ -126,14 +153,40 @@ class _ClientRequest(_Pending):
 
     def answer(self, service: RequestService) -> None:
         request = self.request
-        frame = encode_reply(_reply_for(request, self.results), request.fmt)
-        service.send_frames([*self.envelope, frame])
+        try:
+            reply = _reply_for(request, self.results)
+        except KVActorsError as error:
+            service.send_error(self.envelope, error, request.request_id, request.fmt)
+            return
+        service.send_frames([*self.envelope, encode_reply(reply, request.fmt)])
 
     def refuse(self, service: RequestService, error: KVActorsError) -> None:
         service.send_error(self.envelope, error, self.request.request_id, self.request.fmt)
 
 
+class _LocalRequest(_Pending):
+    """A request from the embedded client of this process: answered through a Future."""
+
+    __slots__ = ("future", "request")
+
+    def __init__(self, request: Request, future: Future[Reply], slots: int, deadline: float):
+        super().__init__(slots, deadline)
+        self.request = request
+        self.future = future
+
+    def answer(self, service: RequestService) -> None:
+        try:
+            self.future.set_result(_reply_for(self.request, self.results))
+        except KVActorsError as error:
+            self.future.set_exception(error)
+
+    def refuse(self, service: RequestService, error: KVActorsError) -> None:
+        self.future.set_exception(error)
+
+
 class _RpcRequest(_Pending):
+    """A `store` call from a peer: replica operations on this node's StoreServers."""
+
     __slots__ = ("call_id", "peer")
 
     def __init__(self, peer: bytes, call_id: int, slots: int, deadline: float) -> None:
@@ -142,19 +195,92 @@ class _RpcRequest(_Pending):
         self.call_id = call_id
 
     def answer(self, service: RequestService) -> None:
-        payload = rpc.encode_result(self.call_id, {"results": self.results})
+        results = [
+            state_to_wire(result) if type(result) is KeyState else result for result in self.results
+        ]
+        payload = rpc.encode_result(self.call_id, {"results": results})
         service.send_frames([self.peer, rpc.MARKER, payload])
 
     def refuse(self, service: RequestService, error: KVActorsError) -> None:
         service.send_frames([self.peer, rpc.MARKER, rpc.encode_error(self.call_id, error)])
 
 
-# One queued key operation: which request, which slot of its results, and the op.
-_Entry = tuple[_Pending, int, StoreOp]
+class _CoordinateRequest(_Pending):
+    """A `coordinate` call from a peer: writes this node coordinates for it."""
+
+    __slots__ = ("call_id", "peer")
+
+    def __init__(self, peer: bytes, call_id: int, slots: int, deadline: float) -> None:
+        super().__init__(slots, deadline)
+        self.peer = peer
+        self.call_id = call_id
+
+    def answer(self, service: RequestService) -> None:
+        results: list[list[Any]] = []
+        for outcome in self.results:
+            if isinstance(outcome, KVActorsError):
+                results.append(["error", outcome.code, str(outcome)[:1000]])
+            else:
+                results.append(["ok", outcome.existed, outcome.siblings])
+        payload = rpc.encode_result(self.call_id, {"results": results})
+        service.send_frames([self.peer, rpc.MARKER, payload])
+
+    def refuse(self, service: RequestService, error: KVActorsError) -> None:
+        service.send_frames([self.peer, rpc.MARKER, rpc.encode_error(self.call_id, error)])
+
+
+class _FillSlot:
+    """The ReplicaTarget of a peer's `store` call: each answer fills its op's slot."""
+
+    __slots__ = ("pending", "service")
+
+    def __init__(self, service: RequestService, pending: _Pending) -> None:
+        self.service = service
+        self.pending = pending
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        self.service.fill(self.pending, tag, result)
+
+    def replica_failed(self, tag: Any, error: KVActorsError) -> None:
+        self.service.fail(self.pending, error)
+
+
+class _SoleRead:
+    """The target of a read whose only replica is this node: its state is the answer."""
+
+    __slots__ = ("pending", "service", "slot")
+
+    def __init__(self, service: RequestService, pending: _Pending, slot: int) -> None:
+        self.service = service
+        self.pending = pending
+        self.slot = slot
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        self.service.fill(self.pending, self.slot, ReadResult(result))
+
+    def replica_failed(self, tag: Any, error: KVActorsError) -> None:
+        self.service.fill(self.pending, self.slot, error)
+
+
+class _SoleWrite(_SoleRead):
+    """The target of a write whose only replica is this node."""
+
+    __slots__ = ()
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        written: Written = result
+        outcome = WriteResult(written.existed, distinct_live_values(written.state))
+        self.service.fill(self.pending, self.slot, outcome)
+
+
+# One queued replica operation: who hears the answer, which replica it was, and the op.
+_Entry = tuple[ReplicaTarget, Any, StoreOp]
+# One queued op for a peer: who hears the answer, its tag, and the op in wire form.
+_PeerEntry = tuple[ReplicaTarget, Any, list[Any]]
 
 
 class RequestService:
-    """The transport's handler: decodes, batches per partition, answers. Thread: transport."""
+    """The transport's handler: decodes, coordinates, batches, answers. Thread: transport."""
 
     def __init__(
         self,
@@ -175,9 +301,8 @@ class RequestService:
         self._max_inflight = config.max_inflight
         self._inflight = 0
         self._queued: defaultdict[int, list[_Entry]] = defaultdict(list)
-        # Ops for keys another node owns, by that node's endpoint, forwarded per flush.
-        self._forward: defaultdict[str, list[_Entry]] = defaultdict(list)
-        self._local_route: tuple[str | None, ...] = (None,) * config.partitions
+        self._to_peers: defaultdict[str, list[_PeerEntry]] = defaultdict(list)
+        self._to_coordinators: defaultdict[str, list[_PeerEntry]] = defaultdict(list)
         self._parked: list[tuple[int, _Entry]] = []
         # Deadlines in arrival order: with the default timeout they are also in deadline
         # order, so only the head needs watching. Requests with a timeout of their own
@@ -186,8 +311,13 @@ class RequestService:
         self._custom_deadlines: list[tuple[float, int, _Pending]] = []
         self._sequence = itertools.count()
         self._closing = False
+        self._alone = (config.name,)  # the replica set of a key only this node holds
         self.stats = ServiceStats()
         self.rpc = rpc.RpcClient(transport, clock, config.request_timeout)
+
+    @property
+    def me(self) -> str:
+        return self._config.name
 
     # -- TransportHandler --------------------------------------------------------------
 
@@ -233,15 +363,20 @@ class RequestService:
         deadlines = self._deadlines
         while deadlines and deadlines[0].done:  # answered: no deadline to watch
             deadlines.popleft()
-        if self._forward:
-            forward, self._forward = self._forward, defaultdict(list)
-            for endpoint, entries in forward.items():
-                self._forward_batch(endpoint, entries)
-        if not self._queued:
-            return
-        queued, self._queued = self._queued, defaultdict(list)
-        for partition, entries in queued.items():
-            self._send_batch(partition, entries)
+        # Local batches first: a write's own replica answers, and its state then goes to
+        # the other replicas in this same flush.
+        while self._queued:
+            queued, self._queued = self._queued, defaultdict(list)
+            for partition, entries in queued.items():
+                self._send_batch(partition, entries)
+        if self._to_peers:
+            to_peers, self._to_peers = self._to_peers, defaultdict(list)
+            for endpoint, peer_entries in to_peers.items():
+                self._call_replicas(endpoint, peer_entries)
+        if self._to_coordinators:
+            to_coordinators, self._to_coordinators = self._to_coordinators, defaultdict(list)
+            for endpoint, peer_entries in to_coordinators.items():
+                self._call_coordinator(endpoint, peer_entries)
 
     def on_tick(self, now: float) -> None:
         self.rpc.on_tick(now)
@@ -249,15 +384,14 @@ class RequestService:
         if self._parked:
             parked, self._parked = self._parked, []
             for partition, entry in parked:
-                if not entry[0].done:
-                    self._queued[partition].append(entry)
+                self._queued[partition].append(entry)
 
     def on_close(self) -> None:
         self._closing = True
         error = UnavailableError("the node is shutting down")
         self.rpc.fail_all(error)
         for pending in [*self._deadlines, *(entry[2] for entry in self._custom_deadlines)]:
-            self._fail(pending, error)
+            self.fail(pending, error)
         self._deadlines.clear()
         self._custom_deadlines.clear()
 
@@ -275,25 +409,109 @@ class RequestService:
             self._services.component("gossip_protocol").tell(Leave())
             self._send_reply(envelope, request, ping_reply(request.request_id))
             return
-        if request.r is not None or request.w is not None:
-            _check_quorum(request.r, "r")
-            _check_quorum(request.w, "w")
-        if self._closing or self._inflight >= self._max_inflight:
-            self._admit()  # raises the right refusal
-        if op is Op.GET:
-            ops: Sequence[StoreOp] = (Get(request.key),)
-        elif op is Op.PUT:
-            ops = (Put(request.key, request.value_bytes),)
-        elif op is Op.DELETE:
-            ops = (Delete(request.key),)
-        elif op is Op.GET_MANY:
-            ops = [Get(key) for key in request.keys]
-        else:
-            ops = [Put(item.key, item.value_bytes) for item in request.items]
-
+        self._admit()
         timeout = None if request.timeout_ms is None else request.timeout_ms / 1000
-        pending = _ClientRequest(envelope, request, len(ops), self._deadline(timeout))
-        self._submit(pending, ops, timeout is not None)
+        slots = _slot_count(request)
+        pending = _ClientRequest(envelope, request, slots, self._deadline(timeout))
+        self._coordinate(pending, request, timeout is not None)
+
+    def submit(self, request: Request) -> Future[Reply]:
+        """Coordinate a key request from another thread (the embedded client)."""
+        future: Future[Reply] = Future()
+
+        def start() -> None:
+            try:
+                self._admit()
+                timeout = None if request.timeout_ms is None else request.timeout_ms / 1000
+                slots = _slot_count(request)
+                pending = _LocalRequest(request, future, slots, self._deadline(timeout))
+                self._coordinate(pending, request, timeout is not None)
+            except KVActorsError as error:
+                future.set_exception(error)
+
+        if not self._transport.call_soon(start):
+            future.set_exception(UnavailableError("the node's transport has stopped"))
+        return future
+
+    def _coordinate(self, pending: _Pending, request: Request, own_timeout: bool) -> None:
+        """Start one quorum operation per key of `request`."""
+        snapshot = self._ring.current
+        n_val = snapshot.n_val
+        op = request.op
+        if op is Op.GET or op is Op.GET_MANY:
+            # The default quorum is capped at N; one the client asked for is not, so a
+            # cluster too small for it answers `unavailable`.
+            r = request.r or max(1, min(self._config.read_quorum, n_val))
+            keys = (request.key,) if op is Op.GET else request.keys
+            self._track(pending, own_timeout)
+            for slot, key in enumerate(keys):
+                self._read(pending, slot, key, snapshot, r)
+            return
+        w = request.w or max(1, min(self._config.write_quorum, n_val))
+        # Every context is checked before anything starts: a bad one refuses the request
+        # as a whole, with nothing written.
+        writes: list[tuple[bytes, bytes | None, tuple[VectorClock, bytes] | None]]
+        if op is Op.PUT_MANY:
+            writes = [
+                (item.key, item.value_bytes, _decoded_context(item.context))
+                for item in request.items
+            ]
+        else:
+            value = request.value_bytes if op is Op.PUT else None
+            writes = [(request.key, value, _decoded_context(request.context))]
+        self._track(pending, own_timeout)
+        for slot, (key, value, clock) in enumerate(writes):
+            self._write(pending, slot, key, value, clock, snapshot, w, request.w)
+
+    def _read(
+        self, pending: _Pending, slot: int, key: bytes, snapshot: RingSnapshot, r: int
+    ) -> None:
+        partition = partition_of(key, self._partitions)
+        replicas = snapshot.replicas(partition)
+        if r == 1 and replicas == self._alone:
+            # The only copy is here: no quorum to track, nothing to repair.
+            self._queued[partition].append((_SoleRead(self, pending, slot), None, ReadKey(key)))
+            return
+        ReadOperation(
+            self,
+            key,
+            partition=partition,
+            replicas=replicas,
+            required=r,
+            deliver=self._slot_sink(pending, slot),
+        ).start()
+
+    def _write(  # noqa: PLR0917 - one key's fields, named at every call
+        self,
+        pending: _Pending,
+        slot: int,
+        key: bytes,
+        value: bytes | None,
+        clock: tuple[VectorClock, bytes] | None,
+        snapshot: RingSnapshot,
+        w: int,
+        requested_w: int | None,
+    ) -> None:
+        partition = partition_of(key, self._partitions)
+        replicas = snapshot.replicas(partition)
+        if w == 1 and replicas == self._alone:
+            write = WriteKey(key, value, None if clock is None else clock[0])
+            self._queued[partition].append((_SoleWrite(self, pending, slot), None, write))
+            return
+        WriteOperation(
+            self,
+            key,
+            partition=partition,
+            value=value,
+            context=clock,
+            replicas=replicas,
+            required=w,
+            deliver=self._slot_sink(pending, slot),
+            requested_w=requested_w,
+        ).start()
+
+    def _slot_sink(self, pending: _Pending, slot: int) -> Callable[[KeyOutcome], None]:
+        return lambda outcome: self.fill(pending, slot, outcome)
 
     def _serve_rpc(self, peer: bytes, body: list[bytes]) -> None:
         self.stats.rpc_requests += 1
@@ -308,14 +526,14 @@ class RequestService:
             self._transport.send_to_client([peer, rpc.MARKER, result])
             return
         try:
-            if call.op != rpc.STORE:
+            if call.op == rpc.STORE:
+                self._serve_store(peer, call)
+            elif call.op == COORDINATE:
+                self._serve_coordinate(peer, call)
+            else:
                 self._serve_registered_rpc(peer, call)
-                return
-            ops = rpc.store_ops(call, self._codec.max_key_bytes, self._codec.max_value_bytes)
-            self._admit()
         except KVActorsError as exc:
             self._transport.send_to_client([peer, rpc.MARKER, rpc.encode_error(call.call_id, exc)])
-            return
         except Exception as exc:
             # Anyone can send the RPC marker: a fault in checking a call (a RecursionError
             # from repr() of a deeply nested op) must not end the transport thread, whose
@@ -325,12 +543,48 @@ class RequestService:
             self._transport.send_to_client(
                 [peer, rpc.MARKER, rpc.encode_error(call.call_id, failure)]
             )
-            return
 
-        # A store call is served here, whoever owns the keys now: the caller routed it by
-        # its own view of the ring, and forwarding again could bounce it between views.
+    def _serve_store(self, peer: bytes, call: rpc.Call) -> None:
+        """Replica operations from a coordinator elsewhere, on this node's StoreServers.
+
+        Served here whoever owns the keys now: the caller chose this node by its own view
+        of the ring, and sending them on could bounce them between views.
+        """
+        ops = rpc.store_ops(call, self._codec.max_key_bytes, self._codec.max_value_bytes)
+        self._admit()
         pending = _RpcRequest(peer, call.call_id, len(ops), self._deadline(call.timeout))
-        self._submit(pending, ops, own_timeout=True, local=True)
+        self._track(pending, own_timeout=True)
+        target = _FillSlot(self, pending)
+        for slot, op in enumerate(ops):
+            self._queued[partition_of(op.key, self._partitions)].append((target, slot, op))
+
+    def _serve_coordinate(self, peer: bytes, call: rpc.Call) -> None:
+        """Writes a node that holds no replica of their keys asks this one to coordinate."""
+        writes = _coordinate_ops(call, self._codec)
+        self._admit()
+        pending = _CoordinateRequest(peer, call.call_id, len(writes), self._deadline(call.timeout))
+        snapshot = self._ring.current
+        operations = []
+        for slot, (key, value, context, requested_w) in enumerate(writes):
+            partition = partition_of(key, self._partitions)
+            w = _quorum(requested_w, self._config.write_quorum, snapshot.n_val, "w")
+            operations.append(
+                WriteOperation(
+                    self,
+                    key,
+                    partition=partition,
+                    value=value,
+                    context=context,
+                    replicas=snapshot.replicas(partition),
+                    required=w,
+                    deliver=self._slot_sink(pending, slot),
+                    requested_w=requested_w,
+                    coordinate_here=True,
+                )
+            )
+        self._track(pending, own_timeout=True)
+        for operation in operations:
+            operation.start()
 
     def _serve_registered_rpc(self, peer: bytes, call: rpc.Call) -> None:
         """An op a component serves (gossip, ...): its handler answers without blocking."""
@@ -348,53 +602,94 @@ class RequestService:
             self.stats.overloaded += 1
             raise OverloadedError(f"{self._inflight} requests in flight; retry later")
 
-    # -- batching --------------------------------------------------------------------------
-
     def _deadline(self, timeout: float | None) -> float:
         return self._clock() + (self._timeout if timeout is None else timeout)
 
-    def _submit(
-        self, pending: _Pending, ops: Sequence[StoreOp], own_timeout: bool, local: bool = False
-    ) -> None:
+    def _track(self, pending: _Pending, own_timeout: bool) -> None:
         self._inflight += 1
         if not own_timeout:
             self._deadlines.append(pending)
         else:
             entry = (pending.deadline, next(self._sequence), pending)
             heapq.heappush(self._custom_deadlines, entry)
-        queued, forward, partitions = self._queued, self._forward, self._partitions
-        route = self._local_route if local else self._ring.current.route
-        for slot, op in enumerate(ops):
-            partition = partition_of(op.key, partitions)
-            owner = route[partition]
-            if owner is None:
-                queued[partition].append((pending, slot, op))
-            else:
-                forward[owner].append((pending, slot, op))
 
-    def _forward_batch(self, endpoint: str, entries: list[_Entry]) -> None:
-        """Send the ops for keys `endpoint` owns there, as one `store` RPC."""
+    # -- ReplicaChannel: how the coordinator reaches replicas ---------------------------
+
+    def to_local(self, partition: int, op: StoreOp, target: ReplicaTarget, tag: Any) -> None:
+        self._queued[partition].append((target, tag, op))
+
+    def to_peer(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
+        endpoint = self._ring.current.endpoint_of(name)
+        if endpoint is None:
+            target.replica_failed(tag, UnavailableError(f"{name} is not a member any more"))
+        else:
+            self._to_peers[endpoint].append((target, tag, wire_op))
+
+    def coordinate_at(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
+        endpoint = self._ring.current.endpoint_of(name)
+        if endpoint is None:
+            target.replica_failed(tag, UnavailableError(f"{name} is not a member any more"))
+        else:
+            self._to_coordinators[endpoint].append((target, tag, wire_op))
+
+    def count_read_repair(self) -> None:
+        self.stats.read_repairs += 1
+
+    # -- batching --------------------------------------------------------------------------
+
+    def _call_replicas(self, endpoint: str, entries: list[_PeerEntry]) -> None:
+        """The replica ops for one peer, as one `store` RPC."""
 
         def settle(result: Any, error: KVActorsError | None) -> None:
             results = result.get("results") if isinstance(result, dict) else None
             if error is None and (not isinstance(results, list) or len(results) != len(entries)):
                 error = InternalError(f"{endpoint} answered a store call with {result!r:.100}")
             if error is not None:
-                if not isinstance(error, RequestTimeoutError):
-                    error = UnavailableError(f"the owner {endpoint} failed: {error}")
-                for pending, _, _ in entries:
-                    self._fail(pending, error)
+                for target, tag, _ in entries:
+                    target.replica_failed(tag, error)
                 return
             assert isinstance(results, list)
-            self._batch_done(entries, results)
+            for (target, tag, wire_op), answer in zip(entries, results):  # noqa: B905
+                if wire_op[0] != "read":
+                    target.replica_done(tag, answer)
+                    continue
+                try:
+                    state = state_from_wire(answer)
+                except ValueError as exc:
+                    target.replica_failed(tag, InternalError(f"{endpoint}: {exc}"))
+                else:
+                    target.replica_done(tag, state)
 
-        ops = [_op_to_wire(entry[2]) for entry in entries]
-        self.stats.forwarded += len(ops)
+        self.stats.replica_calls += 1
+        ops = [entry[2] for entry in entries]
         self.rpc.call(endpoint, rpc.STORE, {"ops": ops}, settle, self._timeout)
 
+    def _call_coordinator(self, endpoint: str, entries: list[_PeerEntry]) -> None:
+        """Writes for a replica to coordinate, as one `coordinate` RPC."""
+
+        def settle(result: Any, error: KVActorsError | None) -> None:
+            results = result.get("results") if isinstance(result, dict) else None
+            if error is None and (not isinstance(results, list) or len(results) != len(entries)):
+                error = InternalError(f"{endpoint} answered a coordinate call with {result!r:.100}")
+            if error is not None:
+                for target, tag, _ in entries:
+                    target.replica_failed(tag, error)
+                return
+            assert isinstance(results, list)
+            for (target, tag, _), answer in zip(entries, results):  # noqa: B905
+                if isinstance(answer, list) and len(answer) == 3 and answer[0] == "ok":
+                    target.replica_done(tag, answer[1:])
+                elif isinstance(answer, list) and len(answer) == 3 and answer[0] == "error":
+                    target.replica_failed(tag, error_for_code(str(answer[1]), str(answer[2])))
+                else:
+                    failure = InternalError(f"{endpoint} answered a write with {answer!r:.100}")
+                    target.replica_failed(tag, failure)
+
+        self.stats.forwarded += len(entries)
+        ops = [entry[2] for entry in entries]
+        self.rpc.call(endpoint, COORDINATE, {"ops": ops}, settle, self._timeout)
+
     def _send_batch(self, partition: int, live: list[_Entry]) -> None:
-        # Ops of requests that have timed out meanwhile go along: a write may still land
-        # after its timeout (docs/protocol.md says so), and filtering costs every batch.
         ref = self._directory.current(partition)
         if ref is None or not ref.is_alive():
             self._parked.extend((partition, entry) for entry in live)
@@ -422,15 +717,8 @@ class RequestService:
         self._transport.call_soon(lambda: self._batch_failed(partition, entries, error, handled))
 
     def _batch_done(self, entries: list[_Entry], results: list[Any]) -> None:
-        for (pending, slot, _), result in zip(entries, results):  # noqa: B905 - equal by design
-            if pending.done:
-                continue
-            pending.results[slot] = result
-            pending.missing -= 1
-            if pending.missing == 0:
-                pending.done = True
-                self._inflight -= 1
-                pending.answer(self)
+        for (target, tag, _), result in zip(entries, results):  # noqa: B905 - equal by design
+            target.replica_done(tag, result)
 
     def _batch_failed(
         self, partition: int, entries: list[_Entry], error: BaseException, handled: bool
@@ -441,10 +729,22 @@ class RequestService:
             self._parked.extend((partition, entry) for entry in entries)
             return
         failure = InternalError(f"partition {partition} failed: {error!r}")
-        for pending, _, _ in entries:
-            self._fail(pending, failure)
+        for target, tag, _ in entries:
+            target.replica_failed(tag, failure)
 
-    def _fail(self, pending: _Pending, error: KVActorsError) -> None:
+    # -- results ---------------------------------------------------------------------------
+
+    def fill(self, pending: _Pending, slot: int, result: Any) -> None:
+        if pending.done:
+            return
+        pending.results[slot] = result
+        pending.missing -= 1
+        if pending.missing == 0:
+            pending.done = True
+            self._inflight -= 1
+            pending.answer(self)
+
+    def fail(self, pending: _Pending, error: KVActorsError) -> None:
         if pending.done:
             return
         pending.done = True
@@ -461,7 +761,7 @@ class RequestService:
     def _time_out(self, pending: _Pending) -> None:
         if not pending.done:
             self.stats.timeouts += 1
-            self._fail(pending, RequestTimeoutError("the request did not complete in time"))
+            self.fail(pending, RequestTimeoutError("the request did not complete in time"))
 
     # -- replies ---------------------------------------------------------------------------
 
@@ -501,22 +801,20 @@ class RequestService:
                 "owners": len(snapshot.ring.members),
                 "balance": round(snapshot.ring.balance(1), 4),
             },
+            "replication": {
+                "n": snapshot.n_val,
+                "r": min(self._config.read_quorum, snapshot.n_val),
+                "w": min(self._config.write_quorum, snapshot.n_val),
+            },
             "inflight": self._inflight,
             "requests": self.stats.requests,
             "forwarded": self.stats.forwarded,
+            "read_repairs": self.stats.read_repairs,
             "errors": self.stats.errors,
             "overloaded": self.stats.overloaded,
             "timeouts": self.stats.timeouts,
             "unroutable_replies": transport.unroutable,
         }
-
-
-def _op_to_wire(op: StoreOp) -> list[Any]:
-    if type(op) is Get:
-        return ["get", op.key]
-    if type(op) is Put:
-        return ["put", op.key, op.value]
-    return ["delete", op.key]
 
 
 def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
@@ -529,26 +827,103 @@ def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     return frames[: delimiter + 1], frames[delimiter + 1 :]
 
 
-def _check_quorum(value: int | None, name: str) -> None:
-    if value is not None and value > _REPLICAS:
-        raise UnavailableError(f"{name}={value}, but keys have {_REPLICAS} replica on this node")
+def _slot_count(request: Request) -> int:
+    if request.op is Op.GET_MANY:
+        return len(request.keys)
+    if request.op is Op.PUT_MANY:
+        return len(request.items)
+    return 1
+
+
+def _quorum(requested: int | None, default: int, n_val: int, name: str) -> int:
+    """R or W for one request: the default is capped at the cluster's size; a quorum the
+    client asked for is not, so a cluster too small for it answers `unavailable`."""
+    if requested is None:
+        return max(1, min(default, n_val))
+    return requested
+
+
+def _decoded_context(context: bytes | None) -> tuple[VectorClock, bytes] | None:
+    if context is None:
+        return None
+    try:
+        return decode_context(context), context
+    except ValueError as exc:
+        raise BadRequestError(f"context is not one a node made: {exc}") from None
+
+
+def _coordinate_ops(
+    call: rpc.Call, codec: Codec
+) -> list[tuple[bytes, bytes | None, tuple[VectorClock, bytes] | None, int | None]]:
+    """The writes of a `coordinate` call, held to the client limits."""
+    raw_ops = call.args.get("ops")
+    if not isinstance(raw_ops, list) or not 0 < len(raw_ops) <= rpc.MAX_CALL_OPS:
+        raise BadRequestError("a coordinate call needs a list of ops")
+    writes = []
+    for raw in raw_ops:
+        match raw:
+            case ["write", bytes(key), bytes() | None as value, bytes() | None as context, w] if (
+                len(key) <= codec.max_key_bytes and (w is None or (type(w) is int and w > 0))
+            ):
+                if value is not None:
+                    value = rpc.checked_value(value, codec.max_value_bytes)
+                writes.append((key, value, _decoded_context(context), w))
+            case _:
+                raise BadRequestError("malformed coordinate op")
+    return writes
+
+
+def _context_of(state: KeyState) -> bytes:
+    # Even a key never written has a context (an empty clock): a first write that carries
+    # it supersedes nothing, so two concurrent first writes are both kept.
+    return state.encoded_context()
 
 
 def _reply_for(request: Request, results: list[Any]) -> Reply:
+    """The reply once every key has its outcome; a single key's error is the reply's."""
     op, request_id = request.op, request.request_id
-    if op is Op.GET:
-        value = results[0]
-        return not_found_reply(request_id) if value is None else get_reply(request_id, value, None)
-    if op is Op.PUT:
-        return put_reply(request_id)
-    if op is Op.DELETE:
-        return delete_reply(request_id, bool(results[0]))
     if op is Op.GET_MANY:
-        items: list[ItemResult] = [
-            item_not_found() if value is None else item_found(value, None) for value in results
-        ]
-        return get_many_reply(request_id, items)
-    return put_many_reply(request_id, [item_written() for _ in results])
+        return get_many_reply(request_id, [_get_item(request, r) for r in results])
+    if op is Op.PUT_MANY:
+        return put_many_reply(
+            request_id,
+            [item_failed(r) if isinstance(r, KVActorsError) else item_written() for r in results],
+        )
+    outcome = results[0]
+    if isinstance(outcome, KVActorsError):
+        raise outcome
+    if op is Op.GET:
+        state = outcome.state
+        context = _context_of(state)
+        if request.siblings:
+            return siblings_reply(request_id, _distinct_values(state), context)
+        winner = state.winner
+        if winner is None or winner.value is None:
+            return not_found_reply(request_id, context)
+        return get_reply(request_id, winner.value, context)
+    if op is Op.PUT:
+        return put_reply(request_id, conflict=outcome.siblings > 1)
+    return delete_reply(request_id, outcome.existed)
+
+
+def _distinct_values(state: KeyState) -> list[bytes]:
+    """The live siblings' values, newest first, each value once: a write sent twice (a
+    client's retry) makes two versions of one value, which readers need not see twice."""
+    return list(dict.fromkeys(v.value for v in state.live if v.value is not None))
+
+
+def _get_item(request: Request, outcome: KeyOutcome) -> ItemResult:
+    if isinstance(outcome, KVActorsError):
+        return item_failed(outcome)
+    assert isinstance(outcome, ReadResult)
+    state = outcome.state
+    context = _context_of(state)
+    if request.siblings:
+        return item_siblings(_distinct_values(state), context)
+    winner = state.winner
+    if winner is None or winner.value is None:
+        return item_not_found(context)
+    return item_found(winner.value, context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,6 +959,7 @@ class RequestHandler(SupervisedActor):
         # there, with no thread hand-off.
         self._dispatcher.attach(self._transport)
         self._services.network.attach(self._service.rpc)
+        self._services.gateway = self._service
         logger.info("node %s serving on %s", self._config.name, self._transport.endpoint)
 
     def on_stop(self) -> None:
@@ -593,6 +969,8 @@ class RequestHandler(SupervisedActor):
         self._close()
 
     def _close(self) -> None:
+        if self._services.gateway is self._service:
+            self._services.gateway = None
         self._services.network.detach(self._service.rpc)
         self._dispatcher.detach(self._transport)
         self._transport.stop()

@@ -5,7 +5,7 @@ A call travels on this node's DEALER to the peer's ROUTER as two frames,
 answers the same way, so the reply reaches the DEALER that asked. The marker keeps node
 traffic apart from client requests, which never have it as their second frame.
 
-    call:   {"id": 12, "op": "store", "timeout": 2.0, "ops": [["get", K], ["put", K, V]]}
+    call:   {"id": 12, "op": "store", "timeout": 2.0, "ops": [["read", K], ["merge", K, S]]}
     reply:  {"id": 12, "ok": true, "result": {...}}
             {"id": 12, "ok": false, "error": {"code": "timeout", "message": "..."}}
 
@@ -30,6 +30,7 @@ from typing import Any, Final
 import msgpack
 
 from kvactors.api.transport import Transport
+from kvactors.distribution.versions import KeyState, state_from_wire
 from kvactors.errors import (
     BadRequestError,
     KVActorsError,
@@ -38,7 +39,7 @@ from kvactors.errors import (
     UnavailableError,
     error_for_code,
 )
-from kvactors.storage.store_server import Delete, Get, Put, StoreOp
+from kvactors.storage.store_server import Delete, Get, MergeKey, Put, ReadKey, StoreOp
 
 __all__ = [
     "GOSSIP",
@@ -63,7 +64,7 @@ PING: Final = "ping"
 STORE: Final = "store"
 GOSSIP: Final = "gossip"
 _MAX_OP_NAME = 64
-_MAX_CALL_OPS: Final = 10_000
+MAX_CALL_OPS: Final = 10_000
 
 
 class PeerUnreachableError(UnavailableError):
@@ -126,7 +127,7 @@ def store_ops(call: Call, max_key_bytes: int, max_value_bytes: int) -> list[Stor
     msgpack object (what every reader of the store expects to find).
     """
     raw_ops = call.args.get("ops")
-    if not isinstance(raw_ops, list) or not 0 < len(raw_ops) <= _MAX_CALL_OPS:
+    if not isinstance(raw_ops, list) or not 0 < len(raw_ops) <= MAX_CALL_OPS:
         raise BadRequestError("a store call needs a list of ops")
     ops: list[StoreOp] = []
     for raw in raw_ops:
@@ -134,15 +135,30 @@ def store_ops(call: Call, max_key_bytes: int, max_value_bytes: int) -> list[Stor
             case ["get", bytes(key)] if len(key) <= max_key_bytes:
                 ops.append(Get(key))
             case ["put", bytes(key), bytes(value)] if len(key) <= max_key_bytes:
-                ops.append(Put(key, _checked_value(value, max_value_bytes)))
+                ops.append(Put(key, checked_value(value, max_value_bytes)))
             case ["delete", bytes(key)] if len(key) <= max_key_bytes:
                 ops.append(Delete(key))
+            case ["read", bytes(key)] if len(key) <= max_key_bytes:
+                ops.append(ReadKey(key))
+            case ["merge", bytes(key), state] if len(key) <= max_key_bytes:
+                ops.append(MergeKey(key, _checked_state(state, max_value_bytes)))
             case _:
                 raise BadRequestError(f"malformed store op: {_shape(raw)}")
     return ops
 
 
-def _checked_value(value: bytes, max_value_bytes: int) -> bytes:
+def _checked_state(wire: object, max_value_bytes: int) -> KeyState:
+    try:
+        state = state_from_wire(wire)
+    except ValueError as exc:
+        raise BadRequestError(f"malformed key state: {exc}") from None
+    for version in state.versions:
+        if version.value is not None:
+            checked_value(version.value, max_value_bytes)
+    return state
+
+
+def checked_value(value: bytes, max_value_bytes: int) -> bytes:
     if len(value) > max_value_bytes:
         raise TooLargeError(f"value is {len(value)} bytes; the limit is {max_value_bytes}")
     try:

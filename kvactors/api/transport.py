@@ -348,8 +348,9 @@ class Transport:
                     self._drain_dealer(handler, sock)
             self._run_calls()
             handler.on_flush()
-            if self._calls:  # what the flush handed to actors running on this thread
+            while self._calls:  # what the flush handed to actors running on this thread
                 self._run_calls()
+                handler.on_flush()  # and what their answers queued in turn
             now = time.monotonic()
             if now >= next_tick:
                 handler.on_tick(now)

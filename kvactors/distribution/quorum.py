@@ -7,9 +7,9 @@ writes), unavailable (too many replicas failed for `required` to be reachable), 
 A decision is made once; the call that makes it returns it with `is_new` set, so the
 coordinator answers its client exactly once.
 
-For reads the tracker merges the replicas' sibling sets (`merged`) and keeps accepting late
-replies after the decision, so the coordinator can read-repair the replicas whose answer was
-stale (`stale_replicas`, `repair_for`).
+For reads the tracker joins the replicas' key states (`merged`, see `merge_states`) and
+keeps accepting late replies after the decision, so the coordinator can read-repair the
+replicas whose answer was stale (`stale_replicas`, `repair_for`).
 
 Pure, event-driven logic: no I/O, no clocks, no waiting.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from kvactors.distribution.versions import Siblings, reconcile
+from kvactors.distribution.versions import EMPTY_STATE, KeyState, merge_states
 
 __all__ = ["Decision", "Outcome", "QuorumKind", "QuorumTracker"]
 
@@ -70,9 +70,9 @@ class QuorumTracker:
         self._kind = kind
         self._replicas = replicas
         self._required = required
-        self._replies: dict[str, Siblings] = {}
+        self._replies: dict[str, KeyState] = {}
         self._errors: dict[str, str] = {}
-        self._merged: Siblings = ()
+        self._merged = EMPTY_STATE
         self._outcome = Outcome.UNAVAILABLE if required > len(replicas) else Outcome.PENDING
 
     @property
@@ -98,8 +98,8 @@ class QuorumTracker:
         return len(self._replies) + len(self._errors) == len(self._replicas)
 
     @property
-    def merged(self) -> Siblings:
-        """Reads: the reconciled siblings of every reply so far (empty: not found anywhere)."""
+    def merged(self) -> KeyState:
+        """Reads: the join of every reply so far (empty: not found anywhere)."""
         return self._merged
 
     def replied(self) -> tuple[str, ...]:
@@ -114,14 +114,14 @@ class QuorumTracker:
             if replica in self._errors
         )
 
-    def on_reply(self, replica: str, siblings: Siblings = ()) -> Decision:
-        """A replica answered. For reads `siblings` is its sibling set (empty: not found);
-        for writes it is ignored."""
+    def on_reply(self, replica: str, state: KeyState = EMPTY_STATE) -> Decision:
+        """A replica answered. For reads `state` is its state of the key (empty: not
+        found); for writes it is ignored."""
         if not self._is_first_answer(replica):
             return self.decision
-        reply = reconcile(siblings) if self._kind is QuorumKind.READ else ()
+        reply = state if self._kind is QuorumKind.READ else EMPTY_STATE
         self._replies[replica] = reply
-        self._merged = reconcile(self._merged, reply)
+        self._merged = merge_states(self._merged, reply)
         if len(self._replies) >= self._required:
             return self._decide(Outcome.SUCCESS)
         return self.decision
@@ -141,20 +141,24 @@ class QuorumTracker:
         return self._decide(Outcome.TIMEOUT)
 
     def stale_replicas(self) -> tuple[str, ...]:
-        """Reads: the replicas whose reply lacks some version of `merged`, in target order.
+        """Reads: the replicas whose reply differs from `merged`, in target order.
 
         A "not found" reply is stale when another replica found something. Replicas that
         failed or have not answered are not listed: nothing is known about them.
         """
-        return tuple(replica for replica in self.replied() if self.repair_for(replica))
+        return tuple(replica for replica in self.replied() if self.repair_for(replica) is not None)
 
-    def repair_for(self, replica: str) -> Siblings:
-        """Reads: the versions of `merged` that `replica`'s reply lacks (what read repair
-        sends it); empty when it is up to date or has not replied."""
+    def repair_for(self, replica: str) -> KeyState | None:
+        """Reads: `merged` when `replica`'s reply differs from it (read repair sends it and
+        the replica merges it in); None when it is up to date or has not replied.
+
+        `merged` includes the reply, so a reply that differs lacks something `merged`
+        knows; states are canonical, so "differs" is plain inequality.
+        """
         reply = self._replies.get(replica)
-        if reply is None:
-            return ()
-        return tuple(version for version in self._merged if version not in reply)
+        if reply is None or reply == self._merged:
+            return None
+        return self._merged
 
     def _is_first_answer(self, replica: str) -> bool:
         return (

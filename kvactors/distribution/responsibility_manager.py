@@ -41,6 +41,27 @@ class RingSnapshot:
     """Every member this node knows of, owning or not, sorted by name."""
     route: tuple[str | None, ...] = field(repr=False)
     """Per partition: None when this node owns it, else the owner's endpoint."""
+    endpoints: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """The endpoint of each owning member, by name."""
+    n_val: int = 1
+    """N: replicas per key, the configured count capped at the cluster's size. The size
+    counts dead members too (they may come back), so losing nodes does not lower N: the
+    quorums then become unreachable, and requests fail with `unavailable` instead of
+    quietly keeping fewer copies."""
+
+    replica_sets: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
+    """Per partition: the names of its replicas, preferred first (`replicas`)."""
+
+    def replicas(self, partition: int) -> tuple[str, ...]:
+        """The names of the partition's replicas, preferred first: N, or fewer when fewer
+        members are up."""
+        if self.replica_sets:
+            return self.replica_sets[partition]
+        return self.ring.preference_list(partition, self.n_val)
+
+    def endpoint_of(self, name: str) -> str | None:
+        """The endpoint of owning member `name`; None if it owns nothing now."""
+        return self.endpoints.get(name)
 
     @property
     def members_by_name(self) -> dict[str, Member]:
@@ -56,20 +77,31 @@ class RingSnapshot:
 
 
 def build_snapshot(
-    version: int, me: Member, members: Iterable[Member], partitions: int
+    version: int, me: Member, members: Iterable[Member], partitions: int, replicas: int = 3
 ) -> RingSnapshot:
     """The snapshot for `members`; `me` always owns a share, even before anyone knows it."""
     known = {member.name: member for member in members}
     known[me.name] = known.get(me.name, me)
     owners = [m for m in known.values() if m.status in _OWNING or m.name == me.name]
-    ring = Ring.build([m.name for m in owners], partitions=partitions)
+    ring = Ring.build([m.name for m in owners], partitions=partitions, replicas=replicas)
+    cluster_size = sum(1 for m in known.values() if m.status is not MemberStatus.LEFT)
     endpoints: Mapping[str, str] = {m.name: m.endpoint for m in owners}
     route = tuple(
         None if head == me.name else endpoints[head]
         for head in (ring.preference_list(p, 1)[0] for p in range(partitions))
     )
     members_sorted = tuple(sorted(known.values(), key=lambda m: m.name))
-    return RingSnapshot(version, me.name, ring, members_sorted, route)
+    n_val = max(1, min(replicas, cluster_size))
+    return RingSnapshot(
+        version,
+        me.name,
+        ring,
+        members_sorted,
+        route,
+        dict(endpoints),
+        n_val,
+        tuple(ring.preference_list(p, n_val) for p in range(partitions)),
+    )
 
 
 class RingHolder:
@@ -101,10 +133,12 @@ class ResponsibilityManager(SupervisedActor):
         holder: RingHolder,
         partitions: int,
         subscribe: Callable[[pykka.ActorRef[Any]], None],
+        replicas: int = 3,
     ) -> None:
         super().__init__()
         self._holder = holder
         self._partitions = partitions
+        self._replicas = replicas
         self._subscribe = subscribe
 
     def on_start(self) -> None:
@@ -121,7 +155,9 @@ class ResponsibilityManager(SupervisedActor):
 
     def _rebuild(self, change: MembersChanged) -> None:
         old = self._holder.current
-        snapshot = build_snapshot(old.version + 1, change.me, change.members, self._partitions)
+        snapshot = build_snapshot(
+            old.version + 1, change.me, change.members, self._partitions, self._replicas
+        )
         if snapshot.ring.members != old.ring.members:
             logger.info(
                 "ring rebuilt: %d owning members (%s), balance %.3f",

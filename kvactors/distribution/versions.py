@@ -1,52 +1,56 @@
-"""Versions of a stored value: vector clocks, hybrid logical clocks and sibling sets.
+"""Versions of a stored key: vector clocks, hybrid logical clocks and dotted version sets.
 
-Every stored value carries a `VectorClock` (which writes it has seen, for causality) and an
-`HlcStamp` (when it was written, for picking one winner among concurrent siblings). A replica
-keeps, per key, the set of versions that no other version supersedes (`Siblings`):
+Each replica keeps, per key, a `KeyState`: the surviving versions (siblings) of the key and
+an `obsolete` vector clock of the writes known to be superseded. Every write is one `Dot`
+(the coordinating replica and its counter for the key) and remembers the client's causal
+context (`past`) it superseded, in the spirit of dotted version vectors (Preguica et al.):
 
-- `apply_write` adds one version to a replica's set, `reconcile` merges the sets of two
-  replicas; both keep exactly the versions that nothing else supersedes.
-- `new_write` / `new_delete` build the version a coordinator writes from a client's causal
-  context, `causal_context` is the context a `get` hands back, `winner` the sibling a reader sees.
-- Deletes are tombstones; `purge_tombstones` forgets them after a grace period.
-- `encode_context` / `decode_context` turn a clock into the opaque bytes clients carry, and
-  the `to_wire` / `from_wire` pairs turn clocks, stamps and versions into builtin types for
-  node-to-node messages and storage.
+- `coordinate_write` is what the coordinating replica does for a client put or delete;
+  two concurrent writes are always kept as siblings, even through the same coordinator
+  with the same context, and a write with the context of a read supersedes what was read.
+- `merge_states` joins two replicas' states; it is a true lattice join (commutative,
+  associative, idempotent), so replication, read repair and anti-entropy converge.
+- `KeyState.context` is the causal context a `get` hands back, `KeyState.winner` the
+  version a reader sees (highest `HlcStamp`). Deletes are tombstones; `purge_tombstones`
+  forgets a deleted key after a grace period.
+- `encode_context` / `decode_context` turn a clock into the opaque bytes clients carry;
+  `state_to_wire` / `state_from_wire` turn a state into builtin types for peer messages
+  and storage records (`kvactors.storage.records`).
 
 Pure logic: no I/O, no clock reads (physical time comes in as an argument), no msgpack.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import TypeAlias
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any, TypeAlias
 
 __all__ = [
     "CONTEXT_FORMAT",
+    "EMPTY_STATE",
     "MAX_CONTEXT_BYTES",
     "MAX_CONTEXT_ENTRIES",
     "MAX_COUNTER",
     "MAX_NODE_NAME_BYTES",
+    "MAX_WIRE_VERSIONS",
+    "Dot",
     "Hlc",
     "HlcStamp",
-    "Siblings",
+    "KeyState",
     "VectorClock",
     "Version",
-    "apply_write",
-    "causal_context",
+    "coordinate_write",
     "decode_context",
     "encode_context",
     "hlc_observe",
     "hlc_tick",
-    "new_delete",
-    "new_write",
+    "merge_states",
     "purge_tombstones",
-    "reconcile",
-    "siblings_from_wire",
-    "siblings_to_wire",
-    "supersedes",
-    "winner",
+    "state_from_wire",
+    "state_to_wire",
+    "trusted_state_from_wire",
 ]
 
 # Counters travel as unsigned 64-bit integers (msgpack uint64, context varints).
@@ -172,8 +176,8 @@ def hlc_tick(last: HlcStamp, physical_ms: int) -> HlcStamp:
     """The stamp for a local event after `last`: strictly greater than `last`, and its wall
     part never behind `physical_ms`, even when the physical clock steps backwards."""
     if physical_ms > last.wall_ms:
-        return HlcStamp(physical_ms, 0, last.node)
-    return HlcStamp(last.wall_ms, last.logical + 1, last.node)
+        return _trusted_stamp(physical_ms, 0, last.node)
+    return _trusted_stamp(last.wall_ms, last.logical + 1, last.node)
 
 
 def hlc_observe(last: HlcStamp, remote: HlcStamp, physical_ms: int) -> HlcStamp:
@@ -185,7 +189,7 @@ def hlc_observe(last: HlcStamp, remote: HlcStamp, physical_ms: int) -> HlcStamp:
         logical = max(logical, last.logical)
     if wall_ms == remote.wall_ms:
         logical = max(logical, remote.logical)
-    return HlcStamp(wall_ms, logical + 1, last.node)
+    return _trusted_stamp(wall_ms, logical + 1, last.node)
 
 
 class Hlc:
@@ -215,202 +219,322 @@ class Hlc:
         return self._last
 
 
-# ----------------------------------------------------------------------------- versions
+# ------------------------------------------------------------------------- dotted versions
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Dot:
+    """One write event: the coordinating replica `node` and its `counter` for this key.
+
+    A replica numbers the writes it coordinates for one key 1, 2, 3, ... (see
+    `coordinate_write`), so a dot names exactly one write, cluster-wide, as long as the
+    replica does not forget the key (see `min_counter` there about purged tombstones).
+    """
+
+    node: str
+    counter: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.node, str) or not self.node:
+            raise ValueError("a dot's node is a non-empty str")
+        if not _is_int(self.counter) or not 1 <= self.counter <= MAX_COUNTER:
+            raise ValueError(f"a dot's counter is out of range: {self.counter!r}")
+
+    def covered_by(self, clock: VectorClock) -> bool:
+        """True when `clock` has seen this write."""
+        return clock.counter(self.node) >= self.counter
 
 
 @dataclass(frozen=True, slots=True)
 class Version:
-    """One written value (or tombstone) with its causal clock and its HLC stamp.
+    """One write: its encoded value (None for a tombstone), the write event `dot`, the
+    client's causal context `past` (the writes it supersedes) and its HLC `stamp`.
 
-    `value` is the already-encoded value; a tombstone has no value. `deleted_at_ms` is the
-    tombstone's deletion time for the purge grace period (the stamp's wall time if absent).
+    A tombstone's deletion time, for the purge grace period, is `stamp.wall_ms`.
     """
 
     value: bytes | None
-    clock: VectorClock
+    dot: Dot
+    past: VectorClock
     stamp: HlcStamp
-    tombstone: bool = False
-    deleted_at_ms: int | None = None
 
     def __post_init__(self) -> None:
-        if self.tombstone != (self.value is None):
-            raise ValueError("a tombstone has no value and a live version has one")
-        if self.deleted_at_ms is not None and (not self.tombstone or self.deleted_at_ms < 0):
-            raise ValueError("deleted_at_ms belongs to tombstones and is >= 0")
+        if self.value is not None and not isinstance(self.value, bytes):
+            raise ValueError("a version's value is bytes, or None for a tombstone")
+        if not isinstance(self.dot, Dot) or not isinstance(self.past, VectorClock):
+            raise ValueError("a version has a Dot and a VectorClock past")
+        if not isinstance(self.stamp, HlcStamp):
+            raise ValueError("a version has an HlcStamp")
 
     @property
-    def deletion_time_ms(self) -> int:
-        """When a tombstone's grace period started."""
-        return self.stamp.wall_ms if self.deleted_at_ms is None else self.deleted_at_ms
+    def tombstone(self) -> bool:
+        return self.value is None
 
-    def to_wire(self) -> list[object]:
-        """`[value, clock, stamp, tombstone, deleted_at_ms]` in builtin types."""
-        return [
-            self.value,
-            self.clock.to_wire(),
-            self.stamp.to_wire(),
-            self.tombstone,
-            self.deleted_at_ms,
-        ]
+
+_OrderKey: TypeAlias = tuple[int, int, str, str, int, bool, bytes, tuple[tuple[str, int], ...]]
+
+
+def _order_key(version: Version) -> _OrderKey:
+    # Stamp first (newest first means winner first); the remaining fields make the order
+    # total, so distinct versions never tie and every replica sorts siblings alike.
+    stamp, dot, value = version.stamp, version.dot, version.value
+    return (
+        stamp.wall_ms,
+        stamp.logical,
+        stamp.node,
+        dot.node,
+        dot.counter,
+        value is not None,
+        value or b"",
+        version.past.entries,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """One replica's knowledge of one key: a join-semilattice element (see `merge_states`).
+
+    `obsolete` covers the dots of every write known to be superseded; `versions` are the
+    surviving writes (siblings). The form is canonical: no version's dot is covered by
+    `obsolete`, and versions are distinct and sorted newest stamp first (ties broken by a
+    total order on all fields). So two replicas know the same exactly when their states
+    are `==`. The constructor checks this form; `from_versions` builds it from any input.
+    """
+
+    obsolete: VectorClock = VectorClock()
+    versions: tuple[Version, ...] = ()
+    # The encoded context, made on first use: a key is read far more often than written,
+    # and the memory backend keeps the very state object between reads.
+    _encoded_context: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.obsolete, VectorClock) or not isinstance(self.versions, tuple):
+            raise ValueError("a key state is a VectorClock and a tuple of versions")
+        if not all(isinstance(version, Version) for version in self.versions):
+            raise ValueError("a key state's versions are Version instances")
+        if any(version.dot.covered_by(self.obsolete) for version in self.versions):
+            raise ValueError("a version whose dot the obsolete clock covers is superseded")
+        keys = [_order_key(version) for version in self.versions]
+        if any(newer <= older for newer, older in pairwise(keys)):
+            raise ValueError("versions must be distinct and sorted newest stamp first")
 
     @classmethod
-    def from_wire(cls, data: object) -> Version:
-        """Inverse of `to_wire`; raises ValueError on anything that is not a valid version."""
-        if not isinstance(data, list | tuple) or len(data) != 5:
-            raise ValueError("a version is [value, clock, stamp, tombstone, deleted_at_ms]")
-        value, clock, stamp, tombstone, deleted_at_ms = data
-        if value is not None and not isinstance(value, bytes):
-            raise ValueError("a version's value is bytes or None")
-        if not isinstance(tombstone, bool):
-            raise ValueError("a version's tombstone flag is a bool")
-        if deleted_at_ms is not None and not _is_int(deleted_at_ms):
-            raise ValueError("a version's deleted_at_ms is an int or None")
-        return cls(
-            value,
-            VectorClock.from_wire(clock),
-            HlcStamp.from_wire(stamp),
-            tombstone,
-            deleted_at_ms,
-        )
+    def from_versions(
+        cls, versions: Iterable[Version], obsolete: VectorClock = VectorClock()
+    ) -> KeyState:
+        """The canonical state of `obsolete` and `versions`: drops duplicates and the
+        versions `obsolete` covers, sorts the rest."""
+        return _canonical_state(obsolete, tuple(versions))
+
+    @property
+    def winner(self) -> Version | None:
+        """The version a reader sees: the highest stamp (may be a tombstone); None if none."""
+        return self.versions[0] if self.versions else None
+
+    @property
+    def live(self) -> tuple[Version, ...]:
+        """The versions that are not tombstones, newest first."""
+        return tuple(version for version in self.versions if version.value is not None)
+
+    @property
+    def context(self) -> VectorClock:
+        """What a client that read this state has seen: a write carrying it supersedes
+        every version here."""
+        counters = dict(self.obsolete.entries)
+        for version in self.versions:
+            for node, count in version.past.entries:
+                if count > counters.get(node, 0):
+                    counters[node] = count
+            node, count = version.dot.node, version.dot.counter
+            if count > counters.get(node, 0):
+                counters[node] = count
+        return _trusted_clock(tuple(sorted(counters.items())))
+
+    def encoded_context(self) -> bytes:
+        """`encode_context(self.context)`, computed once per state."""
+        encoded = self._encoded_context
+        if encoded is None:
+            encoded = encode_context(self.context)
+            object.__setattr__(self, "_encoded_context", encoded)
+        return encoded
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing known about the key: no version and nothing superseded."""
+        return not self.versions and not self.obsolete.entries
+
+    def highest_stamp(self) -> HlcStamp | None:
+        """The highest stamp stored (to restore a node's HLC after a restart)."""
+        return self.versions[0].stamp if self.versions else None
 
 
-# A replica's versions of one key: none supersedes another, newest stamp first.
-Siblings: TypeAlias = tuple[Version, ...]
+EMPTY_STATE = KeyState()
 
 
-_VersionKey: TypeAlias = tuple[HlcStamp, tuple[tuple[str, int], ...], bool, bytes, int]
+# Trusted constructors: build instances through their slot descriptors, skipping
+# __init__ and __post_init__. Only for values this module has just validated or computed
+# in canonical form; every put runs through them (decode, merge, encode a record).
+_new = object.__new__
+_set_clock_entries = VectorClock.__dict__["entries"].__set__
+_set_dot_node = Dot.__dict__["node"].__set__
+_set_dot_counter = Dot.__dict__["counter"].__set__
+_set_stamp_wall_ms = HlcStamp.__dict__["wall_ms"].__set__
+_set_stamp_logical = HlcStamp.__dict__["logical"].__set__
+_set_stamp_node = HlcStamp.__dict__["node"].__set__
+_set_version_value = Version.__dict__["value"].__set__
+_set_version_dot = Version.__dict__["dot"].__set__
+_set_version_past = Version.__dict__["past"].__set__
+_set_version_stamp = Version.__dict__["stamp"].__set__
+_set_state_obsolete = KeyState.__dict__["obsolete"].__set__
+_set_state_versions = KeyState.__dict__["versions"].__set__
+_set_state_encoded_context = KeyState.__dict__["_encoded_context"].__set__
+
+_EMPTY_CLOCK = VectorClock()
 
 
-def _total_key(version: Version) -> _VersionKey:
-    # Distinct versions have distinct keys, so sorting by it is deterministic on every replica.
-    return (
-        version.stamp,
-        version.clock.entries,
-        version.tombstone,
-        version.value or b"",
-        -1 if version.deleted_at_ms is None else version.deleted_at_ms,
+def _trusted_clock(entries: tuple[tuple[str, int], ...]) -> VectorClock:
+    clock: VectorClock = _new(VectorClock)
+    _set_clock_entries(clock, entries)
+    return clock
+
+
+def _trusted_dot(node: str, counter: int) -> Dot:
+    dot: Dot = _new(Dot)
+    _set_dot_node(dot, node)
+    _set_dot_counter(dot, counter)
+    return dot
+
+
+def _trusted_stamp(wall_ms: int, logical: int, node: str) -> HlcStamp:
+    stamp: HlcStamp = _new(HlcStamp)
+    _set_stamp_wall_ms(stamp, wall_ms)
+    _set_stamp_logical(stamp, logical)
+    _set_stamp_node(stamp, node)
+    return stamp
+
+
+def _trusted_version(value: bytes | None, dot: Dot, past: VectorClock, stamp: HlcStamp) -> Version:
+    version: Version = _new(Version)
+    _set_version_value(version, value)
+    _set_version_dot(version, dot)
+    _set_version_past(version, past)
+    _set_version_stamp(version, stamp)
+    return version
+
+
+def _trusted_state(obsolete: VectorClock, versions: tuple[Version, ...]) -> KeyState:
+    state: KeyState = _new(KeyState)
+    _set_state_obsolete(state, obsolete)
+    _set_state_versions(state, versions)
+    _set_state_encoded_context(state, None)
+    return state
+
+
+def _join_clocks(first: VectorClock, second: VectorClock) -> VectorClock:
+    """`first.merge(second)`, without the work when one side is empty or they are equal."""
+    if not second.entries or first.entries == second.entries:
+        return first
+    if not first.entries:
+        return second
+    counters = dict(first.entries)
+    for node, count in second.entries:
+        if count > counters.get(node, 0):
+            counters[node] = count
+    return _trusted_clock(tuple(sorted(counters.items())))
+
+
+def _canonical_state(obsolete: VectorClock, candidates: Sequence[Version]) -> KeyState:
+    """The canonical state: candidates not covered by `obsolete`, distinct, newest first."""
+    if len(candidates) == 1:  # the usual record: one version, nothing to sort
+        only = candidates[0]
+        return _trusted_state(obsolete, () if only.dot.covered_by(obsolete) else (only,))
+    limits = dict(obsolete.entries)
+    # The order key lists every field, so equal keys mean equal versions (deduplication).
+    survivors = {
+        _order_key(version): version
+        for version in candidates
+        if version.dot.counter > limits.get(version.dot.node, 0)
+    }
+    if len(survivors) == 1:
+        return _trusted_state(obsolete, tuple(survivors.values()))
+    return _trusted_state(
+        obsolete, tuple(survivors[key] for key in sorted(survivors, reverse=True))
     )
 
 
-def supersedes(newer: Version, older: Version) -> bool:
-    """True when `newer` makes `older` obsolete.
+def merge_states(first: KeyState, second: KeyState) -> KeyState:
+    """The join of two replicas' knowledge of a key.
 
-    That is when `newer`'s clock dominates `older`'s. Two different versions with the same
-    clock should not exist (one clock entry names one write), but a node that lost its
-    counters can produce them; then the one with the higher stamp wins, so every replica
-    keeps the same one.
+    The obsolete clocks merge; a version survives when either side has it and the merged
+    obsolete clock does not cover it. Commutative, associative and idempotent for every
+    pair of states, so replicas converge whatever order they exchange states in.
     """
-    if newer.clock == older.clock:
-        return _total_key(newer) > _total_key(older)
-    return newer.clock.descends(older.clock)
-
-
-def reconcile(first: Iterable[Version], second: Iterable[Version] = ()) -> Siblings:
-    """Merge two sibling sets: exactly the versions that no other version supersedes.
-
-    Commutative, associative and idempotent; the result is sorted newest stamp first, so
-    equal inputs give equal tuples on every replica.
-    """
-    unique: dict[_VersionKey, Version] = {}
-    for version in (*first, *second):
-        unique[_total_key(version)] = version
-    pool = [unique[key] for key in sorted(unique, reverse=True)]
-    return tuple(
-        candidate
-        for candidate in pool
-        if not any(supersedes(other, candidate) for other in pool if other is not candidate)
+    if first == second or second.is_empty:
+        return first
+    if first.is_empty:
+        return second
+    return _canonical_state(
+        _join_clocks(first.obsolete, second.obsolete), (*first.versions, *second.versions)
     )
 
 
-def apply_write(existing: Siblings, new: Version) -> Siblings:
-    """A replica's siblings after storing `new`.
-
-    Versions `new` supersedes are replaced, concurrent ones are kept beside it, a duplicate
-    is stored once, and a `new` that an existing version supersedes changes nothing.
-    """
-    return reconcile(existing, (new,))
-
-
-def winner(siblings: Iterable[Version]) -> Version | None:
-    """The sibling a reader sees: the highest HLC stamp (may be a tombstone); None if empty."""
-    return max(siblings, key=_total_key, default=None)
-
-
-def causal_context(siblings: Iterable[Version]) -> VectorClock:
-    """The clock a `get` hands back: a write with it supersedes every sibling read."""
-    context = VectorClock()
-    for version in siblings:
-        context = context.merge(version.clock)
-    return context
-
-
-def _coordinator_clock(
-    context: VectorClock, node: str, local_siblings: Iterable[Version]
-) -> VectorClock:
-    # The coordinator's own entry must go past every counter it issued before, or a client
-    # with an old context would make a second, different write with an already used clock.
-    highest = max(
-        (version.clock.counter(node) for version in local_siblings),
-        default=0,
-    )
-    counters = context.as_dict()
-    counters[node] = max(counters.get(node, 0), highest) + 1
-    return VectorClock.from_dict(counters)
-
-
-def new_write(
-    context: VectorClock,
+def coordinate_write(
+    state: KeyState,
     node: str,
-    stamp: HlcStamp,
-    value: bytes,
-    *,
-    local_siblings: Iterable[Version] = (),
-) -> Version:
-    """The version coordinator `node` writes for a client `put` with causal `context`.
-
-    Its clock is the context with the coordinator's entry incremented (classic Dynamo). Pass
-    the coordinator's stored siblings as `local_siblings` so the entry also passes the
-    counters it issued before: the new clock is then always a fresh one. The price of
-    per-node clocks: a write without the full context supersedes earlier writes that the
-    same coordinator made alone (other nodes' concurrent writes stay siblings).
-    """
-    return Version(value, _coordinator_clock(context, node, local_siblings), stamp)
-
-
-def new_delete(
     context: VectorClock,
-    node: str,
+    value: bytes | None,
     stamp: HlcStamp,
     *,
-    local_siblings: Iterable[Version] = (),
-) -> Version:
-    """The tombstone coordinator `node` writes for a client `delete`; see `new_write`."""
-    clock = _coordinator_clock(context, node, local_siblings)
-    return Version(None, clock, stamp, tombstone=True, deleted_at_ms=stamp.wall_ms)
+    min_counter: int = 0,
+) -> KeyState:
+    """The state after replica `node` coordinates a client write: a put (`value` bytes)
+    or a delete (`value` None) that carried causal `context`.
+
+    Everything `context` covers becomes obsolete; the new version gets the dot
+    `(node, n)` with `n` above every counter of `node` in the state, so it is a write no
+    replica has seen. Two writes with the same context through the same node therefore
+    stay siblings (a plain vector clock would let the second hide the first), and a write
+    whose context came from reading a state supersedes exactly the versions read.
+
+    `min_counter` is an optional floor for `n`: pass a node-wide counter that never goes
+    back (for example one persisted per node) so that a key whose tombstones were purged
+    does not reuse a dot a lagging replica still counts as obsolete.
+    """
+    obsolete = _join_clocks(state.obsolete, context)
+    highest = obsolete.counter(node)
+    limits = dict(obsolete.entries)
+    survivors: list[Version] = []
+    for version in state.versions:
+        highest = max(highest, version.past.counter(node))
+        dot = version.dot
+        if dot.node == node:
+            highest = max(highest, dot.counter)
+        if dot.counter > limits.get(dot.node, 0):
+            survivors.append(version)
+    counter = max(highest + 1, min_counter)
+    if not node or counter > MAX_COUNTER:
+        raise ValueError("a dot needs a node name and a counter in range")
+    if value is not None and type(value) is not bytes:
+        raise ValueError("a version's value is bytes, or None for a tombstone")
+    # Every field is known valid here: build without the constructors' checks (hot path).
+    written = _trusted_version(value, _trusted_dot(node, counter), context, stamp)
+    if not survivors:  # the usual write: it supersedes everything there was
+        return _trusted_state(obsolete, (written,))
+    return _canonical_state(obsolete, (*survivors, written))
 
 
-def purge_tombstones(siblings: Siblings, now_ms: int, grace_ms: int) -> Siblings:
+def purge_tombstones(state: KeyState, now_ms: int, grace_ms: int) -> KeyState:
     """Forget a deleted key once only tombstones remain and all are `grace_ms` old or more.
 
     A tombstone beside a live sibling is a concurrent delete and stays; a young tombstone
     stays so replicas that missed the delete learn it instead of resurrecting the value.
     """
-    if siblings and all(
-        version.tombstone and now_ms - version.deletion_time_ms >= grace_ms for version in siblings
+    if state.versions and all(
+        version.value is None and now_ms - version.stamp.wall_ms >= grace_ms
+        for version in state.versions
     ):
-        return ()
-    return siblings
-
-
-def siblings_to_wire(siblings: Iterable[Version]) -> list[list[object]]:
-    return [version.to_wire() for version in siblings]
-
-
-def siblings_from_wire(data: object) -> Siblings:
-    """Inverse of `siblings_to_wire`, reconciled; raises ValueError on malformed data."""
-    if not isinstance(data, list | tuple):
-        raise ValueError("a sibling set is a list of versions")
-    return reconcile(Version.from_wire(item) for item in data)
+        return EMPTY_STATE
+    return state
 
 
 # ------------------------------------------------------------------------- client context
@@ -527,3 +651,157 @@ def decode_context(data: object) -> VectorClock:
     if not reader.at_end():
         raise ValueError("context has trailing bytes")
     return VectorClock(tuple(entries))
+
+
+# --------------------------------------------------------------------------- wire format
+#
+# A key state in builtin types (lists, str, int, bytes, None), for peer messages and
+# storage records. A clock is a flat list of its sorted entries: [node, counter, ...].
+#
+#     state   = [obsolete clock, [version, ...]]
+#     version = [value (bytes or None), dot node, dot counter, past clock,
+#                stamp wall_ms, stamp logical, stamp node (None: the dot's node)]
+
+MAX_WIRE_VERSIONS = 4096  # a sanity bound on siblings per key in a message or record
+_VERSION_FIELDS = 7
+
+
+def _clock_to_wire(clock: VectorClock) -> list[object]:
+    return [item for entry in clock.entries for item in entry]
+
+
+def state_to_wire(state: KeyState) -> list[object]:
+    """The state as builtin types; `state_from_wire` is its inverse."""
+    return [
+        _clock_to_wire(state.obsolete),
+        [
+            [
+                version.value,
+                version.dot.node,
+                version.dot.counter,
+                _clock_to_wire(version.past),
+                version.stamp.wall_ms,
+                version.stamp.logical,
+                None if version.stamp.node == version.dot.node else version.stamp.node,
+            ]
+            for version in state.versions
+        ],
+    ]
+
+
+def _malformed(what: str) -> ValueError:
+    return ValueError(f"malformed key state: {what}")
+
+
+def _check_name(node: str) -> None:
+    # Short ASCII names (the usual case) are fine as they are: no encoding needed.
+    if len(node) <= MAX_NODE_NAME_BYTES and node.isascii():
+        return
+    try:
+        size = len(node.encode("utf-8"))
+    except UnicodeEncodeError as error:
+        raise _malformed("a node name is not valid UTF-8") from error
+    if size > MAX_NODE_NAME_BYTES:
+        raise _malformed(f"a node name is over {MAX_NODE_NAME_BYTES} bytes")
+
+
+def _is_uint64(number: object) -> bool:
+    # `type(...) is int` also refuses bool, whose True would pass for a 1.
+    return type(number) is int and 0 <= number <= MAX_COUNTER
+
+
+def _clock_from_wire(data: object) -> VectorClock:
+    if not isinstance(data, list | tuple):
+        raise _malformed("a clock is a flat list [node, counter, ...]")
+    size = len(data)
+    if not size:
+        return _EMPTY_CLOCK
+    if size % 2 or size > 2 * MAX_CONTEXT_ENTRIES:
+        raise _malformed(f"a clock has whole entries, at most {MAX_CONTEXT_ENTRIES}")
+    entries: list[tuple[str, int]] = []
+    previous = ""
+    for index in range(0, size, 2):
+        node, counter = data[index], data[index + 1]
+        # `node <= previous` refuses empty names, unsorted and repeated ones in one test.
+        if type(node) is not str or node <= previous:
+            raise _malformed("clock nodes are non-empty str, strictly ascending")
+        _check_name(node)
+        if type(counter) is not int or not 1 <= counter <= MAX_COUNTER:
+            raise _malformed("a clock counter is an int in 1..2**64-1")
+        entries.append((node, counter))
+        previous = node
+    return _trusted_clock(tuple(entries))
+
+
+def _version_from_wire(data: object, obsolete_wire: object, obsolete: VectorClock) -> Version:
+    if not isinstance(data, list | tuple) or len(data) != _VERSION_FIELDS:
+        raise _malformed("a version is [value, node, counter, past, wall_ms, logical, node]")
+    value, dot_node, counter, past, wall_ms, logical, stamp_node = data
+    if value is not None and type(value) is not bytes:
+        raise _malformed("a value is bytes or None")
+    if type(dot_node) is not str or not dot_node:
+        raise _malformed("a dot's node is a non-empty str")
+    _check_name(dot_node)
+    if not _is_uint64(counter) or not counter:
+        raise _malformed("a dot's counter is an int in 1..2**64-1")
+    if stamp_node is None:
+        stamp_node = dot_node
+    elif type(stamp_node) is not str:
+        raise _malformed("a stamp's node is a str or None")
+    else:
+        _check_name(stamp_node)
+    if not _is_uint64(wall_ms) or not _is_uint64(logical):
+        raise _malformed("a stamp's wall_ms and logical are ints in 0..2**64-1")
+    # After a read-modify-write the past is the obsolete clock: decode it once.
+    past_clock = obsolete if past == obsolete_wire else _clock_from_wire(past)
+    return _trusted_version(
+        value,
+        _trusted_dot(dot_node, counter),
+        past_clock,
+        _trusted_stamp(wall_ms, logical, stamp_node),
+    )
+
+
+def trusted_state_from_wire(data: Any) -> KeyState:
+    """`state_from_wire` for data this process made itself and kept in memory, unchanged:
+    no checks. Never for data from a peer or a disk."""
+    obsolete_wire, versions_wire = data
+    obsolete = _trusted_clock(_pairs(obsolete_wire)) if obsolete_wire else _EMPTY_CLOCK
+    versions = []
+    for value, dot_node, counter, past, wall_ms, logical, stamp_node in versions_wire:
+        if past == obsolete_wire:
+            past_clock = obsolete
+        else:
+            past_clock = _trusted_clock(_pairs(past)) if past else _EMPTY_CLOCK
+        versions.append(
+            _trusted_version(
+                value,
+                _trusted_dot(dot_node, counter),
+                past_clock,
+                _trusted_stamp(wall_ms, logical, dot_node if stamp_node is None else stamp_node),
+            )
+        )
+    return _trusted_state(obsolete, tuple(versions))
+
+
+def _pairs(flat: list[Any]) -> tuple[tuple[str, int], ...]:
+    return tuple(zip(flat[::2], flat[1::2], strict=True))
+
+
+def state_from_wire(data: object) -> KeyState:
+    """Inverse of `state_to_wire`, in canonical form; raises ValueError on malformed data.
+
+    Peers and storage are untrusted: every field is checked, sizes are bounded.
+    """
+    if not isinstance(data, list | tuple) or len(data) != 2:
+        raise _malformed("a key state is [obsolete clock, [version, ...]]")
+    obsolete, versions = data
+    if not isinstance(versions, list | tuple):
+        raise _malformed("a key state's versions are a list")
+    if len(versions) > MAX_WIRE_VERSIONS:
+        raise _malformed(f"a key state has at most {MAX_WIRE_VERSIONS} versions")
+    obsolete_clock = _clock_from_wire(obsolete)
+    return _canonical_state(
+        obsolete_clock,
+        [_version_from_wire(item, obsolete, obsolete_clock) for item in versions],
+    )

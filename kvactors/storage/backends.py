@@ -5,7 +5,11 @@ for the same partition for the backend's whole life, so a StoreServer restarted 
 crash takes back the very table its predecessor wrote to (Erlang's ETS "heir"), and no
 acknowledged write is lost.
 
-Keys and values are bytes here; the layers above encode and validate them.
+Keys are bytes; each key's value is its record: its `KeyState` (its versions) in the
+format of kvactors.storage.records. Records rather than live objects, even in memory: a
+byte string is compact, and the garbage collector never has to walk it (a full
+collection over a few hundred thousand live states would pause a node for most of a
+second).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from kvactors.errors import ConfigError
 __all__ = ["MemoryBackend", "MemoryTable", "StorageBackend", "Table", "Write", "open_backend"]
 
 Write = tuple[bytes, bytes | None]
-"""One write of a batch: (key, value), where a value of None deletes the key."""
+"""One write of a batch: (key, record), where a record of None deletes the key."""
 
 
 class Table(Protocol):

@@ -1,9 +1,20 @@
 """StoreServer: the actor that serves one partition's table.
 
-It is the only writer of its table while it runs. The embedded client `ask`s it one
-operation (or one `GetMany`/`PutMany`) at a time; the request path `tell`s it a
-`StoreBatch` and gets the results through a callback. Writes of one message are applied
-as one storage transaction. The store never waits on anyone.
+It is the only writer of its table while it runs. Each key's entry is the record of a
+`KeyState`: its surviving versions (siblings) with their dots and causal pasts, and the
+clock of what is known to be superseded (kvactors.distribution.versions).
+
+Two kinds of messages:
+
+- replica operations, which the coordinator sends to every replica of a key (`ReadKey`,
+  `MergeKey`) or to the replica that coordinates a write (`WriteKey`, which makes the new
+  version: only a replica knows the key's own counters);
+- the embedded single-node operations (`Get`, `Put`, `Delete`, `GetMany`, `PutMany`),
+  which read the winning value and write without a causal context.
+
+The request path `tell`s a `StoreBatch` and gets the results through a callback; the
+writes of one message are applied as one storage transaction (group commit). The store
+never waits on anyone.
 
 The messages of the request path are NamedTuples: immutable like frozen dataclasses, and
 several times cheaper to build, which counts at one or more per request.
@@ -11,28 +22,50 @@ several times cheaper to build, which counts at one or more per request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from kvactors.dispatch import DispatchedActor, Dispatcher
+from kvactors.distribution.versions import (
+    EMPTY_STATE,
+    Hlc,
+    KeyState,
+    VectorClock,
+    coordinate_write,
+    merge_states,
+    purge_tombstones,
+)
 from kvactors.storage.backends import Table, Write
+from kvactors.storage.records import decode_trusted_state, encode_state
 
 __all__ = [
+    "DEFAULT_TOMBSTONE_GRACE",
     "BatchSink",
     "CrashNow",
     "Delete",
     "Get",
     "GetMany",
     "InjectedCrashError",
+    "MergeKey",
     "Put",
     "PutMany",
+    "ReadKey",
     "StoreBatch",
     "StoreServer",
+    "WriteKey",
+    "Written",
 ]
+
+# Seconds a key whose versions are all tombstones is kept, so that replicas which missed
+# the delete learn it instead of bringing the value back.
+DEFAULT_TOMBSTONE_GRACE = 600.0
 
 
 class Get(NamedTuple):
+    """The winning value's bytes, or None (missing or deleted)."""
+
     key: bytes
 
 
@@ -42,6 +75,8 @@ class GetMany:
 
 
 class Put(NamedTuple):
+    """Write without a causal context: supersedes every version this replica holds."""
+
     key: bytes
     value: bytes
 
@@ -52,10 +87,44 @@ class PutMany:
 
 
 class Delete(NamedTuple):
+    """A tombstone without a causal context; answers whether a live value was there."""
+
     key: bytes
 
 
-StoreOp = Get | Put | Delete
+class ReadKey(NamedTuple):
+    """A replica's `KeyState` of `key` (EMPTY_STATE when it has none)."""
+
+    key: bytes
+
+
+class WriteKey(NamedTuple):
+    """Coordinate a client write here: make its version, store it, answer `Written`.
+
+    `value` None writes a tombstone. `context` None is a write without a context, which
+    supersedes whatever this replica holds.
+    """
+
+    key: bytes
+    value: bytes | None
+    context: VectorClock | None
+
+
+class MergeKey(NamedTuple):
+    """Join `state` into this replica's state of `key` (replication, read repair)."""
+
+    key: bytes
+    state: KeyState
+
+
+class Written(NamedTuple):
+    """What a coordinated write left: the new state, and whether a live value preceded it."""
+
+    state: KeyState
+    existed: bool
+
+
+StoreOp = Get | Put | Delete | ReadKey | WriteKey | MergeKey
 
 
 class BatchSink(Protocol):
@@ -70,11 +139,10 @@ class StoreBatch(NamedTuple):
     """Operations from the request path, answered through a sink, never by `ask`.
 
     The ops are applied in order, and all writes in one storage transaction, before
-    `sink.batch_done(token, results)` gets one result per op (what Get, Put and Delete
-    would return). If the StoreServer dies first, `sink.batch_failed(token, error,
-    handled)` says whether the batch may have been partly applied (`handled`) or
-    certainly was not. A sink and a token rather than two callbacks: nothing to build per
-    batch but the tuple itself.
+    `sink.batch_done(token, results)` gets one result per op. If the StoreServer dies
+    first, `sink.batch_failed(token, error, handled)` says whether the batch may have been
+    partly applied (`handled`) or certainly was not. A sink and a token rather than two
+    callbacks: nothing to build per batch but the tuple itself.
     """
 
     ops: Sequence[StoreOp]
@@ -94,13 +162,73 @@ class InjectedCrashError(RuntimeError):
     """The crash a `CrashNow` message causes."""
 
 
-class StoreServer(DispatchedActor):
-    """Serves get/put/delete for one partition over a table it does not own."""
+class _Batch:
+    """The states one message reads and writes: reads see the message's earlier writes,
+    and every changed record is written once, in one transaction, at the end."""
 
-    def __init__(self, partition: int, table: Table, dispatcher: Dispatcher | None = None) -> None:
+    __slots__ = ("_changed", "_grace_ms", "_now_ms", "_states", "_table")
+
+    def __init__(self, table: Table, now_ms: int, grace_ms: int) -> None:
+        self._table = table
+        self._now_ms = now_ms
+        self._grace_ms = grace_ms
+        self._states: dict[bytes, KeyState] = {}
+        self._changed: dict[bytes, KeyState] = {}
+
+    def state(self, key: bytes) -> KeyState:
+        state = self._states.get(key)
+        if state is None:
+            record = self._table.get(key)
+            state = EMPTY_STATE if record is None else decode_trusted_state(record)
+            if state.versions and state.versions[0].value is None:
+                # Possibly only tombstones: forget the key once they are old enough.
+                purged = purge_tombstones(state, self._now_ms, self._grace_ms)
+                if purged is not state:
+                    self._changed[key] = purged
+                state = purged
+            self._states[key] = state
+        return state
+
+    def store(self, key: bytes, state: KeyState) -> None:
+        self._states[key] = state
+        self._changed[key] = state
+
+    def commit(self) -> None:
+        if self._changed:
+            writes: list[Write] = [
+                (key, None if state.is_empty else encode_state(state))
+                for key, state in self._changed.items()
+            ]
+            self._table.apply(writes)
+
+
+class StoreServer(DispatchedActor):
+    """Serves one partition's keys over a table it does not own.
+
+    `node` names this replica in the dots of the versions it coordinates; `wall_clock`
+    (seconds) feeds its hybrid logical clock.
+    """
+
+    def __init__(
+        self,
+        partition: int,
+        table: Table,
+        dispatcher: Dispatcher | None = None,
+        *,
+        node: str = "local",
+        wall_clock: Callable[[], float] = time.time,
+        tombstone_grace: float = DEFAULT_TOMBSTONE_GRACE,
+    ) -> None:
         super().__init__(dispatcher)
         self.partition = partition
         self._table = table
+        self._node = node
+        self._wall_clock = wall_clock
+        self._grace_ms = int(tombstone_grace * 1000)
+        # One HLC per StoreServer: stamps are only ever compared within one key, and
+        # every write observes the key's newest stamp first, so a restarted StoreServer's
+        # fresh clock still stamps after everything its key has seen.
+        self._hlc = Hlc(node)
 
     def __str__(self) -> str:
         return f"StoreServer[{self.partition}]"
@@ -108,55 +236,72 @@ class StoreServer(DispatchedActor):
     def _handle_receive(self, message: Any) -> Any:
         # The request path's message first, ahead of Pykka's checks for proxy calls.
         if type(message) is StoreBatch:
-            message.sink.batch_done(message.token, self._apply_batch(message.ops))
+            message.sink.batch_done(message.token, self._apply(message.ops))
             return None
         return super()._handle_receive(message)
 
     def on_receive(self, message: Any) -> Any:
-        table = self._table
         match message:
-            case Get(key):
-                return table.get(key)
-            case Put(key, value):
-                table.apply(((key, value),))
-                return None
-            case Delete(key):
-                existed = table.get(key) is not None
-                if existed:
-                    table.apply(((key, None),))
-                return existed
+            case Get() | Put() | Delete() | ReadKey() | WriteKey() | MergeKey():
+                return self._apply((message,))[0]
             case GetMany(keys):
-                return [table.get(key) for key in keys]
+                return self._apply([Get(key) for key in keys])
             case PutMany(items):
-                writes: tuple[Write, ...] = items
-                table.apply(writes)
+                self._apply([Put(key, value) for key, value in items])
                 return None
             case CrashNow():
                 raise InjectedCrashError(f"{self}: crash injected")
         return super().on_receive(message)
 
-    def _apply_batch(self, ops: Sequence[StoreOp]) -> list[Any]:
-        # Writes go to the table in one transaction at the end (group commit); reads in
-        # the batch see the batch's earlier writes through `written`.
-        table = self._table
-        if len(ops) == 1 and type(ops[0]) is Get:
-            return [table.get(ops[0].key)]  # the commonest batch: one read, nothing to merge
-        written: dict[bytes, bytes | None] = {}
-        writes: list[Write] = []
-        results: list[Any] = []
-        for op in ops:
-            if type(op) is Get:
-                results.append(written[op.key] if op.key in written else table.get(op.key))
-            elif type(op) is Put:
-                written[op.key] = op.value
-                writes.append((op.key, op.value))
-                results.append(None)
-            else:
-                key = op.key
-                existed = (written[key] if key in written else table.get(key)) is not None
-                written[key] = None
-                writes.append((key, None))
-                results.append(existed)
-        if writes:
-            table.apply(writes)
+    def _apply(self, ops: Sequence[StoreOp]) -> list[Any]:
+        now_ms = int(self._wall_clock() * 1000)
+        batch = _Batch(self._table, now_ms, self._grace_ms)
+        results = [self._apply_one(batch, op, now_ms) for op in ops]
+        batch.commit()
         return results
+
+    def _apply_one(self, batch: _Batch, op: Any, now_ms: int) -> Any:
+        # `type() is` tests, commonest first: cheaper than `match` on this hot path.
+        kind = type(op)
+        if kind is ReadKey:
+            return batch.state(op.key)
+        if kind is WriteKey:
+            return self._write(batch, op.key, op.value, op.context, now_ms)
+        if kind is MergeKey:
+            merged = merge_states(batch.state(op.key), op.state)
+            batch.store(op.key, merged)
+            return merged
+        if kind is Get:
+            winner = batch.state(op.key).winner
+            return None if winner is None else winner.value
+        if kind is Put:
+            self._write(batch, op.key, op.value, None, now_ms)
+            return None
+        if kind is Delete:
+            return self._write(batch, op.key, None, None, now_ms).existed
+        raise TypeError(f"not a store operation: {op!r}")
+
+    def _write(
+        self,
+        batch: _Batch,
+        key: bytes,
+        value: bytes | None,
+        context: VectorClock | None,
+        now_ms: int,
+    ) -> Written:
+        state = batch.state(key)
+        winner = state.winner
+        existed = winner is not None and winner.value is not None
+        stamp = self._hlc.now(now_ms)
+        if winner is not None and winner.stamp.wall_ms >= stamp.wall_ms:
+            # Stamp after everything the key has seen, even from a clock running ahead.
+            stamp = self._hlc.observe(winner.stamp, now_ms)
+        if context is None:
+            context = state.context  # a blind write supersedes what this replica holds
+        # Dots never below the clock's reading: a key forgotten after its tombstones were
+        # purged (or lost with a memory node) must not reuse a dot that a lagging replica
+        # still counts as superseded (Riak's kv679).
+        floor = (stamp.wall_ms << 10) + min(stamp.logical, 1023)
+        new_state = coordinate_write(state, self._node, context, value, stamp, min_counter=floor)
+        batch.store(key, new_state)
+        return Written(new_state, existed)

@@ -17,7 +17,7 @@ import pykka
 
 from kvactors.dispatch import Dispatcher
 from kvactors.storage.backends import StorageBackend
-from kvactors.storage.store_server import StoreServer
+from kvactors.storage.store_server import DEFAULT_TOMBSTONE_GRACE, StoreServer
 from kvactors.supervision import ChildSpec, Restart, Strategy, Supervisor
 
 __all__ = ["PartitionDirectory", "StoreSupervisor"]
@@ -80,6 +80,8 @@ class StoreSupervisor(Supervisor):
         partitions: Iterable[int],
         *,
         dispatcher: Dispatcher | None = None,
+        node: str = "local",
+        tombstone_grace: float = DEFAULT_TOMBSTONE_GRACE,
         max_restarts: int = 10,
         max_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -87,6 +89,8 @@ class StoreSupervisor(Supervisor):
         self._backend = backend
         self._directory = directory
         self._dispatcher = dispatcher
+        self._node = node
+        self._tombstone_grace = tombstone_grace
         super().__init__(
             [self._spec(p) for p in sorted(set(partitions))],
             strategy=Strategy.ONE_FOR_ONE,
@@ -98,10 +102,12 @@ class StoreSupervisor(Supervisor):
 
     def _spec(self, partition: int) -> ChildSpec:
         backend, dispatcher = self._backend, self._dispatcher
+        node, grace = self._node, self._tombstone_grace
 
         def start() -> pykka.ActorRef[Any]:
             # Ask the backend each time: it hands back the same table after a crash.
-            return StoreServer.start(partition, backend.open_table(partition), dispatcher)
+            table = backend.open_table(partition)
+            return StoreServer.start(partition, table, dispatcher, node=node, tombstone_grace=grace)
 
         return ChildSpec(_partition_id(partition), start, Restart.PERMANENT)
 

@@ -189,8 +189,9 @@ def test_a_write_through_any_node_reads_back_through_every_node(five_nodes: Clus
         forwarded_before = sum(client.status()["forwarded"] for client in clients.values())
         write_then_read_everywhere(clients, "any-node", 200)
         forwarded_after = sum(client.status()["forwarded"] for client in clients.values())
-    # Four fifths of the requests name a key another node owns: they were routed there.
-    assert forwarded_after - forwarded_before >= 200 * 5 // 2
+    # With N=3 of 5, two fifths of the writes reach a node that holds no replica of their
+    # key: it has a replica coordinate them (about 80 of 200; a wide margin for chance).
+    assert 40 <= forwarded_after - forwarded_before <= 120
 
 
 def test_a_killed_node_is_declared_dead_in_time_and_rejoins_with_a_higher_incarnation(

@@ -60,6 +60,7 @@ EXPECTED_OUTPUT = {
         "node-1 marked node-3 dead",
         "node-2 marked node-3 dead",
         "node-3  tcp://127.0.0.1:",
+        "3,000 of 3,000 keys read back intact, 0 lost; 1,000 of 1,000 new writes acknowledged",
         "node-1 stopped (exit code 0",
         "node-2 stopped (exit code 0",
         "Every node has stopped cleanly.",

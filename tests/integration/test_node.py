@@ -9,6 +9,7 @@ sleeps in the hope that something happened meanwhile.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import re
@@ -219,6 +220,7 @@ def test_req_socket_in_msgpack(node: Node) -> None:
             "ok": True,
             "id": b"\x01\x02",
             "found": False,
+            "context": b"\x01\x00",  # never written: an empty clock
         }
         many = ask_msgpack(req, {"op": "get_many", "keys": ["raw:1", "raw:2"], "id": 8})
         assert many["id"] == 8
@@ -257,12 +259,11 @@ def test_req_socket_in_json(node: Node) -> None:
         # The seed's `operation` alias, and bytes as {"$bytes": base64}.
         put = '{"operation": "put", "key": "json:1", "value": {"$bytes": "AAE="}, "id": "p"}'
         assert ask_json(req, put) == {"ok": True, "id": "p"}
-        assert ask_json(req, '{"op": "get", "key": "json:1", "id": 1}') == {
-            "ok": True,
-            "id": 1,
-            "found": True,
-            "value": {"$bytes": "AAE="},
-        }
+        reply = ask_json(req, '{"op": "get", "key": "json:1", "id": 1}')
+        context = reply.pop("context")
+        assert reply == {"ok": True, "id": 1, "found": True, "value": {"$bytes": "AAE="}}
+        # The causal context travels as {"$bytes": base64} too, and is a node's own.
+        assert set(context) == {"$bytes"} and base64.b64decode(context["$bytes"])
         # A msgpack client reads the same bytes back.
         assert ask_msgpack(req, {"op": "get", "key": "json:1"})["value"] == b"\x00\x01"
         document = {"a": [1, 2.5, None, True], "nested": {"b": "c"}}

@@ -1,4 +1,4 @@
-"""Routing across nodes: any node serves any key; each key is stored on its owner only."""
+"""Routing across nodes: any node serves any key; each key is stored on its N replicas only."""
 
 from __future__ import annotations
 
@@ -26,13 +26,20 @@ def wait_for(condition: Callable[[], Any], timeout: float = TIMEOUT) -> None:
 
 @pytest.fixture
 def embedded_peer(start_node: Any) -> Iterator[tuple[ActorSystem, Any]]:
-    """Node b as a process; node a embedded in this test, joined to b."""
-    b = start_node("b")
+    """Node b as a process; node a embedded in this test, joined to b; one copy per key."""
+    b = start_node("b", "--replicas", "1", "--read-quorum", "1", "--write-quorum", "1")
     # The embedded node's endpoint must be one b can reach: a fixed free port, not port 0.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = NodeConfig(name="a", bind=f"tcp://127.0.0.1:{port}", seeds=(b.endpoint,))
+    config = NodeConfig(
+        name="a",
+        bind=f"tcp://127.0.0.1:{port}",
+        seeds=(b.endpoint,),
+        replicas=1,
+        read_quorum=1,
+        write_quorum=1,
+    )
     with ActorSystem(config) as a:
         wait_for(lambda: len(a.ring_owners()) == 2)
         yield a, b

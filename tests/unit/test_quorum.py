@@ -1,4 +1,4 @@
-"""Tests for kvactors.distribution.quorum: decisions, late replies, stale replica detection."""
+"""Tests for kvactors.distribution.quorum: decisions, late replies, stale replicas, repair."""
 
 from __future__ import annotations
 
@@ -6,18 +6,19 @@ import itertools
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvactors.distribution.quorum import Decision, Outcome, QuorumKind, QuorumTracker
 from kvactors.distribution.versions import (
+    EMPTY_STATE,
+    Dot,
     HlcStamp,
-    Siblings,
+    KeyState,
     VectorClock,
     Version,
-    apply_write,
-    causal_context,
-    reconcile,
+    coordinate_write,
+    merge_states,
 )
 
 NODES = ("a", "b", "c")
@@ -185,52 +186,50 @@ def test_rejects_impossible_setups(replicas: tuple[str, ...], required: int) -> 
 # ------------------------------------------------------------------------ reads and repair
 
 
-def version(value: bytes, wall_ms: int, **counters: int) -> Version:
-    node = max(counters)
-    return Version(value, VectorClock.from_dict(counters), HlcStamp(wall_ms, 0, node))
+def written(value: bytes, wall_ms: int, node: str = "a", base: KeyState = EMPTY_STATE) -> KeyState:
+    """`base` after a blind write of `value` through `node` (concurrent with `base`)."""
+    return coordinate_write(base, node, VectorClock(), value, HlcStamp(wall_ms, 0, node))
+
+
+def overwritten(state: KeyState, value: bytes, wall_ms: int, node: str = "a") -> KeyState:
+    """`state` after a read-modify-write through `node`: supersedes everything in it."""
+    return coordinate_write(state, node, state.context, value, HlcStamp(wall_ms, 0, node))
+
+
+# Small domains so replies often share versions and dots.
+key_states = st.builds(
+    KeyState.from_versions,
+    st.lists(
+        st.builds(
+            Version,
+            st.none() | st.sampled_from((b"x", b"y")),
+            st.builds(Dot, st.sampled_from(NODES), st.integers(1, 3)),
+            st.dictionaries(st.sampled_from(NODES), st.integers(0, 3)).map(VectorClock.from_dict),
+            st.builds(HlcStamp, st.integers(0, 3), st.just(0), st.sampled_from(NODES)),
+        ),
+        max_size=3,
+    ),
+    st.dictionaries(st.sampled_from(NODES), st.integers(0, 3)).map(VectorClock.from_dict),
+)
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> list[Version]:
-    """Writes that each saw a random subset of the earlier ones; every clock distinct."""
-    written: list[Version] = []
-    own_counters = dict.fromkeys(NODES, 0)
-    for index in range(draw(st.integers(1, 7))):
-        node = draw(st.sampled_from(NODES))
-        seen = draw(st.lists(st.sampled_from(written), unique_by=id)) if written else []
-        own_counters[node] += 1
-        counters = causal_context(seen).as_dict()
-        counters[node] = own_counters[node]
-        stamp = HlcStamp(draw(st.integers(0, 20)), index, node)
-        written.append(Version(f"v{index}".encode(), VectorClock.from_dict(counters), stamp))
-    return written
-
-
-@st.composite
-def read_runs(draw: st.DrawFn) -> tuple[tuple[str, ...], int, dict[str, Siblings], list[str]]:
-    history = draw(histories())
+def read_runs(
+    draw: st.DrawFn,
+) -> tuple[tuple[str, ...], int, dict[str, KeyState], list[str]]:
     size = draw(st.integers(1, 4))
     replicas = tuple(f"r{index}" for index in range(size))
-    replies = {
-        replica: reconcile(draw(st.lists(st.sampled_from(history), unique_by=id)))
-        for replica in replicas
-    }
+    replies = {replica: draw(key_states) for replica in replicas}
     answering = draw(st.lists(st.sampled_from(replicas), unique=True))
     order = draw(st.permutations(answering))
     required = draw(st.integers(1, size))
     return replicas, required, replies, order
 
 
-def repaired(reply: Siblings, merged: Siblings) -> Siblings:
-    """What a replica holds after read repair writes every merged version to it."""
-    for merged_version in merged:
-        reply = apply_write(reply, merged_version)
-    return reply
-
-
 @given(read_runs())
+@settings(max_examples=60)
 def test_read_merges_replies_and_finds_stale_replicas(
-    run: tuple[tuple[str, ...], int, dict[str, Siblings], list[str]],
+    run: tuple[tuple[str, ...], int, dict[str, KeyState], list[str]],
 ) -> None:
     replicas, required, replies, order = run
     tracker = QuorumTracker(QuorumKind.READ, replicas, required)
@@ -240,78 +239,102 @@ def test_read_merges_replies_and_finds_stale_replicas(
     assert tracker.decision.outcome == (
         Outcome.SUCCESS if len(order) >= required else Outcome.PENDING
     )
-    everything = [version for replica in order for version in replies[replica]]
-    assert set(tracker.merged) == {
-        candidate
-        for candidate in everything
-        if not any(other.clock.dominates(candidate.clock) for other in everything)
-    }
-    # Stale exactly when read repair would change what the replica holds.
-    expected_stale = tuple(
-        replica
-        for replica in replicas
-        if replica in order and repaired(replies[replica], tracker.merged) != replies[replica]
+    expected = EMPTY_STATE
+    for replica in reversed(order):
+        expected = merge_states(replies[replica], expected)
+    assert tracker.merged == expected
+    assert tracker.stale_replicas() == tuple(
+        replica for replica in replicas if replica in order and replies[replica] != expected
     )
-    assert tracker.stale_replicas() == expected_stale
-    for replica in order:
-        fixed = reconcile(replies[replica], tracker.repair_for(replica))
-        assert fixed == tracker.merged
+    for replica in replicas:
+        repair = tracker.repair_for(replica)
+        if replica not in order or replies[replica] == expected:
+            assert repair is None
+        else:
+            assert repair is not None
+            assert merge_states(replies[replica], repair) == expected
 
 
 def test_not_found_reply_is_stale_when_another_replica_found_the_key() -> None:
-    stored = version(b"v", 5, a=1)
+    stored = written(b"v", 5)
     tracker = QuorumTracker(QuorumKind.READ, ("a", "b", "c"), 2)
-    assert tracker.on_reply("a", ()) == Decision(Outcome.PENDING)
-    assert tracker.on_reply("b", (stored,)) == Decision(Outcome.SUCCESS, is_new=True)
-    assert tracker.merged == (stored,)
+    assert tracker.on_reply("a", EMPTY_STATE) == Decision(Outcome.PENDING)
+    assert tracker.on_reply("b", stored) == Decision(Outcome.SUCCESS, is_new=True)
+    assert tracker.merged == stored
     assert tracker.stale_replicas() == ("a",)
-    assert tracker.repair_for("a") == (stored,)
-    assert tracker.repair_for("b") == ()
-    assert tracker.repair_for("c") == ()
+    assert tracker.repair_for("a") == stored
+    assert tracker.repair_for("b") is None
+    assert tracker.repair_for("c") is None
 
 
 def test_not_found_everywhere_is_not_stale() -> None:
     tracker = QuorumTracker(QuorumKind.READ, ("a", "b"), 2)
-    tracker.on_reply("a", ())
-    tracker.on_reply("b", ())
-    assert tracker.merged == ()
+    tracker.on_reply("a")
+    tracker.on_reply("b", EMPTY_STATE)
+    assert tracker.merged == EMPTY_STATE
     assert tracker.stale_replicas() == ()
+    assert tracker.repair_for("a") is None
 
 
 def test_late_reply_after_success_updates_merge_and_staleness() -> None:
-    old = version(b"old", 1, a=1)
-    new = version(b"new", 2, a=2)
+    old = written(b"old", 1)
+    new = overwritten(old, b"new", 2)
     tracker = QuorumTracker(QuorumKind.READ, ("a", "b", "c"), 2)
-    tracker.on_reply("a", (old,))
-    assert tracker.on_reply("b", (old,)).is_new
+    tracker.on_reply("a", old)
+    assert tracker.on_reply("b", old).is_new
     assert tracker.stale_replicas() == ()
-    assert tracker.on_reply("c", (new,)) == Decision(Outcome.SUCCESS)
-    assert tracker.merged == (new,)
+    assert tracker.on_reply("c", new) == Decision(Outcome.SUCCESS)
+    assert tracker.merged == new
     assert tracker.stale_replicas() == ("a", "b")
+    assert tracker.repair_for("a") == new
     assert tracker.complete
 
 
+def test_replicas_that_learned_the_same_by_different_paths_are_up_to_date() -> None:
+    # "a" stored the old version and later received its overwrite; "c" got the overwrite
+    # only. Both now know the same, so neither needs repair.
+    old = written(b"old", 1)
+    new = overwritten(old, b"new", 2, node="c")
+    tracker = QuorumTracker(QuorumKind.READ, ("a", "c"), 2)
+    tracker.on_reply("a", merge_states(old, new))
+    tracker.on_reply("c", new)
+    assert tracker.stale_replicas() == ()
+    assert tracker.merged == new
+
+
 def test_concurrent_siblings_from_different_replicas_are_both_kept() -> None:
-    left = version(b"left", 3, a=1, b=1)
-    right = version(b"right", 4, a=1, c=1)
+    left = written(b"left", 3, "a")
+    right = written(b"right", 4, "b")
     tracker = QuorumTracker(QuorumKind.READ, ("a", "b"), 2)
-    tracker.on_reply("a", (left,))
-    tracker.on_reply("b", (right,))
-    assert tracker.merged == (right, left)
+    tracker.on_reply("a", left)
+    tracker.on_reply("b", right)
+    assert [v.value for v in tracker.merged.versions] == [b"right", b"left"]
     assert tracker.stale_replicas() == ("a", "b")
-    assert tracker.repair_for("a") == (right,)
+    assert tracker.repair_for("a") == tracker.merged
+
+
+def test_concurrent_writes_through_one_coordinator_both_reach_the_reader() -> None:
+    base = written(b"base", 1)
+    left = overwritten(base, b"left", 2)
+    both = coordinate_write(left, "a", base.context, b"right", HlcStamp(3, 0, "a"))
+    tracker = QuorumTracker(QuorumKind.READ, ("a", "b"), 2)
+    tracker.on_reply("a", both)
+    tracker.on_reply("b", left)
+    assert {v.value for v in tracker.merged.versions} == {b"left", b"right"}
+    assert tracker.stale_replicas() == ("b",)
 
 
 def test_failed_replicas_are_not_reported_stale() -> None:
     tracker = QuorumTracker(QuorumKind.READ, ("a", "b", "c"), 1)
-    tracker.on_reply("a", (version(b"v", 1, a=1),))
+    tracker.on_reply("a", written(b"v", 1))
     tracker.on_error("b", "internal")
     assert tracker.stale_replicas() == ()
+    assert tracker.repair_for("b") is None
 
 
 def test_writes_ignore_reply_payloads() -> None:
     tracker = QuorumTracker(QuorumKind.WRITE, ("a", "b"), 1)
-    tracker.on_reply("a", (version(b"v", 1, a=1),))
-    tracker.on_reply("b", ())
-    assert tracker.merged == ()
+    tracker.on_reply("a", written(b"v", 1))
+    tracker.on_reply("b")
+    assert tracker.merged == EMPTY_STATE
     assert tracker.stale_replicas() == ()

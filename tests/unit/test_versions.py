@@ -1,35 +1,35 @@
-"""Tests for kvactors.distribution.versions: clocks, HLC, siblings, tombstones, encodings."""
+"""Tests for kvactors.distribution.versions: clocks, HLC, dotted key states, encodings."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+import random
+from dataclasses import dataclass
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvactors.distribution.versions import (
+    EMPTY_STATE,
     MAX_CONTEXT_BYTES,
     MAX_CONTEXT_ENTRIES,
     MAX_COUNTER,
     MAX_NODE_NAME_BYTES,
+    MAX_WIRE_VERSIONS,
+    Dot,
     Hlc,
     HlcStamp,
-    Siblings,
+    KeyState,
     VectorClock,
     Version,
-    apply_write,
-    causal_context,
+    coordinate_write,
     decode_context,
     encode_context,
-    new_delete,
-    new_write,
+    merge_states,
     purge_tombstones,
-    reconcile,
-    siblings_from_wire,
-    siblings_to_wire,
-    supersedes,
-    winner,
+    state_from_wire,
+    state_to_wire,
 )
 
 NODES = ("a", "b", "c", "d")
@@ -44,53 +44,12 @@ def reference_leq(low: VectorClock, high: VectorClock) -> bool:
     return all(low_map.get(node, 0) <= high_map.get(node, 0) for node in {*low_map, *high_map})
 
 
-@st.composite
-def histories(draw: st.DrawFn, max_writes: int = 8) -> list[Version]:
-    """A causal history: each write saw a random subset of the earlier ones.
-
-    Each node numbers its own writes, as a coordinator with durable counters does, so every
-    write has a distinct clock and domination is exactly strict clock descent.
-    """
-    written: list[Version] = []
-    own_counters = dict.fromkeys(NODES, 0)
-    for index in range(draw(st.integers(1, max_writes))):
-        node = draw(st.sampled_from(NODES))
-        seen = draw(st.lists(st.sampled_from(written), unique_by=id)) if written else []
-        own_counters[node] += 1
-        counters = causal_context(seen).as_dict()
-        counters[node] = own_counters[node]
-        stamp = HlcStamp(draw(st.integers(0, 20)), index, node)
-        if draw(st.booleans()):
-            version = Version(f"v{index}".encode(), VectorClock.from_dict(counters), stamp)
-        else:
-            clock = VectorClock.from_dict(counters)
-            version = Version(None, clock, stamp, tombstone=True)
-        written.append(version)
-    return written
+def stamp(wall_ms: int, node: str = "a", logical: int = 0) -> HlcStamp:
+    return HlcStamp(wall_ms, logical, node)
 
 
-@st.composite
-def history_and_subsets(draw: st.DrawFn) -> tuple[list[Version], list[Version], list[Version]]:
-    history = draw(histories())
-    first = draw(st.lists(st.sampled_from(history), unique_by=id))
-    second = draw(st.lists(st.sampled_from(history), unique_by=id))
-    return history, first, second
-
-
-def reference_maximal(pool: Iterable[Version]) -> set[Version]:
-    """Versions whose clock no other version's clock strictly exceeds (distinct clocks)."""
-    unique = set(pool)
-    return {
-        candidate
-        for candidate in unique
-        if not any(
-            other.clock != candidate.clock and reference_leq(candidate.clock, other.clock)
-            for other in unique
-        )
-    }
-
-
-# ------------------------------------------------------------------------------ the module
+def clock(**counters: int) -> VectorClock:
+    return VectorClock.from_dict(counters)
 
 
 # --------------------------------------------------------------------------- vector clocks
@@ -288,225 +247,485 @@ def test_stamp_from_wire_rejects_malformed(wire: object) -> None:
         HlcStamp.from_wire(wire)
 
 
-# ----------------------------------------------------------------------------- versions
+@given(clocks, clocks)
+def test_exactly_one_relation_holds_between_two_clocks(a: VectorClock, b: VectorClock) -> None:
+    relations = [a == b, a.dominates(b), b.dominates(a), a.concurrent(b)]
+    assert relations.count(True) == 1
+    assert a.descends(b) == (a == b or a.dominates(b))
 
 
-def stamp(wall_ms: int, node: str = "a") -> HlcStamp:
-    return HlcStamp(wall_ms, 0, node)
+# ----------------------------------------------------------------------- dotted versions
+#
+# Small domains on purpose: arbitrary states then often share dots, stamps and clocks, which
+# is where a join that is only "usually" commutative would show it.
+
+# Generating states dominates these tests' runtime; 30 examples each keeps the file fast.
+FEW = settings(max_examples=30)
+
+values = st.none() | st.sampled_from((b"", b"x", b"y"))
+dots = st.builds(Dot, st.sampled_from(NODES), st.integers(1, 5))
+small_stamps = st.builds(HlcStamp, st.integers(0, 5), st.integers(0, 2), st.sampled_from(NODES))
+versions = st.builds(Version, values, dots, clocks, small_stamps)
+key_states = st.builds(KeyState.from_versions, st.lists(versions, max_size=5), clocks)
 
 
-def clock(**counters: int) -> VectorClock:
-    return VectorClock.from_dict(counters)
+def reference_merge(first: KeyState, second: KeyState) -> tuple[VectorClock, set[Version]]:
+    """The join computed from the definition, with sets instead of canonical tuples."""
+    obsolete = VectorClock.from_dict(
+        {node: max(first.obsolete.counter(node), second.obsolete.counter(node)) for node in NODES}
+    )
+    survivors = {
+        version
+        for version in (*first.versions, *second.versions)
+        if obsolete.counter(version.dot.node) < version.dot.counter
+    }
+    return obsolete, survivors
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"value": None, "tombstone": False},
-        {"value": b"x", "tombstone": True},
-        {"value": b"x", "tombstone": False, "deleted_at_ms": 5},
-        {"value": None, "tombstone": True, "deleted_at_ms": -1},
-    ],
-)
-def test_version_rejects_inconsistent_fields(fields: dict[str, object]) -> None:
+def is_canonical(state: KeyState) -> bool:
+    try:
+        KeyState(state.obsolete, state.versions)  # the checking constructor
+    except ValueError:
+        return False
+    return True
+
+
+def test_dot_is_covered_by_a_clock_that_counts_it() -> None:
+    assert Dot("a", 2).covered_by(clock(a=2))
+    assert Dot("a", 2).covered_by(clock(a=3, b=1))
+    assert not Dot("a", 2).covered_by(clock(a=1, b=9))
+    assert not Dot("a", 1).covered_by(VectorClock())
+
+
+@pytest.mark.parametrize(("node", "counter"), [("", 1), ("a", 0), ("a", MAX_COUNTER + 1)])
+def test_dot_rejects_bad_fields(node: str, counter: int) -> None:
     with pytest.raises(ValueError):
-        Version(clock=clock(a=1), stamp=stamp(1), **fields)  # type: ignore[arg-type]
+        Dot(node, counter)
 
 
-@given(history_and_subsets())
-def test_reconcile_keeps_exactly_the_undominated(
-    case: tuple[list[Version], list[Version], list[Version]],
+def test_version_rejects_a_non_bytes_value() -> None:
+    with pytest.raises(ValueError):
+        Version("text", Dot("a", 1), VectorClock(), stamp(1))  # type: ignore[arg-type]
+    assert Version(None, Dot("a", 1), VectorClock(), stamp(1)).tombstone
+    assert not Version(b"", Dot("a", 1), VectorClock(), stamp(1)).tombstone
+
+
+@FEW
+@given(st.lists(versions, max_size=5), clocks, st.randoms())
+def test_from_versions_is_canonical_whatever_the_input_order(
+    candidates: list[Version], obsolete: VectorClock, rng: random.Random
 ) -> None:
-    _, first, second = case
-    result = reconcile(first, second)
-    assert set(result) == reference_maximal([*first, *second])
-    assert len(result) == len(set(result))
-    stamps = [version.stamp for version in result]
-    assert stamps == sorted(stamps, reverse=True)
-
-
-@given(history_and_subsets(), st.data())
-def test_reconcile_is_commutative_associative_idempotent(
-    case: tuple[list[Version], list[Version], list[Version]], data: st.DataObject
-) -> None:
-    history, first, second = case
-    third = data.draw(st.lists(st.sampled_from(history), unique_by=id))
-    a, b, c = reconcile(first), reconcile(second), reconcile(third)
-    assert reconcile(a, b) == reconcile(b, a)
-    assert reconcile(reconcile(a, b), c) == reconcile(a, reconcile(b, c))
-    assert reconcile(a, a) == a
-    assert reconcile(a) == a
-
-
-@given(history_and_subsets())
-def test_apply_write_is_reconcile_with_one_version(
-    case: tuple[list[Version], list[Version], list[Version]],
-) -> None:
-    history, first, _ = case
-    existing = reconcile(first)
-    for version in history:
-        after = apply_write(existing, version)
-        assert set(after) == reference_maximal([*existing, version])
-        # Writing the same version again is not a second sibling.
-        assert apply_write(after, version) == after
-
-
-@given(history_and_subsets(), st.sampled_from(NODES), st.booleans())
-def test_write_with_full_context_supersedes_everything_read(
-    case: tuple[list[Version], list[Version], list[Version]], node: str, pass_local: bool
-) -> None:
-    _, first, _ = case
-    read = reconcile(first)
-    local = read if pass_local else ()
-    new = new_write(causal_context(read), node, stamp(99, node), b"new", local_siblings=local)
-    assert apply_write(read, new) == (new,)
-    tombstone = new_delete(causal_context(read), node, stamp(99, node), local_siblings=local)
-    assert apply_write(read, tombstone) == (tombstone,)
-
-
-@given(history_and_subsets(), st.data())
-def test_write_with_partial_context_supersedes_exactly_what_was_read(
-    case: tuple[list[Version], list[Version], list[Version]], data: st.DataObject
-) -> None:
-    _, first, _ = case
-    stored = reconcile(first)
-    read = data.draw(st.lists(st.sampled_from(stored), unique_by=id)) if stored else []
-    context = causal_context(read)
-    # A coordinator no earlier write names, so the new clock cannot collide with a stored one.
-    new = new_write(context, "z", stamp(99, "z"), b"new")
-    after = apply_write(stored, new)
-    assert new in after
-    assert not set(read) & set(after)
-    untouched = {version for version in stored if not reference_leq(version.clock, context)}
-    assert set(after) == untouched | {new}
-
-
-def test_new_write_increments_the_coordinator_entry() -> None:
-    context = clock(a=2, b=1)
-    written = new_write(context, "b", stamp(5, "b"), b"v")
-    assert written.clock == clock(a=2, b=2)
-    assert not written.tombstone
-    assert written.value == b"v"
-
-
-def test_new_write_passes_the_coordinators_earlier_counters() -> None:
-    # The client read {a:1}; meanwhile coordinator b made its fifth write of this key.
-    local = (Version(b"old", clock(a=1, b=5), stamp(3, "b")),)
-    written = new_write(clock(a=1), "b", stamp(5, "b"), b"v", local_siblings=local)
-    assert written.clock == clock(a=1, b=6)
-    assert all(written.clock != version.clock for version in local)
-
-
-def test_new_delete_is_a_tombstone_stamped_now() -> None:
-    deleted = new_delete(clock(a=1), "a", stamp(42))
-    assert deleted.tombstone
-    assert deleted.value is None
-    assert deleted.clock == clock(a=2)
-    assert deleted.deleted_at_ms == 42
-
-
-def test_stale_write_changes_nothing() -> None:
-    current = (Version(b"new", clock(a=2), stamp(5)),)
-    assert apply_write(current, Version(b"old", clock(a=1), stamp(9))) == current
-
-
-def test_concurrent_writes_become_siblings_newest_first() -> None:
-    left = Version(b"left", clock(a=1, b=1), stamp(5, "b"))
-    right = Version(b"right", clock(a=1, c=1), stamp(7, "c"))
-    siblings = apply_write(apply_write((), left), right)
-    assert siblings == (right, left)
-    assert winner(siblings) == right
-
-
-def test_equal_clocks_keep_the_higher_stamp_on_every_replica() -> None:
-    first = Version(b"first", clock(a=1), stamp(5))
-    second = Version(b"second", clock(a=1), stamp(6))
-    assert reconcile((first,), (second,)) == (second,)
-    assert reconcile((second,), (first,)) == (second,)
-    assert supersedes(second, first)
-    assert not supersedes(first, second)
-
-
-def test_winner_is_the_highest_stamp_ties_broken_by_node() -> None:
-    low = Version(b"low", clock(a=1), HlcStamp(5, 0, "a"))
-    high = Version(None, clock(b=1), HlcStamp(5, 0, "b"), tombstone=True)
-    assert winner((low, high)) == high
-    assert winner((high, low)) == high
-    assert winner(()) is None
-
-
-# ---------------------------------------------------------------------------- tombstones
-
-
-def tombstone(wall_ms: int, deleted_at_ms: int | None = None, node: str = "a") -> Version:
-    return Version(
-        None, clock(**{node: 1}), stamp(wall_ms, node), tombstone=True, deleted_at_ms=deleted_at_ms
+    state = KeyState.from_versions(candidates, obsolete)
+    shuffled = list(candidates) * 2
+    rng.shuffle(shuffled)
+    assert KeyState.from_versions(shuffled, obsolete) == state
+    assert is_canonical(state)
+    assert set(state.versions) == {v for v in candidates if not v.dot.covered_by(obsolete)}
+    assert [v.stamp for v in state.versions] == sorted(
+        (v.stamp for v in state.versions), reverse=True
     )
 
 
+def test_constructor_rejects_non_canonical_states() -> None:
+    old = Version(b"old", Dot("a", 1), VectorClock(), stamp(1))
+    new = Version(b"new", Dot("b", 1), VectorClock(), stamp(2))
+    assert KeyState(VectorClock(), (new, old)).winner == new
+    with pytest.raises(ValueError):
+        KeyState(VectorClock(), (old, new))  # oldest first
+    with pytest.raises(ValueError):
+        KeyState(VectorClock(), (new, new))  # duplicate
+    with pytest.raises(ValueError):
+        KeyState(clock(a=1), (new, old))  # `old` is obsolete
+    with pytest.raises(ValueError):
+        KeyState(VectorClock(), [new])  # type: ignore[arg-type]
+
+
+@FEW
+@given(key_states, key_states)
+def test_merge_states_is_commutative(a: KeyState, b: KeyState) -> None:
+    assert merge_states(a, b) == merge_states(b, a)
+
+
+@FEW
+@given(key_states, key_states, key_states)
+def test_merge_states_is_associative(a: KeyState, b: KeyState, c: KeyState) -> None:
+    assert merge_states(merge_states(a, b), c) == merge_states(a, merge_states(b, c))
+
+
+@FEW
+@given(key_states)
+def test_merge_states_is_idempotent(a: KeyState) -> None:
+    assert merge_states(a, a) == a
+    assert merge_states(a, EMPTY_STATE) == a
+    assert merge_states(EMPTY_STATE, a) == a
+
+
+@FEW
+@given(key_states, key_states)
+def test_merge_states_matches_the_definition_and_is_canonical(a: KeyState, b: KeyState) -> None:
+    merged = merge_states(a, b)
+    assert (merged.obsolete, set(merged.versions)) == reference_merge(a, b)
+    assert is_canonical(merged)
+    # An upper bound: merging either input in again changes nothing.
+    assert merge_states(merged, a) == merged
+    assert merge_states(b, merged) == merged
+
+
+# A reachable history: three replicas, clients that read a replica (or reuse an old read,
+# or write blind), writes through random coordinating replicas, and random syncs.
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    version: Version
+    context: VectorClock
+
+
+REPLICAS = ("a", "b", "c")
+
+
+@st.composite
+def reachable_histories(draw: st.DrawFn) -> tuple[dict[str, KeyState], list[Write]]:
+    states = dict.fromkeys(REPLICAS, EMPTY_STATE)
+    reads: list[VectorClock] = [VectorClock()]
+    writes: list[Write] = []
+    for step in range(draw(st.integers(1, 14))):
+        action = draw(st.sampled_from(("read", "write", "write", "sync")))
+        if action == "read":
+            reads.append(states[draw(st.sampled_from(REPLICAS))].context)
+        elif action == "sync":
+            source, target = draw(st.sampled_from(REPLICAS)), draw(st.sampled_from(REPLICAS))
+            states[target] = merge_states(states[target], states[source])
+        else:
+            node = draw(st.sampled_from(REPLICAS))
+            context = draw(st.sampled_from(reads))
+            value = None if draw(st.booleans()) else f"v{step}".encode()
+            before = states[node]
+            states[node] = coordinate_write(before, node, context, value, stamp(step, node))
+            (new,) = set(states[node].versions) - set(before.versions)
+            writes.append(Write(new, context))
+    return states, writes
+
+
+def check_only_superseded_writes_are_gone(
+    states: dict[str, KeyState], writes: list[Write]
+) -> KeyState:
+    final = EMPTY_STATE
+    for state in states.values():
+        final = merge_states(final, state)
+    superseded = {
+        write.version
+        for write in writes
+        if any(write.version.dot.covered_by(other.context) for other in writes)
+    }
+    assert set(final.versions) == {write.version for write in writes} - superseded
+    return final
+
+
+@given(reachable_histories())
+@settings(max_examples=100)
+def test_reconciliation_never_drops_a_version_that_is_not_dominated(
+    history: tuple[dict[str, KeyState], list[Write]],
+) -> None:
+    states, writes = history
+    dots = [write.version.dot for write in writes]
+    assert len(set(dots)) == len(dots)  # every write got a fresh dot
+    final = check_only_superseded_writes_are_gone(states, writes)
+    # Replicas converge whatever order they sync in.
+    for order in itertools.permutations(states.values()):
+        converged = EMPTY_STATE
+        for state in order:
+            converged = merge_states(state, converged)
+        assert converged == final
+
+
+def test_two_writes_with_the_same_context_through_the_same_node_are_siblings() -> None:
+    # The case a plain vector clock with a coordinator entry gets wrong: both writes get
+    # {a: 2}, so the second hides the first.
+    first = coordinate_write(EMPTY_STATE, "a", VectorClock(), b"v1", stamp(1))
+    context = first.context
+    left = coordinate_write(first, "a", context, b"left", stamp(2))
+    both = coordinate_write(left, "a", context, b"right", stamp(3))
+    assert [v.value for v in both.versions] == [b"right", b"left"]
+    assert [v.dot for v in both.versions] == [Dot("a", 3), Dot("a", 2)]
+    # Through another replica and back: still both, and a read-then-write supersedes both.
+    elsewhere = merge_states(EMPTY_STATE, left)
+    elsewhere = coordinate_write(elsewhere, "b", context, b"other", stamp(4, "b"))
+    joined = merge_states(both, elsewhere)
+    assert {v.value for v in joined.versions} == {b"left", b"right", b"other"}
+    resolved = coordinate_write(joined, "c", joined.context, b"resolved", stamp(5, "c"))
+    assert [v.value for v in resolved.versions] == [b"resolved"]
+    history = {"a": both, "b": elsewhere, "c": resolved}
+    writes = [
+        Write(first.versions[0], VectorClock()),
+        Write(left.versions[0], context),
+        Write(both.versions[0], context),
+        Write(next(v for v in elsewhere.versions if v.value == b"other"), context),
+        Write(resolved.versions[0], joined.context),
+    ]
+    assert check_only_superseded_writes_are_gone(history, writes) == resolved
+
+
+@FEW
+@given(key_states, st.sampled_from(NODES), values)
+def test_a_write_with_the_context_of_a_read_supersedes_everything_read(
+    state: KeyState, node: str, value: bytes | None
+) -> None:
+    written = coordinate_write(state, node, state.context, value, stamp(9, node))
+    (new,) = written.versions
+    assert new.value == value and new.past == state.context and new.tombstone == (value is None)
+    assert all(old.dot.covered_by(written.obsolete) for old in state.versions)
+
+
+@FEW
+@given(key_states, key_states, st.sampled_from(NODES), values)
+def test_a_write_supersedes_exactly_what_its_context_covers(
+    read: KeyState, other: KeyState, node: str, value: bytes | None
+) -> None:
+    # The coordinator knows `read` and more; the client saw only `read`.
+    local = merge_states(read, other)
+    written = coordinate_write(local, node, read.context, value, stamp(9, node))
+    (new,) = set(written.versions) - set(local.versions)
+    kept = set(written.versions) - {new}
+    assert kept == {v for v in local.versions if not v.dot.covered_by(read.context)}
+    assert not any(v.dot.covered_by(read.context) for v in kept)
+
+
+@FEW
+@given(key_states, st.sampled_from(NODES), clocks)
+def test_new_dots_are_fresh(state: KeyState, node: str, context: VectorClock) -> None:
+    written = coordinate_write(state, node, context, b"v", stamp(9, node))
+    (new,) = set(written.versions) - set(state.versions)
+    assert new.dot.node == node
+    assert not new.dot.covered_by(state.context.merge(context))
+    assert new.dot.counter == 1 + max(state.context.counter(node), context.counter(node))
+
+
+def test_min_counter_raises_the_new_dot() -> None:
+    written = coordinate_write(EMPTY_STATE, "a", VectorClock(), b"v", stamp(1), min_counter=40)
+    assert written.versions[0].dot == Dot("a", 40)
+    again = coordinate_write(written, "a", VectorClock(), b"w", stamp(2), min_counter=7)
+    assert again.versions[0].dot == Dot("a", 41)
+
+
+@FEW
+@given(key_states)
+def test_winner_is_the_highest_stamp_and_live_skips_tombstones(state: KeyState) -> None:
+    if not state.versions:
+        assert state.winner is None and state.highest_stamp() is None and state.live == ()
+        return
+    assert state.winner is not None
+    assert state.winner.stamp == max(v.stamp for v in state.versions)
+    assert state.highest_stamp() == state.winner.stamp
+    assert list(state.live) == [v for v in state.versions if v.value is not None]
+
+
+def test_winner_ties_on_wall_time_go_to_logical_then_node() -> None:
+    base = coordinate_write(EMPTY_STATE, "a", VectorClock(), b"a", stamp(5, "a", logical=1))
+    with_b = coordinate_write(base, "b", VectorClock(), b"b", stamp(5, "b", logical=1))
+    with_c = coordinate_write(with_b, "c", VectorClock(), b"c", stamp(5, "c", logical=0))
+    assert [v.value for v in with_c.versions] == [b"b", b"a", b"c"]
+    assert with_c.winner is not None and with_c.winner.value == b"b"
+
+
+@FEW
+@given(key_states)
+def test_context_covers_everything_in_the_state(state: KeyState) -> None:
+    context = state.context
+    assert context.descends(state.obsolete)
+    for version in state.versions:
+        assert version.dot.covered_by(context)
+        assert context.descends(version.past)
+    assert state.is_empty == (state == EMPTY_STATE)
+
+
+def tombstone_state(*deleted_at: int, live_at: int | None = None) -> KeyState:
+    state = EMPTY_STATE
+    for index, wall_ms in enumerate(deleted_at):
+        state = coordinate_write(state, NODES[index], VectorClock(), None, stamp(wall_ms))
+    if live_at is not None:
+        state = coordinate_write(state, "d", VectorClock(), b"v", stamp(live_at))
+    return state
+
+
 @pytest.mark.parametrize(
-    ("siblings", "now_ms", "purged"),
+    ("state", "now_ms", "purged"),
     [
-        ((tombstone(100),), 200, True),  # exactly the grace period old
-        ((tombstone(100),), 199, False),  # still young
-        ((tombstone(100, deleted_at_ms=150),), 200, False),  # deleted_at_ms overrides the stamp
-        ((tombstone(100, deleted_at_ms=50),), 150, True),
-        ((tombstone(0), tombstone(10, node="b")), 500, True),  # only old tombstones left
-        ((tombstone(0), tombstone(450, node="b")), 500, False),  # one is still young
-        ((tombstone(0), Version(b"v", clock(b=1), stamp(1, "b"))), 500, False),  # live sibling
-        ((Version(b"v", clock(b=1), stamp(1, "b")),), 500, False),
-        ((), 500, False),
+        (tombstone_state(100), 200, True),  # exactly grace_ms old
+        (tombstone_state(100), 199, False),  # young
+        (tombstone_state(100, 150), 250, True),
+        (tombstone_state(100, 150), 249, False),  # one still young
+        (tombstone_state(100, live_at=50), 1000, False),  # a concurrent live value
+        (EMPTY_STATE, 1000, False),
+        (KeyState(clock(a=3)), 1000, False),  # nothing to purge, only a clock
     ],
 )
-def test_purge_tombstones(siblings: Siblings, now_ms: int, purged: bool) -> None:
-    assert purge_tombstones(siblings, now_ms, grace_ms=100) == (() if purged else siblings)
+def test_purge_tombstones(state: KeyState, now_ms: int, purged: bool) -> None:
+    result = purge_tombstones(state, now_ms, grace_ms=100)
+    assert result == (EMPTY_STATE if purged else state)
 
 
-# --------------------------------------------------------------------------- wire formats
+@FEW
+@given(key_states, st.integers(0, 12), st.integers(0, 5))
+def test_purge_tombstones_matches_its_rule(state: KeyState, now_ms: int, grace_ms: int) -> None:
+    expected = bool(state.versions) and all(
+        v.tombstone and v.stamp.wall_ms + grace_ms <= now_ms for v in state.versions
+    )
+    assert (purge_tombstones(state, now_ms, grace_ms) == EMPTY_STATE) == (
+        expected or state == EMPTY_STATE
+    )
+    if not expected:
+        assert purge_tombstones(state, now_ms, grace_ms) is state
 
-BUILTIN_LEAVES = (str, int, bytes, bool, type(None))
+
+# ---------------------------------------------------------------------------- wire format
+
+BUILTIN_LEAVES = (str, int, bytes, type(None))
 
 
-def only_builtins(value: object) -> bool:
+def only_lists_and_leaves(value: object) -> bool:
     if isinstance(value, list):
-        return all(only_builtins(item) for item in value)
-    if isinstance(value, dict):
-        return all(isinstance(key, str) and only_builtins(item) for key, item in value.items())
-    return isinstance(value, BUILTIN_LEAVES)
+        return all(only_lists_and_leaves(item) for item in value)
+    return isinstance(value, BUILTIN_LEAVES) and not isinstance(value, bool)
 
 
-@given(histories())
-def test_version_wire_roundtrip(history: list[Version]) -> None:
-    for version in history:
-        wire = version.to_wire()
-        assert only_builtins(wire)
-        assert Version.from_wire(wire) == version
-        assert Version.from_wire(tuple(wire)) == version
-    siblings = reconcile(history)
-    assert siblings_from_wire(siblings_to_wire(siblings)) == siblings
+names = st.sampled_from(NODES) | st.text(st.characters(codec="utf-8"), min_size=1, max_size=8)
+wide_states = st.builds(
+    KeyState.from_versions,
+    st.lists(
+        st.builds(
+            Version,
+            st.none() | st.binary(max_size=20),
+            st.builds(Dot, names, st.integers(1, MAX_COUNTER)),
+            st.dictionaries(names, st.integers(0, MAX_COUNTER), max_size=3).map(
+                VectorClock.from_dict
+            ),
+            st.builds(HlcStamp, st.integers(0, MAX_COUNTER), st.integers(0, MAX_COUNTER), names),
+        ),
+        max_size=4,
+    ),
+    st.dictionaries(names, st.integers(0, MAX_COUNTER), max_size=3).map(VectorClock.from_dict),
+)
+
+
+@FEW
+@given(key_states | wide_states)
+def test_state_wire_roundtrip(state: KeyState) -> None:
+    wire = state_to_wire(state)
+    assert only_lists_and_leaves(wire)
+    assert state_from_wire(wire) == state
+
+
+def test_wire_layout() -> None:
+    state = coordinate_write(EMPTY_STATE, "a", clock(c=2), b"v", stamp(7, "a", logical=1))
+    state = merge_states(
+        state, coordinate_write(EMPTY_STATE, "b", VectorClock(), None, stamp(3, "c"))
+    )
+    assert state_to_wire(state) == [
+        ["c", 2],
+        [[b"v", "a", 1, ["c", 2], 7, 1, None], [None, "b", 1, [], 3, 0, "c"]],
+    ]
+
+
+def test_state_from_wire_canonicalizes() -> None:
+    old = [b"old", "a", 1, [], 1, 0, None]
+    new = [b"new", "a", 2, ["a", 1], 2, 0, None]
+    state = state_from_wire([[], [old, new, old]])
+    assert [v.value for v in state.versions] == [b"new", b"old"]
+    assert state_from_wire([["a", 1], [old, new]]).versions == state.versions[:1]
+    # The stamp node may be spelled out even when it is the dot's node.
+    assert state_from_wire([[], [[b"new", "a", 2, ["a", 1], 2, 0, "a"], old]]) == state
+
+
+VALID_VERSION = [b"v", "a", 1, ["b", 1], 5, 0, None]
 
 
 @pytest.mark.parametrize(
     "wire",
     [
         None,
-        [b"v", {"a": 1}, [1, 0, "a"], False],
-        ["text", {"a": 1}, [1, 0, "a"], False, None],
-        [b"v", {"a": 1}, [1, 0, "a"], 0, None],
-        [b"v", {"a": 1}, [1, 0, "a"], True, None],
-        [None, {"a": 1}, [1, 0, "a"], True, "5"],
-        [b"v", {"a": 0}, [1, 0, "a"], False, None],
-        [b"v", {"a": 1}, [1, 0], False, None],
+        {"obsolete": []},
+        [[]],
+        [[], [], []],
+        [[], None],
+        [{"a": 1}, []],  # clocks are flat lists here
+        [["a"], []],
+        [["a", 0], []],
+        [["a", True], []],
+        [["a", 1.0], []],
+        [["a", MAX_COUNTER + 1], []],
+        [["b", 1, "a", 1], []],  # unsorted
+        [["a", 1, "a", 2], []],  # repeated
+        [["", 1], []],
+        [[1, 1], []],
+        [["x" * (MAX_NODE_NAME_BYTES + 1), 1], []],
+        [["\ud800", 1], []],  # not encodable as UTF-8
+        [["a", 1] * (MAX_CONTEXT_ENTRIES + 1), []],
+        [[], [VALID_VERSION[:6]]],
+        [[], [[*VALID_VERSION, None]]],
+        [[], [["v", *VALID_VERSION[1:]]]],
+        [[], [[b"v", "", *VALID_VERSION[2:]]]],
+        [[], [[b"v", 7, *VALID_VERSION[2:]]]],
+        [[], [[*VALID_VERSION[:2], 0, *VALID_VERSION[3:]]]],
+        [[], [[*VALID_VERSION[:2], True, *VALID_VERSION[3:]]]],
+        [[], [[*VALID_VERSION[:3], ["b", 0], *VALID_VERSION[4:]]]],
+        [[], [[*VALID_VERSION[:4], -1, 0, None]]],
+        [[], [[*VALID_VERSION[:4], 5, False, None]]],
+        [[], [[*VALID_VERSION[:4], 5, 0, 3]]],
+        [[], [[*VALID_VERSION[:4], 5, MAX_COUNTER + 1, None]]],
+        [[], [VALID_VERSION] * (MAX_WIRE_VERSIONS + 1)],
     ],
 )
-def test_version_from_wire_rejects_malformed(wire: object) -> None:
+def test_state_from_wire_rejects_malformed(wire: object) -> None:
     with pytest.raises(ValueError):
-        Version.from_wire(wire)
+        state_from_wire(wire)
 
 
-def test_siblings_from_wire_rejects_non_lists() -> None:
-    with pytest.raises(ValueError):
-        siblings_from_wire({"a": 1})
+wire_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(-2, 3)
+    | st.sampled_from(("a", "b", "", MAX_COUNTER, MAX_COUNTER + 1, 1.5, b"v"))
+)
+wire_junk = st.recursive(
+    wire_leaves,
+    lambda inner: st.lists(inner, max_size=8) | st.dictionaries(st.text(max_size=2), inner),
+    max_leaves=15,
+)
+
+
+@FEW
+@given(wire_junk)
+def test_state_from_wire_fuzz_raises_only_value_error(wire: object) -> None:
+    try:
+        state = state_from_wire(wire)
+    except ValueError:
+        return
+    assert is_canonical(state)
+
+
+@FEW
+@given(key_states, st.data())
+def test_mutated_wire_decodes_canonically_or_raises(state: KeyState, data: st.DataObject) -> None:
+    wire = state_to_wire(state)
+    # Walk to a random list inside the wire form and replace one of its items with junk.
+    target: list[object] = wire
+    while True:
+        index = data.draw(st.integers(0, max(len(target) - 1, 0)))
+        if not target:
+            target.append(data.draw(wire_junk))
+            break
+        item = target[index]
+        if isinstance(item, list) and data.draw(st.booleans()):
+            target = item
+            continue
+        target[index] = data.draw(wire_junk)
+        break
+    try:
+        decoded = state_from_wire(wire)
+    except ValueError:
+        return
+    assert is_canonical(decoded)
 
 
 # ------------------------------------------------------------------------- client context

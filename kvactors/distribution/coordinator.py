@@ -1,0 +1,336 @@
+"""The quorum coordinator: one client key operation, carried out on the key's N replicas.
+
+Any node coordinates. For each key of a request the RequestService starts one operation
+here, on the transport thread, and the operation runs as a small event-driven machine:
+it sends replica operations through a `ReplicaChannel` (a `tell` to a local StoreServer,
+or an RPC to a peer, batched per flush), is called back with each replica's answer, and
+feeds the answers into a `QuorumTracker`. Nothing here waits.
+
+Reads (`ReadOperation`) ask every replica for its state of the key and answer as soon as
+R of them have; once every replica has answered (or failed) they write the merged state
+back to the stale ones (read repair), after the client has its reply.
+
+Writes (`WriteOperation`) need a dot from a replica, since only a replica knows the key's
+counters. When this node is a replica, its own StoreServer makes the new version
+(`WriteKey`) and the resulting state goes to the other replicas (`MergeKey`); the write
+succeeds once W replicas hold it. When it is not, the whole write goes to the first
+replica of the key that answers (`coordinate_at`), which coordinates it there.
+
+A write that reaches fewer than W replicas is reported as failed, but what did land is
+not undone: later reads may see it, and read repair spreads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+from kvactors.distribution.quorum import Decision, Outcome, QuorumKind, QuorumTracker
+from kvactors.distribution.versions import KeyState, VectorClock, state_to_wire
+from kvactors.errors import InternalError, KVActorsError, UnavailableError
+from kvactors.storage.store_server import MergeKey, ReadKey, StoreOp, WriteKey, Written
+
+__all__ = [
+    "KeyOutcome",
+    "ReadOperation",
+    "ReadResult",
+    "ReplicaChannel",
+    "ReplicaTarget",
+    "ResultSink",
+    "WriteOperation",
+    "WriteResult",
+    "distinct_live_values",
+]
+
+
+class ReadResult(NamedTuple):
+    """A successful read: the merged state of the replicas that answered."""
+
+    state: KeyState
+
+
+class WriteResult(NamedTuple):
+    """A successful write: whether a live value preceded it at the coordinating replica,
+    and how many live siblings the key has there now (more than one: a concurrent write
+    was kept beside it)."""
+
+    existed: bool
+    siblings: int
+
+
+KeyOutcome = ReadResult | WriteResult | KVActorsError
+"""What a key operation delivers: its result, or the error its client gets."""
+
+ResultSink = Callable[[KeyOutcome], None]
+
+
+class ReplicaTarget(Protocol):
+    """Who hears a replica's answer; `tag` says which replica (or attempt) it was."""
+
+    def replica_done(self, tag: Any, result: Any) -> None: ...
+
+    def replica_failed(self, tag: Any, error: KVActorsError) -> None: ...
+
+
+class ReplicaChannel(Protocol):
+    """How operations reach replicas; the RequestService implements it."""
+
+    @property
+    def me(self) -> str:
+        """This node's name."""
+
+    def to_local(self, partition: int, op: StoreOp, target: ReplicaTarget, tag: Any) -> None:
+        """Apply `op` on this node's StoreServer of `partition`; its result comes back."""
+
+    def to_peer(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
+        """Send a replica op (``["read", key]`` or ``["merge", key, state]``) to member
+        `name`; its result (a wire state for reads) comes back."""
+
+    def coordinate_at(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
+        """Have member `name` coordinate ``["write", key, value, context, w]``; the result
+        is ``[existed, siblings]``."""
+
+    def count_read_repair(self) -> None: ...
+
+
+class _Ignore:
+    """The target of read-repair writes: nobody waits for them."""
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        pass
+
+    def replica_failed(self, tag: Any, error: KVActorsError) -> None:
+        pass
+
+
+_IGNORE = _Ignore()
+
+
+def _unavailable(tracker: QuorumTracker) -> UnavailableError:
+    failed = ", ".join(f"{name}: {code}" for name, code in tracker.errors())
+    return UnavailableError(
+        f"{tracker.required} of {len(tracker.replicas)} replicas needed"
+        + (f"; failed: {failed}" if failed else f"; reachable: {', '.join(tracker.replicas)}")
+    )
+
+
+def distinct_live_values(state: KeyState) -> int:
+    """Live siblings with distinct values (a write sent twice makes two of one value)."""
+    live = state.live
+    return len(live) if len(live) < 2 else len({version.value for version in live})
+
+
+class ReadOperation:
+    """One key read from R of its replicas, with read repair afterwards."""
+
+    __slots__ = ("_channel", "_deliver", "_key", "_partition", "_repaired", "_tracker")
+
+    def __init__(
+        self,
+        channel: ReplicaChannel,
+        key: bytes,
+        *,
+        partition: int,
+        replicas: tuple[str, ...],
+        required: int,
+        deliver: ResultSink,
+    ) -> None:
+        self._channel = channel
+        self._key = key
+        self._partition = partition
+        self._deliver = deliver
+        self._tracker = QuorumTracker(QuorumKind.READ, replicas, required)
+        self._repaired = False
+
+    def start(self) -> None:
+        tracker, channel = self._tracker, self._channel
+        if tracker.decision.outcome is Outcome.UNAVAILABLE:
+            self._deliver(_unavailable(tracker))
+            return
+        me = channel.me
+        for name in tracker.replicas:
+            if name == me:
+                channel.to_local(self._partition, ReadKey(self._key), self, name)
+            else:
+                channel.to_peer(name, ["read", self._key], self, name)
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        if len(self._tracker.replicas) == 1:
+            # One copy (N=1, or a cluster of one): its answer is the answer, and there is
+            # nothing to compare or repair. (`_repaired` doubles as "answered" here.)
+            if not self._repaired:
+                self._repaired = True
+                self._deliver(ReadResult(result))
+            return
+        self._settle(self._tracker.on_reply(tag, result))
+
+    def replica_failed(self, tag: Any, error: KVActorsError) -> None:
+        self._settle(self._tracker.on_error(tag, error.code))
+
+    def _settle(self, decision: Decision) -> None:
+        tracker = self._tracker
+        if decision.is_new:
+            if decision.outcome is Outcome.SUCCESS:
+                self._deliver(ReadResult(tracker.merged))
+            else:
+                self._deliver(_unavailable(tracker))
+        if tracker.complete and not self._repaired:
+            self._repaired = True
+            self._repair()
+
+    def _repair(self) -> None:
+        """Send the merged state to every replica whose answer lacked part of it."""
+        tracker, channel, key = self._tracker, self._channel, self._key
+        wire: list[object] | None = None
+        for name in tracker.stale_replicas():
+            state = tracker.repair_for(name)
+            if state is None:
+                continue
+            channel.count_read_repair()
+            if name == channel.me:
+                channel.to_local(self._partition, MergeKey(key, state), _IGNORE, name)
+            else:
+                wire = state_to_wire(state) if wire is None else wire
+                channel.to_peer(name, ["merge", key, wire], _IGNORE, name)
+
+
+class WriteOperation:
+    """One key write (put, or delete when `value` is None), acknowledged by W replicas."""
+
+    __slots__ = (
+        "_attempt",
+        "_channel",
+        "_context",
+        "_context_bytes",
+        "_deliver",
+        "_done",
+        "_key",
+        "_local",
+        "_partition",
+        "_requested_w",
+        "_tracker",
+        "_value",
+        "_written",
+    )
+
+    def __init__(
+        self,
+        channel: ReplicaChannel,
+        key: bytes,
+        *,
+        partition: int,
+        value: bytes | None,
+        context: tuple[VectorClock, bytes] | None,
+        replicas: tuple[str, ...],
+        required: int,
+        deliver: ResultSink,
+        requested_w: int | None = None,
+        coordinate_here: bool = False,
+    ) -> None:
+        """`replicas` is the key's preference list (N members, or fewer when the cluster
+        has fewer alive). With `coordinate_here` (a peer asked this node to coordinate),
+        this node coordinates even when it is not among them, in place of the last."""
+        me = channel.me
+        self._local = coordinate_here or me in replicas
+        if self._local:
+            others = tuple(name for name in replicas if name != me)
+            replicas = (me, *others[: max(len(replicas) - 1, 0)]) if replicas else (me,)
+        self._channel = channel
+        self._key = key
+        self._partition = partition
+        self._value = value
+        self._context = None if context is None else context[0]
+        self._context_bytes = None if context is None else context[1]
+        self._deliver = deliver
+        self._requested_w = requested_w
+        self._tracker = QuorumTracker(QuorumKind.WRITE, replicas, required)
+        self._written: Written | None = None
+        self._attempt = 0
+        self._done = False
+
+    def start(self) -> None:
+        tracker = self._tracker
+        if tracker.decision.outcome is Outcome.UNAVAILABLE:
+            self._finish(_unavailable(tracker))
+        elif self._local:
+            op = WriteKey(self._key, self._value, self._context)
+            self._channel.to_local(self._partition, op, self, self._channel.me)
+        else:
+            self._forward()
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        if not self._local:
+            if tag == self._attempt:  # an answer for an attempt given up on is stale
+                self._forwarded_done(result)
+            return
+        if tag == self._channel.me and self._written is None:
+            self._written = result
+            if len(self._tracker.replicas) == 1:
+                self._finish(WriteResult(result.existed, distinct_live_values(result.state)))
+                return
+            self._replicate(result.state)
+        self._settle(self._tracker.on_reply(tag))
+
+    def replica_failed(self, tag: Any, error: KVActorsError) -> None:
+        if not self._local:
+            if tag == self._attempt and not self._done:
+                self._forward_failed(error)
+        elif tag == self._channel.me and self._written is None:
+            # Nothing was made, so nothing went anywhere else either.
+            self._finish(error)
+        else:
+            self._settle(self._tracker.on_error(tag, error.code))
+
+    # -- coordinated here -----------------------------------------------------------------
+
+    def _replicate(self, state: KeyState) -> None:
+        me, channel = self._channel.me, self._channel
+        others = [name for name in self._tracker.replicas if name != me]
+        if others:
+            wire_op = ["merge", self._key, state_to_wire(state)]
+            for name in others:
+                channel.to_peer(name, wire_op, self, name)
+
+    def _settle(self, decision: Decision) -> None:
+        if not decision.is_new:
+            return
+        if decision.outcome is Outcome.SUCCESS:
+            written = self._written
+            assert written is not None  # the local write answers first
+            self._finish(WriteResult(written.existed, distinct_live_values(written.state)))
+        else:
+            self._finish(_unavailable(self._tracker))
+
+    # -- coordinated by a replica elsewhere -------------------------------------------------
+
+    def _forward(self) -> None:
+        name = self._tracker.replicas[self._attempt]
+        wire_op = ["write", self._key, self._value, self._context_bytes, self._requested_w]
+        self._channel.coordinate_at(name, wire_op, self, self._attempt)
+
+    def _forwarded_done(self, result: Any) -> None:
+        if (
+            not isinstance(result, list | tuple)
+            or len(result) != 2
+            or type(result[0]) is not bool
+            or type(result[1]) is not int
+        ):
+            self._finish(InternalError(f"a coordinator answered a write with {result!r:.100}"))
+            return
+        self._finish(WriteResult(result[0], result[1]))
+
+    def _forward_failed(self, error: KVActorsError) -> None:
+        # Only a replica that certainly never got the write is skipped for the next one;
+        # after a timeout it may have applied it, and the client must hear that.
+        from kvactors.api.rpc import PeerUnreachableError  # noqa: PLC0415 - avoids a cycle
+
+        self._attempt += 1
+        if isinstance(error, PeerUnreachableError) and self._attempt < len(self._tracker.replicas):
+            self._forward()
+        else:
+            self._finish(error)
+
+    def _finish(self, outcome: KeyOutcome) -> None:
+        if not self._done:
+            self._done = True
+            self._deliver(outcome)

@@ -1,0 +1,116 @@
+"""Tests for kvactors.storage.records: the durable record of one key's state."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvactors.distribution.versions import (
+    EMPTY_STATE,
+    MAX_COUNTER,
+    Dot,
+    HlcStamp,
+    KeyState,
+    VectorClock,
+    Version,
+    coordinate_write,
+    state_to_wire,
+)
+from kvactors.storage.records import RECORD_FORMAT, RecordFormatError, decode_state, encode_state
+
+names = st.sampled_from(("a", "b", "node-1")) | st.text(min_size=1, max_size=6)
+clocks = st.dictionaries(names, st.integers(0, MAX_COUNTER), max_size=3).map(VectorClock.from_dict)
+states = st.builds(
+    KeyState.from_versions,
+    st.lists(
+        st.builds(
+            Version,
+            st.none() | st.binary(max_size=40),
+            st.builds(Dot, names, st.integers(1, MAX_COUNTER)),
+            clocks,
+            st.builds(HlcStamp, st.integers(0, MAX_COUNTER), st.integers(0, 9), names),
+        ),
+        max_size=4,
+    ),
+    clocks,
+)
+
+
+def one_sibling_state() -> KeyState:
+    first = coordinate_write(EMPTY_STATE, "n1", VectorClock(), b"x" * 100, HlcStamp(1, 0, "n1"))
+    return coordinate_write(first, "n1", first.context, b"y" * 100, HlcStamp(2, 0, "n1"))
+
+
+@given(states)
+@settings(max_examples=60)
+def test_roundtrip(state: KeyState) -> None:
+    record = encode_state(state)
+    assert isinstance(record, bytes)
+    assert record[0] == RECORD_FORMAT
+    assert decode_state(record) == state
+
+
+def test_layout_is_the_format_byte_then_msgpack_of_the_wire_form() -> None:
+    state = one_sibling_state()
+    record = encode_state(state)
+    assert record[:1] == b"\x01"
+    assert msgpack.unpackb(record[1:]) == state_to_wire(state)
+    # Compact: the value plus a small fixed overhead for one sibling.
+    assert len(record) <= 100 + 45
+    assert decode_state(encode_state(EMPTY_STATE)) == EMPTY_STATE
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        b"",
+        b"\x00",
+        b"\x02" + msgpack.packb([[], []]),  # a format this code does not know
+        b"\x01",  # no body
+        b"\x01\xc1",  # a byte msgpack never uses
+        b"\x01" + msgpack.packb([[], []]) + b"\x00",  # trailing bytes
+        b"\x01" + msgpack.packb({"a": 1}),
+        b"\x01" + msgpack.packb({1: 1}),
+        b"\x01" + msgpack.packb([["a", 0], []]),
+        b"\x01" + msgpack.packb([[], [["v", "a", 1, [], 1, 0, None]]]),  # str value
+        b"\x01\x92\x90\x91\xc4\x05ab",  # bin shorter than announced
+        b"\x01\x92\x90\x91\x97\xa2\xff\xfe",  # invalid UTF-8 in a name
+        b"\x01" + b"\x91" * 5000,  # deeply nested
+    ],
+)
+def test_rejects_unknown_formats_and_corruption(record: bytes) -> None:
+    with pytest.raises(RecordFormatError):
+        decode_state(record)
+
+
+def test_record_format_error_is_a_value_error() -> None:
+    assert issubclass(RecordFormatError, ValueError)
+
+
+@given(st.binary(max_size=80))
+@settings(max_examples=200)
+def test_random_bytes_raise_only_record_format_error(data: bytes) -> None:
+    try:
+        decode_state(b"\x01" + data)
+    except RecordFormatError:
+        return
+
+
+@given(states, st.data())
+@settings(max_examples=100)
+def test_corrupted_records_decode_or_raise_record_format_error(
+    state: KeyState, data: st.DataObject
+) -> None:
+    record = bytearray(encode_state(state))
+    for _ in range(data.draw(st.integers(1, 3))):
+        position = data.draw(st.integers(0, len(record) - 1))
+        record[position] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(record)))
+    try:
+        decoded = decode_state(bytes(record[:cut]))
+    except RecordFormatError:
+        return
+    # A corruption that still decodes is a valid, canonical state.
+    assert KeyState(decoded.obsolete, decoded.versions) == decoded
