@@ -92,7 +92,14 @@ from kvactors.errors import (
     error_for_code,
 )
 from kvactors.services import NodeServices
-from kvactors.storage.store_server import ReadKey, StoreBatch, StoreOp, WriteKey, Written
+from kvactors.storage.store_server import (
+    ReadKey,
+    ReadWinner,
+    StoreBatch,
+    StoreOp,
+    WriteKey,
+    Written,
+)
 from kvactors.supervision import SupervisedActor
 
 __all__ = ["RequestHandler", "RequestService", "ServiceStats"]
@@ -256,7 +263,9 @@ class _SoleRead:
         self.slot = slot
 
     def replica_done(self, tag: Any, result: Any) -> None:
-        self.service.fill(self.pending, self.slot, ReadResult(result))
+        # A KeyState (ReadKey), or a (value, context) pair (ReadWinner): both fill the slot.
+        outcome = ReadResult(result) if type(result) is KeyState else result
+        self.service.fill(self.pending, self.slot, outcome)
 
     def replica_failed(self, tag: Any, error: KVActorsError) -> None:
         self.service.fill(self.pending, self.slot, error)
@@ -445,7 +454,7 @@ class RequestService:
             keys = (request.key,) if op is Op.GET else request.keys
             self._track(pending, own_timeout)
             for slot, key in enumerate(keys):
-                self._read(pending, slot, key, snapshot, r)
+                self._read(pending, slot, key, snapshot, r, request.siblings)
             return
         w = request.w or max(1, min(self._config.write_quorum, n_val))
         # Every context is checked before anything starts: a bad one refuses the request
@@ -463,14 +472,22 @@ class RequestService:
         for slot, (key, value, clock) in enumerate(writes):
             self._write(pending, slot, key, value, clock, snapshot, w, request.w)
 
-    def _read(
-        self, pending: _Pending, slot: int, key: bytes, snapshot: RingSnapshot, r: int
+    def _read(  # noqa: PLR0917 - one key's fields, named at every call
+        self,
+        pending: _Pending,
+        slot: int,
+        key: bytes,
+        snapshot: RingSnapshot,
+        r: int,
+        siblings: bool,
     ) -> None:
         partition = partition_of(key, self._partitions)
         replicas = snapshot.replicas(partition)
         if r == 1 and replicas == self._alone:
-            # The only copy is here: no quorum to track, nothing to repair.
-            self._queued[partition].append((_SoleRead(self, pending, slot), None, ReadKey(key)))
+            # The only copy is here: no quorum to track, nothing to repair; and unless
+            # siblings are asked for, the record's own winner and context are the answer.
+            op: StoreOp = ReadKey(key) if siblings else ReadWinner(key)
+            self._queued[partition].append((_SoleRead(self, pending, slot), None, op))
             return
         ReadOperation(
             self,
@@ -814,6 +831,7 @@ class RequestService:
             "overloaded": self.stats.overloaded,
             "timeouts": self.stats.timeouts,
             "unroutable_replies": transport.unroutable,
+            "peer_sends_dropped": transport.peer_send_dropped,
         }
 
 
@@ -890,6 +908,11 @@ def _reply_for(request: Request, results: list[Any]) -> Reply:
             [item_failed(r) if isinstance(r, KVActorsError) else item_written() for r in results],
         )
     outcome = results[0]
+    if type(outcome) is tuple:  # (value, context) of a key only this node holds
+        value, context = outcome
+        if value is None:
+            return not_found_reply(request_id, context)
+        return get_reply(request_id, value, context)
     if isinstance(outcome, KVActorsError):
         raise outcome
     if op is Op.GET:
@@ -912,7 +935,10 @@ def _distinct_values(state: KeyState) -> list[bytes]:
     return list(dict.fromkeys(v.value for v in state.live if v.value is not None))
 
 
-def _get_item(request: Request, outcome: KeyOutcome) -> ItemResult:
+def _get_item(request: Request, outcome: Any) -> ItemResult:
+    if type(outcome) is tuple:  # (value, context) of a key only this node holds
+        value, context = outcome
+        return item_not_found(context) if value is None else item_found(value, context)
     if isinstance(outcome, KVActorsError):
         return item_failed(outcome)
     assert isinstance(outcome, ReadResult)

@@ -49,6 +49,9 @@ class Decision:
 
 
 _PENDING = Decision(Outcome.PENDING)
+# Every decision there can be, made once: a tracker hands out these, never new ones.
+_SETTLED = {outcome: Decision(outcome) for outcome in Outcome}
+_NEW = {outcome: Decision(outcome, is_new=True) for outcome in Outcome}
 
 
 class QuorumTracker:
@@ -90,7 +93,7 @@ class QuorumTracker:
     @property
     def decision(self) -> Decision:
         """The current outcome, without registering an event (`is_new` is False)."""
-        return Decision(self._outcome)
+        return _SETTLED[self._outcome]
 
     @property
     def complete(self) -> bool:
@@ -171,4 +174,4 @@ class QuorumTracker:
         if self._outcome is not Outcome.PENDING:
             return self.decision
         self._outcome = outcome
-        return Decision(outcome, is_new=True)
+        return _NEW[outcome]

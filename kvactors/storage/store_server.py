@@ -38,7 +38,7 @@ from kvactors.distribution.versions import (
     purge_tombstones,
 )
 from kvactors.storage.backends import Table, Write
-from kvactors.storage.records import decode_trusted_state, encode_state
+from kvactors.storage.records import decode_trusted_state, encode_state, read_winner
 
 __all__ = [
     "DEFAULT_TOMBSTONE_GRACE",
@@ -52,6 +52,7 @@ __all__ = [
     "Put",
     "PutMany",
     "ReadKey",
+    "ReadWinner",
     "StoreBatch",
     "StoreServer",
     "WriteKey",
@@ -98,6 +99,13 @@ class ReadKey(NamedTuple):
     key: bytes
 
 
+class ReadWinner(NamedTuple):
+    """(winning value or None, encoded context) of `key`: a plain get where this replica
+    is the key's only one, answered without building its state."""
+
+    key: bytes
+
+
 class WriteKey(NamedTuple):
     """Coordinate a client write here: make its version, store it, answer `Written`.
 
@@ -124,7 +132,7 @@ class Written(NamedTuple):
     existed: bool
 
 
-StoreOp = Get | Put | Delete | ReadKey | WriteKey | MergeKey
+StoreOp = Get | Put | Delete | ReadKey | ReadWinner | WriteKey | MergeKey
 
 
 class BatchSink(Protocol):
@@ -189,6 +197,18 @@ class _Batch:
             self._states[key] = state
         return state
 
+    def winner(self, key: bytes) -> tuple[bytes | None, bytes]:
+        """(winning value or None, encoded context), from the record when this message
+        has not touched the key."""
+        state = self._states.get(key)
+        if state is None:
+            record = self._table.get(key)
+            if record is not None:
+                return read_winner(record)
+            state = EMPTY_STATE
+        winner = state.winner
+        return (None if winner is None else winner.value), state.encoded_context()
+
     def store(self, key: bytes, state: KeyState) -> None:
         self._states[key] = state
         self._changed[key] = state
@@ -242,7 +262,7 @@ class StoreServer(DispatchedActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case Get() | Put() | Delete() | ReadKey() | WriteKey() | MergeKey():
+            case Get() | Put() | Delete() | ReadKey() | ReadWinner() | WriteKey() | MergeKey():
                 return self._apply((message,))[0]
             case GetMany(keys):
                 return self._apply([Get(key) for key in keys])
@@ -263,6 +283,8 @@ class StoreServer(DispatchedActor):
     def _apply_one(self, batch: _Batch, op: Any, now_ms: int) -> Any:
         # `type() is` tests, commonest first: cheaper than `match` on this hot path.
         kind = type(op)
+        if kind is ReadWinner:
+            return batch.winner(op.key)
         if kind is ReadKey:
             return batch.state(op.key)
         if kind is WriteKey:
@@ -272,8 +294,7 @@ class StoreServer(DispatchedActor):
             batch.store(op.key, merged)
             return merged
         if kind is Get:
-            winner = batch.state(op.key).winner
-            return None if winner is None else winner.value
+            return batch.winner(op.key)[0]
         if kind is Put:
             self._write(batch, op.key, op.value, None, now_ms)
             return None

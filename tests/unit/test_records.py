@@ -16,9 +16,17 @@ from kvactors.distribution.versions import (
     VectorClock,
     Version,
     coordinate_write,
+    encode_context,
     state_to_wire,
 )
-from kvactors.storage.records import RECORD_FORMAT, RecordFormatError, decode_state, encode_state
+from kvactors.storage.records import (
+    RECORD_FORMAT,
+    RecordFormatError,
+    decode_state,
+    decode_trusted_state,
+    encode_state,
+    read_winner,
+)
 
 names = st.sampled_from(("a", "b", "node-1")) | st.text(min_size=1, max_size=6)
 clocks = st.dictionaries(names, st.integers(0, MAX_COUNTER), max_size=3).map(VectorClock.from_dict)
@@ -52,14 +60,26 @@ def test_roundtrip(state: KeyState) -> None:
     assert decode_state(record) == state
 
 
-def test_layout_is_the_format_byte_then_msgpack_of_the_wire_form() -> None:
+def test_layout_is_the_format_byte_then_winner_context_and_the_wire_form() -> None:
     state = one_sibling_state()
     record = encode_state(state)
     assert record[:1] == b"\x01"
-    assert msgpack.unpackb(record[1:]) == state_to_wire(state)
-    # Compact: the value plus a small fixed overhead for one sibling.
-    assert len(record) <= 100 + 45
+    winner, context, *wire = msgpack.unpackb(record[1:])
+    assert wire == state_to_wire(state)
+    assert (winner, context) == (b"y" * 100, encode_context(state.context))
+    assert read_winner(record) == (winner, context)
+    assert decode_trusted_state(record) == state
+    # Compact: the value twice (the winner up front) plus a small fixed overhead.
+    assert len(record) <= 2 * 100 + 45
     assert decode_state(encode_state(EMPTY_STATE)) == EMPTY_STATE
+    assert read_winner(encode_state(EMPTY_STATE)) == (None, encode_context(VectorClock()))
+
+
+def test_a_record_whose_header_disagrees_with_its_versions_is_corrupt() -> None:
+    winner, context, *wire = msgpack.unpackb(encode_state(one_sibling_state())[1:])
+    for header in ([b"other", context], [winner, b"\x01\x00"]):
+        with pytest.raises(RecordFormatError, match="header"):
+            decode_state(b"\x01" + msgpack.packb([*header, *wire]))
 
 
 @pytest.mark.parametrize(
@@ -67,16 +87,17 @@ def test_layout_is_the_format_byte_then_msgpack_of_the_wire_form() -> None:
     [
         b"",
         b"\x00",
-        b"\x02" + msgpack.packb([[], []]),  # a format this code does not know
+        b"\x02" + msgpack.packb([None, b"\x01\x00", [], []]),  # a format this code does not know
         b"\x01",  # no body
         b"\x01\xc1",  # a byte msgpack never uses
-        b"\x01" + msgpack.packb([[], []]) + b"\x00",  # trailing bytes
+        b"\x01" + msgpack.packb([None, b"\x01\x00", [], []]) + b"\x00",  # trailing bytes
+        b"\x01" + msgpack.packb([[], []]),  # too few fields
         b"\x01" + msgpack.packb({"a": 1}),
         b"\x01" + msgpack.packb({1: 1}),
-        b"\x01" + msgpack.packb([["a", 0], []]),
-        b"\x01" + msgpack.packb([[], [["v", "a", 1, [], 1, 0, None]]]),  # str value
-        b"\x01\x92\x90\x91\xc4\x05ab",  # bin shorter than announced
-        b"\x01\x92\x90\x91\x97\xa2\xff\xfe",  # invalid UTF-8 in a name
+        b"\x01" + msgpack.packb([None, b"", ["a", 0], []]),
+        b"\x01" + msgpack.packb([None, b"", [], [["v", "a", 1, [], 1, 0, None]]]),  # str value
+        b"\x01\x94\xc0\xc0\x90\x91\xc4\x05ab",  # bin shorter than announced
+        b"\x01\x94\xc0\xc0\x90\x91\x97\xa2\xff\xfe",  # invalid UTF-8 in a name
         b"\x01" + b"\x91" * 5000,  # deeply nested
     ],
 )
