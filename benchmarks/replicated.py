@@ -2,7 +2,7 @@
 
 Each run starts, in turn, three fresh clusters of three processes on loopback and drives
 the baselines with `--inflight` writes in flight (32, as the issue sets for PySyncObj),
-kvactors with 32 too and, for its peak, `--kvactors-inflight` (128: a pipelined load;
+kvactors with 32 too and, for its peak, `--kvactors-inflight` (256: a pipelined load;
 PySyncObj's write rate stays flat from 8 to 128 in flight), 100-byte values and a
 distinct random key per write:
 
@@ -25,7 +25,7 @@ and their median is the figure. Targets: kvactors puts at least 2.0x PySyncObj's
 kvactors p99 at most 5 ms at half of its peak put rate.
 
     python benchmarks/replicated.py [--runs 3] [--seconds 3] [--inflight 32]
-                                    [--kvactors-inflight 128] [--no-redis]
+                                    [--kvactors-inflight 256] [--no-redis]
     python benchmarks/replicated.py --quick     # one short run, about 20 s
 """
 
@@ -630,7 +630,7 @@ def main() -> None:
     parser.add_argument(
         "--kvactors-inflight",
         type=int,
-        default=128,
+        default=256,
         help="requests in flight for kvactors' peak (a pipelined load)",
     )
     parser.add_argument("--no-redis", action="store_true", help="leave the Redis row out")

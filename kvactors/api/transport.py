@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import zmq
 
@@ -38,6 +38,8 @@ _DRAIN_BUDGET = 4096
 # which costs more than the send itself for small messages.
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 
 def _send_parts(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
@@ -362,21 +364,22 @@ class Transport:
     def _drain_router(self, handler: TransportHandler) -> None:
         assert self._router is not None
         router = self._router
+        events = cast(Callable[[int], int], router.get)  # EVENTS is an int option
         for _ in range(_DRAIN_BUDGET):
-            try:
-                frames = _recv_parts(router)
-            except zmq.Again:
+            # Asking first is cheaper than the zmq.Again a recv on an empty socket raises.
+            if not events(_EVENTS) & _POLLIN:
                 return
+            frames = _recv_parts(router)
             self.stats.frames_in += 1
             handler.on_client_frames(frames)
 
     def _drain_dealer(self, handler: TransportHandler, dealer: zmq.Socket[bytes]) -> None:
         endpoint = self._dealer_endpoints[dealer]
+        events = cast(Callable[[int], int], dealer.get)
         for _ in range(_DRAIN_BUDGET):
-            try:
-                frames = _recv_parts(dealer)
-            except zmq.Again:
+            if not events(_EVENTS) & _POLLIN:
                 return
+            frames = _recv_parts(dealer)
             self.stats.frames_in += 1
             handler.on_peer_frames(endpoint, frames)
 

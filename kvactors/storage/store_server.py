@@ -119,7 +119,8 @@ class WriteKey(NamedTuple):
 
 
 class MergeKey(NamedTuple):
-    """Join `state` into this replica's state of `key` (replication, read repair)."""
+    """Join `state` into this replica's state of `key` (replication, read repair);
+    answers None."""
 
     key: bytes
     state: KeyState
@@ -290,9 +291,8 @@ class StoreServer(DispatchedActor):
         if kind is WriteKey:
             return self._write(batch, op.key, op.value, op.context, now_ms)
         if kind is MergeKey:
-            merged = merge_states(batch.state(op.key), op.state)
-            batch.store(op.key, merged)
-            return merged
+            batch.store(op.key, merge_states(batch.state(op.key), op.state))
+            return None  # nobody needs the result, and a peer would pay to receive it
         if kind is Get:
             return batch.winner(op.key)[0]
         if kind is Put:
