@@ -12,6 +12,7 @@ import pytest
 
 from kvactors import ActorSystem, Client, NodeConfig
 from kvactors.distribution.hashing import partition_of
+from kvactors.testing import stored_values
 
 TIMEOUT = 10.0
 
@@ -73,3 +74,45 @@ def test_embedded_client_routes_to_owners_and_any_node_reads_back(
         mine = a.endpoint if owner == "a" else b.endpoint
         assert stored_on(a, mine, key.encode()) == index
         assert stored_on(a, other, key.encode()) is None, f"{key} stored off its owner"
+
+
+@pytest.fixture
+def replicated_peer(start_node: Any) -> Iterator[tuple[ActorSystem, Any]]:
+    """Node b as a process, node a embedded and joined to it, default N (2 of 2 here)."""
+    b = start_node("b")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = NodeConfig(name="a", bind=f"tcp://127.0.0.1:{port}", seeds=(b.endpoint,))
+    with ActorSystem(config) as a:
+        wait_for(lambda: len(a.ring_owners()) == 2)
+        # Both views must hold both members, or a write may count on one replica only.
+        with Client(b.endpoint, timeout=TIMEOUT) as client:
+            wait_for(lambda: client.status()["replication"]["n"] == 2)
+        yield a, b
+
+
+def test_embedded_client_writes_every_replica_and_keeps_concurrent_updates(
+    replicated_peer: tuple[ActorSystem, Any],
+) -> None:
+    a, b = replicated_peer
+    for index in range(20):
+        a.client.put(f"both:{index}", index)
+    for index in range(20):
+        assert stored_values(a.endpoint, f"both:{index}") == [index]
+        assert stored_values(b.endpoint, f"both:{index}") == [index]
+
+    # A write from the network in between an embedded read and write stays as a sibling,
+    # and `update` folds it in.
+    seen = a.client.get_versioned("set")
+    assert not seen.found and seen.context is not None
+    with Client(b.endpoint, timeout=TIMEOUT) as client:
+        client.put("set", [1], context=client.get_versioned("set").context)
+    a.client.put("set", [2], context=seen.context)
+    assert sorted(map(tuple, a.client.get_versioned("set").siblings)) == [(1,), (2,)]
+
+    def union(values: list[Any]) -> list[Any]:
+        return sorted(set().union(*values))
+
+    a.client.update("set", lambda items: sorted({*items, 3}), merge=union, default=[])
+    assert a.client.get_versioned("set").siblings == [[1, 2, 3]]
