@@ -41,6 +41,7 @@ __all__ = [
     "KeyState",
     "VectorClock",
     "Version",
+    "blind_write",
     "coordinate_write",
     "decode_context",
     "encode_context",
@@ -50,6 +51,7 @@ __all__ = [
     "purge_tombstones",
     "state_from_wire",
     "state_to_wire",
+    "trusted_clock_from_flat",
     "trusted_state_from_wire",
 ]
 
@@ -521,6 +523,27 @@ def coordinate_write(
     if not survivors:  # the usual write: it supersedes everything there was
         return _trusted_state(obsolete, (written,))
     return _canonical_state(obsolete, (*survivors, written))
+
+
+def blind_write(
+    context: VectorClock, node: str, value: bytes | None, stamp: HlcStamp, min_counter: int = 0
+) -> KeyState:
+    """`coordinate_write` of a write without a client context, given only the replica's
+    context of the key (`KeyState.context`): it supersedes everything the replica holds,
+    so the versions themselves are not needed. Equal to
+    `coordinate_write(state, node, state.context, value, stamp, min_counter=...)`."""
+    counter = max(context.counter(node) + 1, min_counter)
+    if not node or counter > MAX_COUNTER:
+        raise ValueError("a dot needs a node name and a counter in range")
+    if value is not None and type(value) is not bytes:
+        raise ValueError("a version's value is bytes, or None for a tombstone")
+    written = _trusted_version(value, _trusted_dot(node, counter), context, stamp)
+    return _trusted_state(context, (written,))
+
+
+def trusted_clock_from_flat(flat: list[Any]) -> VectorClock:
+    """The clock of a flat `[node, counter, ...]` list this process made itself (no checks)."""
+    return _trusted_clock(_pairs(flat)) if flat else _EMPTY_CLOCK
 
 
 def purge_tombstones(state: KeyState, now_ms: int, grace_ms: int) -> KeyState:

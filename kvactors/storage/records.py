@@ -3,19 +3,21 @@
 Layout (format 1)::
 
     byte 0      RECORD_FORMAT (1)
-    bytes 1..   msgpack (bin type for bytes, str for names) of a 4-element array:
+    bytes 1..   msgpack (bin type for bytes, str for names) of a 5-element array:
                 [winner value (bin, or nil when missing or deleted),
                  context (bin: the encoded causal context of the whole state),
+                 context clock (the same context as a clock),
                  obsolete clock,
                  [version, ...]]
                 clock   = [node, counter, ...]           (flat, nodes ascending)
                 version = [value (bin or nil), dot node, dot counter, past clock,
                            stamp wall_ms, stamp logical, stamp node (nil: the dot's node)]
 
-The last two elements are `state_to_wire(state)`; the first two are derived from it and
-kept in front so that the commonest operation, a read of the winning value with its
-context, needs no state at all (`read_winner`). A 1-sibling record costs the value twice
-plus about 40 bytes.
+The last two elements are `state_to_wire(state)`; the first three are derived from it and
+kept in front so that the commonest operations need no state at all: a read of the
+winning value with its context (`read_winner`), and a write without a client context,
+which supersedes everything and so needs only the context (`read_blind_base`). A
+1-sibling record costs the value twice plus about 50 bytes.
 
 The leading byte lets a later format be read beside this one; a record in an unknown
 format, or one that does not decode to a valid state, raises `RecordFormatError` (a
@@ -32,8 +34,10 @@ import msgpack
 
 from kvactors.distribution.versions import (
     KeyState,
+    VectorClock,
     state_from_wire,
     state_to_wire,
+    trusted_clock_from_flat,
     trusted_state_from_wire,
 )
 
@@ -43,12 +47,13 @@ __all__ = [
     "decode_state",
     "decode_trusted_state",
     "encode_state",
+    "read_blind_base",
     "read_winner",
 ]
 
 RECORD_FORMAT = 1
 _FORMAT_PREFIX = bytes((RECORD_FORMAT,))
-_FIELDS = 4
+_FIELDS = 5
 
 
 class RecordFormatError(ValueError):
@@ -62,6 +67,7 @@ def encode_state(state: KeyState) -> bytes:
     fields = [
         None if winner is None else winner.value,
         state.encoded_context(),
+        [item for entry in state.context.entries for item in entry],
         obsolete,
         versions,
     ]
@@ -78,15 +84,20 @@ def decode_state(data: bytes) -> KeyState:
     try:
         fields = msgpack.unpackb(data[1:], raw=False, strict_map_key=True)
         if not isinstance(fields, list) or len(fields) != _FIELDS:
-            raise RecordFormatError("a record holds [value, context, obsolete, versions]")
-        value, context, obsolete, versions = fields
+            raise RecordFormatError("a record holds [value, context, clock, obsolete, versions]")
+        value, context, clock, obsolete, versions = fields
         state = state_from_wire([obsolete, versions])
     except (ValueError, TypeError, msgpack.UnpackException) as error:
         if isinstance(error, RecordFormatError):
             raise
         raise RecordFormatError(f"corrupt record: {error}") from error
     winner = state.winner
-    if value != (None if winner is None else winner.value) or context != state.encoded_context():
+    flat = [item for entry in state.context.entries for item in entry]
+    if (
+        value != (None if winner is None else winner.value)
+        or context != state.encoded_context()
+        or clock != flat
+    ):
         raise RecordFormatError("corrupt record: its header does not match its versions")
     return state
 
@@ -95,7 +106,7 @@ def decode_trusted_state(data: bytes) -> KeyState:
     """`decode_state` for a record this process wrote and kept in its own memory: no
     checks, so it costs little more than unpacking. Never for bytes from a disk or a peer."""
     fields = _unpack(data)
-    return trusted_state_from_wire(fields[2:])
+    return trusted_state_from_wire(fields[3:])
 
 
 def read_winner(data: bytes) -> tuple[bytes | None, bytes]:
@@ -103,6 +114,13 @@ def read_winner(data: bytes) -> tuple[bytes | None, bytes]:
     plain get answers, without building the state."""
     fields = _unpack(data)
     return fields[0], fields[1]
+
+
+def read_blind_base(data: bytes) -> tuple[bool, VectorClock]:
+    """(a live value is there, the key's context as a clock) of a record this process
+    wrote: all a write without a client context needs (`blind_write`)."""
+    fields = _unpack(data)
+    return fields[0] is not None, trusted_clock_from_flat(fields[2])
 
 
 def _unpack(data: bytes) -> Any:

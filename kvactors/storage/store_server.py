@@ -31,14 +31,21 @@ from kvactors.dispatch import DispatchedActor, Dispatcher
 from kvactors.distribution.versions import (
     EMPTY_STATE,
     Hlc,
+    HlcStamp,
     KeyState,
     VectorClock,
+    blind_write,
     coordinate_write,
     merge_states,
     purge_tombstones,
 )
 from kvactors.storage.backends import Table, Write
-from kvactors.storage.records import decode_trusted_state, encode_state, read_winner
+from kvactors.storage.records import (
+    decode_trusted_state,
+    encode_state,
+    read_blind_base,
+    read_winner,
+)
 
 __all__ = [
     "DEFAULT_TOMBSTONE_GRACE",
@@ -210,6 +217,16 @@ class _Batch:
         winner = state.winner
         return (None if winner is None else winner.value), state.encoded_context()
 
+    def blind_base(self, key: bytes) -> tuple[bool, VectorClock] | None:
+        """For a write without a client context: (a live value is there, the key's
+        context), from the record alone; None when this message has touched the key."""
+        if key in self._states:
+            return None
+        record = self._table.get(key)
+        if record is None:
+            return False, EMPTY_STATE.obsolete
+        return read_blind_base(record)
+
     def store(self, key: bytes, state: KeyState) -> None:
         self._states[key] = state
         self._changed[key] = state
@@ -221,6 +238,13 @@ class _Batch:
                 for key, state in self._changed.items()
             ]
             self._table.apply(writes)
+
+
+def _dot_floor(stamp: HlcStamp) -> int:
+    """The least counter for a new dot: never below the clock's reading, so a key
+    forgotten after its tombstones were purged (or lost with a memory node) does not reuse
+    a dot that a lagging replica still counts as superseded (Riak's kv679)."""
+    return (stamp.wall_ms << 10) + min(stamp.logical, 1023)
 
 
 class StoreServer(DispatchedActor):
@@ -310,6 +334,15 @@ class StoreServer(DispatchedActor):
         context: VectorClock | None,
         now_ms: int,
     ) -> Written:
+        if context is None:
+            base = batch.blind_base(key)
+            if base is not None:
+                # It supersedes all the key holds: only the key's context is needed.
+                existed, known = base
+                stamp = self._hlc.now(now_ms)
+                new_state = blind_write(known, self._node, value, stamp, _dot_floor(stamp))
+                batch.store(key, new_state)
+                return Written(new_state, existed)
         state = batch.state(key)
         winner = state.winner
         existed = winner is not None and winner.value is not None

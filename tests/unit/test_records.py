@@ -25,6 +25,7 @@ from kvactors.storage.records import (
     decode_state,
     decode_trusted_state,
     encode_state,
+    read_blind_base,
     read_winner,
 )
 
@@ -64,20 +65,23 @@ def test_layout_is_the_format_byte_then_winner_context_and_the_wire_form() -> No
     state = one_sibling_state()
     record = encode_state(state)
     assert record[:1] == b"\x01"
-    winner, context, *wire = msgpack.unpackb(record[1:])
+    winner, context, clock, *wire = msgpack.unpackb(record[1:])
     assert wire == state_to_wire(state)
     assert (winner, context) == (b"y" * 100, encode_context(state.context))
+    assert clock == [item for entry in state.context.entries for item in entry]
     assert read_winner(record) == (winner, context)
+    assert read_blind_base(record) == (True, state.context)
     assert decode_trusted_state(record) == state
     # Compact: the value twice (the winner up front) plus a small fixed overhead.
-    assert len(record) <= 2 * 100 + 45
+    assert len(record) <= 2 * 100 + 50
     assert decode_state(encode_state(EMPTY_STATE)) == EMPTY_STATE
     assert read_winner(encode_state(EMPTY_STATE)) == (None, encode_context(VectorClock()))
+    assert read_blind_base(encode_state(EMPTY_STATE)) == (False, VectorClock())
 
 
 def test_a_record_whose_header_disagrees_with_its_versions_is_corrupt() -> None:
-    winner, context, *wire = msgpack.unpackb(encode_state(one_sibling_state())[1:])
-    for header in ([b"other", context], [winner, b"\x01\x00"]):
+    winner, context, clock, *wire = msgpack.unpackb(encode_state(one_sibling_state())[1:])
+    for header in ([b"other", context, clock], [winner, b"\x01\x00", clock], [winner, context, []]):
         with pytest.raises(RecordFormatError, match="header"):
             decode_state(b"\x01" + msgpack.packb([*header, *wire]))
 
@@ -87,17 +91,18 @@ def test_a_record_whose_header_disagrees_with_its_versions_is_corrupt() -> None:
     [
         b"",
         b"\x00",
-        b"\x02" + msgpack.packb([None, b"\x01\x00", [], []]),  # a format this code does not know
+        b"\x02"
+        + msgpack.packb([None, b"\x01\x00", [], [], []]),  # a format this code does not know
         b"\x01",  # no body
         b"\x01\xc1",  # a byte msgpack never uses
-        b"\x01" + msgpack.packb([None, b"\x01\x00", [], []]) + b"\x00",  # trailing bytes
+        b"\x01" + msgpack.packb([None, b"\x01\x00", [], [], []]) + b"\x00",  # trailing bytes
         b"\x01" + msgpack.packb([[], []]),  # too few fields
         b"\x01" + msgpack.packb({"a": 1}),
         b"\x01" + msgpack.packb({1: 1}),
-        b"\x01" + msgpack.packb([None, b"", ["a", 0], []]),
-        b"\x01" + msgpack.packb([None, b"", [], [["v", "a", 1, [], 1, 0, None]]]),  # str value
-        b"\x01\x94\xc0\xc0\x90\x91\xc4\x05ab",  # bin shorter than announced
-        b"\x01\x94\xc0\xc0\x90\x91\x97\xa2\xff\xfe",  # invalid UTF-8 in a name
+        b"\x01" + msgpack.packb([None, b"", [], ["a", 0], []]),
+        b"\x01" + msgpack.packb([None, b"", [], [], [["v", "a", 1, [], 1, 0, None]]]),  # str
+        b"\x01\x95\xc0\xc0\x90\x90\x91\xc4\x05ab",  # bin shorter than announced
+        b"\x01\x95\xc0\xc0\x90\x90\x91\x97\xa2\xff\xfe",  # invalid UTF-8 in a name
         b"\x01" + b"\x91" * 5000,  # deeply nested
     ],
 )

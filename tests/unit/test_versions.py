@@ -23,6 +23,7 @@ from kvactors.distribution.versions import (
     KeyState,
     VectorClock,
     Version,
+    blind_write,
     coordinate_write,
     decode_context,
     encode_context,
@@ -832,3 +833,15 @@ def test_encode_rejects_clocks_outside_the_limits() -> None:
         )
     with pytest.raises(ValueError):
         encode_context(VectorClock.from_dict({"x" * (MAX_NODE_NAME_BYTES + 1): 1}))
+
+
+@given(st.integers(0, 6), st.integers(0, 2**40))
+def test_blind_write_equals_a_write_with_the_replicas_own_context(writes: int, floor: int) -> None:
+    state = EMPTY_STATE
+    for index in range(writes):  # a key written by two nodes, concurrently at times
+        node = "ab"[index % 2]
+        past = state.context if index % 3 else VectorClock()
+        state = coordinate_write(state, node, past, b"v%d" % index, HlcStamp(index, 0, node))
+    stamp = HlcStamp(99, 0, "a")
+    expected = coordinate_write(state, "a", state.context, b"new", stamp, min_counter=floor)
+    assert blind_write(state.context, "a", b"new", stamp, floor) == expected
