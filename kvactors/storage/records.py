@@ -35,6 +35,7 @@ import msgpack
 from kvactors.distribution.versions import (
     KeyState,
     VectorClock,
+    encode_context,
     state_from_wire,
     state_to_wire,
     trusted_clock_from_flat,
@@ -64,10 +65,11 @@ def encode_state(state: KeyState) -> bytes:
     """The record for `state`; `decode_state` gives back an equal state."""
     winner = state.winner
     obsolete, versions = state_to_wire(state)
+    context = state.context  # computed once for both forms
     fields = [
         None if winner is None else winner.value,
-        state.encoded_context(),
-        [item for entry in state.context.entries for item in entry],
+        encode_context(context),
+        [item for entry in context.entries for item in entry],
         obsolete,
         versions,
     ]
