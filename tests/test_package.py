@@ -17,6 +17,7 @@ PURE_MODULES = [
     "distribution/ring.py",
     "distribution/versions.py",
     "distribution/quorum.py",
+    "distribution/hashtree.py",
     "cluster/membership.py",
     "cluster/gossip.py",
 ]

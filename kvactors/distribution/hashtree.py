@@ -1,0 +1,245 @@
+"""A hash tree over one partition's keys and versions, for active anti-entropy.
+
+Each partition keeps a `HashTree` of (key, version digest) pairs, updated on every write.
+Two replicas compare trees top-down (`root`, then `children` of the nodes that differ) and
+exchange only the keys of the leaf buckets whose hashes differ (`bucket_keys`), as Riak's
+AAE and Cassandra's Merkle trees do. `diff` does that walk locally and counts the node
+hashes it compared, which is what an exchange would send over the wire.
+
+The tree has a fixed shape: `fanout ** depth` leaf buckets, so two replicas built with the
+same shape can compare node for node without agreeing on anything else. A write costs
+O(depth) (a constant): the bucket hash is updated in place and the inner nodes above it
+are only marked dirty; they are recomputed when read, so a burst of writes between two
+exchanges rehashes each dirty inner node once.
+
+Pure logic: no I/O, no clock, no randomness; hashing is XXH3-64, stable across processes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from xxhash import xxh3_64_intdigest
+
+__all__ = ["HashTree", "TreeDiff", "compare_trees", "diff"]
+
+_MASK64 = (1 << 64) - 1
+# Seed for leaf-bucket placement, distinct from the ring's seed 0 (see `bucket_of`).
+_BUCKET_SEED = int.from_bytes(b"hashtree", "big")
+
+
+def _pair_hash(key: bytes, digest: bytes) -> int:
+    """64-bit hash of one (key, digest) pair.
+
+    The key's length goes first so that (b"ab", b"c") and (b"a", b"bc") hash apart.
+    """
+    return xxh3_64_intdigest(len(key).to_bytes(8, "big") + key + digest)
+
+
+def _combine_children(hashes: Sequence[int]) -> int:
+    """An inner node's hash: XXH3 of its children's hashes in order.
+
+    Unlike the buckets this is position-sensitive (a real Merkle node), and recomputing it
+    costs one hash over `fanout` words, which laziness makes rare.
+    """
+    return xxh3_64_intdigest(struct.pack(f"<{len(hashes)}Q", *hashes))
+
+
+@dataclass(frozen=True, slots=True)
+class TreeDiff:
+    """The outcome of comparing two trees: the differing leaf buckets (ascending) and how
+    many node hashes were compared to find them (the cost of an exchange)."""
+
+    buckets: tuple[int, ...]
+    comparisons: int
+
+
+class HashTree:
+    """A fixed-shape hash tree of `fanout ** depth` leaf buckets over (key, digest) pairs.
+
+    Levels are numbered from 0 (the root) to `depth` (the leaves); node `i` of level `l`
+    has children `i * fanout ... i * fanout + fanout - 1` on level `l + 1`.
+    """
+
+    __slots__ = ("_buckets", "_depth", "_dirty", "_fanout", "_levels", "_size")
+
+    def __init__(self, fanout: int = 16, depth: int = 3) -> None:
+        if fanout < 2 or depth < 1:
+            raise ValueError(f"need fanout >= 2 and depth >= 1, got {fanout=} {depth=}")
+        self._fanout = fanout
+        self._depth = depth
+        self._size = 0
+        self._buckets: dict[int, dict[bytes, bytes]] = {}
+        self._levels = _empty_levels(fanout, depth)
+        # Invariant: if an inner node is dirty, so are all its ancestors. It lets a write
+        # stop climbing at the first dirty ancestor, and a read trust every clean node.
+        self._dirty: list[set[int]] = [set() for _ in range(depth)]
+
+    @classmethod
+    def from_items(
+        cls, items: Iterable[tuple[bytes, bytes]], fanout: int = 16, depth: int = 3
+    ) -> HashTree:
+        """A tree holding `items`, (key, digest) pairs; a repeated key keeps its last digest."""
+        tree = cls(fanout, depth)
+        for key, digest in items:
+            tree.update(key, digest)
+        return tree
+
+    @property
+    def fanout(self) -> int:
+        return self._fanout
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    @property
+    def leaf_count(self) -> int:
+        return len(self._levels[self._depth])
+
+    def __len__(self) -> int:
+        """The number of keys tracked."""
+        return self._size
+
+    def bucket_of(self, key: bytes) -> int:
+        """The leaf bucket of `key`.
+
+        Seeded apart from the ring's hash: a partition's keys all share the top bits of
+        their ring point, so reusing that point would crowd them into a few buckets.
+        """
+        return xxh3_64_intdigest(key, _BUCKET_SEED) % self.leaf_count
+
+    def update(self, key: bytes, digest: bytes | None) -> None:
+        """Set `key`'s version digest; None forgets the key."""
+        bucket = self.bucket_of(key)
+        entries = self._buckets.get(bucket, {})
+        old = entries.get(key)
+        if old == digest:
+            return
+        # Bucket hash = sum mod 2**64 of its pair hashes (additive set hashing), so a write
+        # subtracts the old pair and adds the new one in O(1), in any order. Sum rather than
+        # XOR: XOR is linear bit by bit, so any two pairs whose hashes agree on a bit cancel
+        # there, and a pair counted twice by a bug would vanish; with a sum, carries mix the
+        # bits. Either way two different buckets collide with probability about 2**-64 for
+        # honest keys; XXH3 is not cryptographic, so a client choosing keys on purpose could
+        # hide a difference, which would cost a missed repair, not a wrong value.
+        leaf = self._levels[self._depth][bucket]
+        if old is not None:
+            leaf -= _pair_hash(key, old)
+            del entries[key]
+            self._size -= 1
+        if digest is not None:
+            leaf += _pair_hash(key, digest)
+            entries[key] = digest
+            self._size += 1
+        self._levels[self._depth][bucket] = leaf & _MASK64
+        self._keep_bucket(bucket, entries)
+        self._mark_ancestors_dirty(bucket)
+
+    def root(self) -> int:
+        """The root hash: equal roots mean (but for a 2**-64 chance) equal contents."""
+        return self._node(0, 0)
+
+    def level(self, level: int) -> tuple[int, ...]:
+        """Every node hash of `level` (0 is the root, `depth` the leaf buckets)."""
+        self._check_level(level)
+        return self.node_hashes(level, range(self._fanout**level))
+
+    def node_hashes(self, level: int, indices: Iterable[int]) -> tuple[int, ...]:
+        """The hashes of the nodes `indices` of `level`: what one exchange round sends."""
+        self._check_level(level)
+        width = self._fanout**level
+        hashes = []
+        for index in indices:
+            if not 0 <= index < width:
+                raise ValueError(f"node {index} is not on level {level} (width {width})")
+            hashes.append(self._node(level, index))
+        return tuple(hashes)
+
+    def children(self, path: Sequence[int]) -> tuple[int, ...]:
+        """The child hashes of the node reached from the root by `path`, child positions
+        (each below `fanout`); `()` names the root. The node must not be a leaf."""
+        if len(path) >= self._depth:
+            raise ValueError(f"path {tuple(path)} does not name an inner node")
+        index = 0
+        for position in path:
+            if not 0 <= position < self._fanout:
+                raise ValueError(f"child position {position} not below fanout {self._fanout}")
+            index = index * self._fanout + position
+        first = index * self._fanout
+        return self.node_hashes(len(path) + 1, range(first, first + self._fanout))
+
+    def bucket_keys(self, bucket: int) -> dict[bytes, bytes]:
+        """A copy of the keys and digests in leaf `bucket`, for the final exchange."""
+        if not 0 <= bucket < self.leaf_count:
+            raise ValueError(f"bucket {bucket} not below {self.leaf_count}")
+        return dict(self._buckets.get(bucket, {}))
+
+    def _node(self, level: int, index: int) -> int:
+        # Recursion is at most `depth` deep and visits only dirty nodes below this one.
+        if level < self._depth and index in self._dirty[level]:
+            first = index * self._fanout
+            kids = [self._node(level + 1, child) for child in range(first, first + self._fanout)]
+            self._levels[level][index] = _combine_children(kids)
+            self._dirty[level].discard(index)
+        return self._levels[level][index]
+
+    def _mark_ancestors_dirty(self, bucket: int) -> None:
+        index = bucket
+        for level in range(self._depth - 1, -1, -1):
+            index //= self._fanout
+            if index in self._dirty[level]:
+                return  # the invariant: everything above is dirty already
+            self._dirty[level].add(index)
+
+    def _keep_bucket(self, bucket: int, entries: dict[bytes, bytes]) -> None:
+        # Only non-empty buckets keep a dict, so a small partition's tree stays small.
+        if entries:
+            self._buckets[bucket] = entries
+        else:
+            self._buckets.pop(bucket, None)
+
+    def _check_level(self, level: int) -> None:
+        if not 0 <= level <= self._depth:
+            raise ValueError(f"level {level} not in 0..{self._depth}")
+
+
+def _empty_levels(fanout: int, depth: int) -> list[list[int]]:
+    """Node hashes of an empty tree, level by level: an empty bucket hashes to 0 (the empty
+    sum), and every node of a level is then alike, so each level's hash is computed once."""
+    empty = 0
+    levels = [[empty] * fanout**depth]
+    for level in range(depth - 1, -1, -1):
+        empty = _combine_children([empty] * fanout)
+        levels.append([empty] * fanout**level)
+    levels.reverse()
+    return levels
+
+
+def compare_trees(a: HashTree, b: HashTree) -> TreeDiff:
+    """Walk two same-shaped trees top-down, descending only where hashes differ, as an
+    exchange between replicas would."""
+    if (a.fanout, a.depth) != (b.fanout, b.depth):
+        raise ValueError(
+            f"trees differ in shape: {a.fanout}**{a.depth} vs {b.fanout}**{b.depth} buckets"
+        )
+    candidates: list[int] = [0]
+    comparisons = 0
+    for level in range(a.depth):
+        comparisons += len(candidates)
+        differing = _differing_nodes(a, b, level, candidates)
+        candidates = [c for i in differing for c in range(i * a.fanout, (i + 1) * a.fanout)]
+    comparisons += len(candidates)
+    return TreeDiff(tuple(_differing_nodes(a, b, a.depth, candidates)), comparisons)
+
+
+def _differing_nodes(a: HashTree, b: HashTree, level: int, indices: list[int]) -> list[int]:
+    hashes = zip(a.node_hashes(level, indices), b.node_hashes(level, indices), strict=True)
+    return [index for index, (ha, hb) in zip(indices, hashes, strict=True) if ha != hb]
+
+
+def diff(a: HashTree, b: HashTree) -> list[int]:
+    """The leaf buckets (ascending) whose hashes differ between `a` and `b`."""
+    return list(compare_trees(a, b).buckets)
