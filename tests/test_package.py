@@ -18,6 +18,7 @@ PURE_MODULES = [
     "distribution/versions.py",
     "distribution/quorum.py",
     "distribution/hashtree.py",
+    "distribution/handoff.py",
     "cluster/membership.py",
     "cluster/gossip.py",
 ]
