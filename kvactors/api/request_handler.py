@@ -448,15 +448,13 @@ class RequestService:
         n_val = snapshot.n_val
         op = request.op
         if op is Op.GET or op is Op.GET_MANY:
-            # The default quorum is capped at N; one the client asked for is not, so a
-            # cluster too small for it answers `unavailable`.
-            r = request.r or max(1, min(self._config.read_quorum, n_val))
+            r = _quorum(request.r, self._config.read_quorum, n_val)
             keys = (request.key,) if op is Op.GET else request.keys
             self._track(pending, own_timeout)
             for slot, key in enumerate(keys):
                 self._read(pending, slot, key, snapshot, r, request.siblings)
             return
-        w = request.w or max(1, min(self._config.write_quorum, n_val))
+        w = _quorum(request.w, self._config.write_quorum, n_val)
         # Every context is checked before anything starts: a bad one refuses the request
         # as a whole, with nothing written.
         writes: list[tuple[bytes, bytes | None, tuple[VectorClock, bytes] | None]]
@@ -584,7 +582,7 @@ class RequestService:
         operations = []
         for slot, (key, value, context, requested_w) in enumerate(writes):
             partition = partition_of(key, self._partitions)
-            w = _quorum(requested_w, self._config.write_quorum, snapshot.n_val, "w")
+            w = _quorum(requested_w, self._config.write_quorum, snapshot.n_val)
             operations.append(
                 WriteOperation(
                     self,
@@ -636,18 +634,20 @@ class RequestService:
         self._queued[partition].append((target, tag, op))
 
     def to_peer(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
-        endpoint = self._ring.current.endpoint_of(name)
-        if endpoint is None:
-            target.replica_failed(tag, UnavailableError(f"{name} is not a member any more"))
-        else:
-            self._to_peers[endpoint].append((target, tag, wire_op))
+        self._queue_for(self._to_peers, name, (target, tag, wire_op))
 
     def coordinate_at(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
+        self._queue_for(self._to_coordinators, name, (target, tag, wire_op))
+
+    def _queue_for(
+        self, queues: defaultdict[str, list[_PeerEntry]], name: str, entry: _PeerEntry
+    ) -> None:
+        """Queue `entry` for member `name`'s next call this flush, if it is still one."""
         endpoint = self._ring.current.endpoint_of(name)
         if endpoint is None:
-            target.replica_failed(tag, UnavailableError(f"{name} is not a member any more"))
+            entry[0].replica_failed(entry[1], UnavailableError(f"{name} is not a member any more"))
         else:
-            self._to_coordinators[endpoint].append((target, tag, wire_op))
+            queues[endpoint].append(entry)
 
     def count_read_repair(self) -> None:
         self.stats.read_repairs += 1
@@ -657,54 +657,59 @@ class RequestService:
     def _call_replicas(self, endpoint: str, entries: list[_PeerEntry]) -> None:
         """The replica ops for one peer, as one `store` RPC."""
 
+        def answered(target: ReplicaTarget, tag: Any, wire_op: list[Any], answer: Any) -> None:
+            if wire_op[0] != "read":
+                target.replica_done(tag, answer)
+                return
+            try:
+                state = state_from_wire(answer)
+            except ValueError as exc:
+                target.replica_failed(tag, InternalError(f"{endpoint}: {exc}"))
+            else:
+                target.replica_done(tag, state)
+
+        self.stats.replica_calls += 1
+        self._call_peer(endpoint, rpc.STORE, entries, answered)
+
+    def _call_coordinator(self, endpoint: str, entries: list[_PeerEntry]) -> None:
+        """Writes for a replica to coordinate, as one `coordinate` RPC."""
+
+        def answered(target: ReplicaTarget, tag: Any, _wire_op: list[Any], answer: Any) -> None:
+            if isinstance(answer, list) and len(answer) == 3 and answer[0] == "ok":
+                target.replica_done(tag, answer[1:])
+            elif isinstance(answer, list) and len(answer) == 3 and answer[0] == "error":
+                target.replica_failed(tag, error_for_code(str(answer[1]), str(answer[2])))
+            else:
+                failure = InternalError(f"{endpoint} answered a write with {answer!r:.100}")
+                target.replica_failed(tag, failure)
+
+        self.stats.forwarded += len(entries)
+        self._call_peer(endpoint, COORDINATE, entries, answered)
+
+    def _call_peer(
+        self,
+        endpoint: str,
+        op: str,
+        entries: list[_PeerEntry],
+        answered: Callable[[ReplicaTarget, Any, list[Any], Any], None],
+    ) -> None:
+        """One RPC carrying `entries`' ops; each entry hears its own answer, or the error
+        of the call as a whole."""
+
         def settle(result: Any, error: KVActorsError | None) -> None:
             results = result.get("results") if isinstance(result, dict) else None
             if error is None and (not isinstance(results, list) or len(results) != len(entries)):
-                error = InternalError(f"{endpoint} answered a store call with {result!r:.100}")
+                error = InternalError(f"{endpoint} answered a {op} call with {result!r:.100}")
             if error is not None:
                 for target, tag, _ in entries:
                     target.replica_failed(tag, error)
                 return
             assert isinstance(results, list)
             for (target, tag, wire_op), answer in zip(entries, results):  # noqa: B905
-                if wire_op[0] != "read":
-                    target.replica_done(tag, answer)
-                    continue
-                try:
-                    state = state_from_wire(answer)
-                except ValueError as exc:
-                    target.replica_failed(tag, InternalError(f"{endpoint}: {exc}"))
-                else:
-                    target.replica_done(tag, state)
+                answered(target, tag, wire_op, answer)
 
-        self.stats.replica_calls += 1
         ops = [entry[2] for entry in entries]
-        self.rpc.call(endpoint, rpc.STORE, {"ops": ops}, settle, self._timeout)
-
-    def _call_coordinator(self, endpoint: str, entries: list[_PeerEntry]) -> None:
-        """Writes for a replica to coordinate, as one `coordinate` RPC."""
-
-        def settle(result: Any, error: KVActorsError | None) -> None:
-            results = result.get("results") if isinstance(result, dict) else None
-            if error is None and (not isinstance(results, list) or len(results) != len(entries)):
-                error = InternalError(f"{endpoint} answered a coordinate call with {result!r:.100}")
-            if error is not None:
-                for target, tag, _ in entries:
-                    target.replica_failed(tag, error)
-                return
-            assert isinstance(results, list)
-            for (target, tag, _), answer in zip(entries, results):  # noqa: B905
-                if isinstance(answer, list) and len(answer) == 3 and answer[0] == "ok":
-                    target.replica_done(tag, answer[1:])
-                elif isinstance(answer, list) and len(answer) == 3 and answer[0] == "error":
-                    target.replica_failed(tag, error_for_code(str(answer[1]), str(answer[2])))
-                else:
-                    failure = InternalError(f"{endpoint} answered a write with {answer!r:.100}")
-                    target.replica_failed(tag, failure)
-
-        self.stats.forwarded += len(entries)
-        ops = [entry[2] for entry in entries]
-        self.rpc.call(endpoint, COORDINATE, {"ops": ops}, settle, self._timeout)
+        self.rpc.call(endpoint, op, {"ops": ops}, settle, self._timeout)
 
     def _send_batch(self, partition: int, live: list[_Entry]) -> None:
         ref = self._directory.current(partition)
@@ -853,7 +858,7 @@ def _slot_count(request: Request) -> int:
     return 1
 
 
-def _quorum(requested: int | None, default: int, n_val: int, name: str) -> int:
+def _quorum(requested: int | None, default: int, n_val: int) -> int:
     """R or W for one request: the default is capped at the cluster's size; a quorum the
     client asked for is not, so a cluster too small for it answers `unavailable`."""
     if requested is None:
