@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -29,7 +29,7 @@ from kvactors.api.protocol import (
     encode_request,
     reply_error,
 )
-from kvactors.api.versioned import Versioned, read_modify_write
+from kvactors.api.versioned import Versioned, VersionedWrites
 from kvactors.codec import Key
 from kvactors.errors import ConfigError, RequestTimeoutError
 
@@ -38,7 +38,7 @@ __all__ = ["Client"]
 K = TypeVar("K", bound=Key)
 
 
-class Client:
+class Client(VersionedWrites):
     """A connection to a kvactors cluster. Not thread-safe: use one Client per thread.
 
     `endpoints` is one endpoint (``"tcp://host:port"``) or several; the client starts
@@ -91,23 +91,6 @@ class Client:
             bool(siblings), siblings[0] if siblings else None, siblings, reply.get("context")
         )
 
-    def put(
-        self,
-        key: Key,
-        value: Any,
-        *,
-        context: bytes | None = None,
-        w: int | None = None,
-        timeout: float | None = None,
-    ) -> None:
-        """Store `value` under `key`; returns once W replicas hold it.
-
-        With the `context` of an earlier read, the write supersedes exactly what that read
-        saw; a concurrent write it did not see is kept beside it as a sibling. Without a
-        context it supersedes whatever the coordinating replica holds.
-        """
-        self.put_with_outcome(key, value, context=context, w=w, timeout=timeout)
-
     def put_with_outcome(
         self,
         key: Key,
@@ -132,38 +115,6 @@ class Client:
         """Remove `key` (a tombstone on W replicas); True if a live value was there."""
         reply = self._call(Op.DELETE, timeout, key=key, context=context, w=w)
         return bool(reply.get("deleted"))
-
-    def update(
-        self,
-        key: Key,
-        fn: Callable[[Any], Any],
-        *,
-        merge: Callable[[list[Any]], Any] | None = None,
-        default: Any = None,
-        r: int | None = None,
-        w: int | None = None,
-        attempts: int = 10,
-        timeout: float | None = None,
-    ) -> Any:
-        """Read-modify-write `key` without losing concurrent writers' changes.
-
-        Reads the key with its context; `merge` folds concurrent siblings into one value
-        (default: the newest wins); `fn` maps the current value (`default` when missing)
-        to the new one, which is written with the context. If that write met a concurrent
-        one, the siblings are read, merged and written again (up to `attempts` rounds).
-        Returns the value written last.
-        """
-        return read_modify_write(
-            self,
-            key,
-            fn,
-            merge=merge,
-            default=default,
-            r=r,
-            w=w,
-            attempts=attempts,
-            timeout=timeout,
-        )
 
     def ping(self, *, timeout: float | None = None) -> float:
         """Seconds a round trip to the current node took."""

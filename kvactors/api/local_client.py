@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
 import pykka
 
 from kvactors.api.protocol import DEFAULT_MAX_BATCH_ITEMS, Op, PutItem, Reply, Request, WireFormat
-from kvactors.api.versioned import Versioned, read_modify_write
+from kvactors.api.versioned import Versioned, VersionedWrites
 from kvactors.codec import Key, decode_value, encode_value, normalize_key
 from kvactors.distribution.hashing import partition_of
 from kvactors.distribution.versions import KeyState, VectorClock, decode_context
@@ -45,7 +45,7 @@ K = TypeVar("K", bound=Key)
 _LIVENESS_POLL = 0.2
 
 
-class LocalClient:
+class LocalClient(VersionedWrites):
     """get/put/delete against the node embedded in this process. Thread-safe.
 
     A missing key is not an error: `get` returns `default` (None unless given), and
@@ -96,18 +96,6 @@ class LocalClient:
         context = state.encoded_context()
         return Versioned(bool(values), values[0] if values else None, values, context)
 
-    def put(
-        self,
-        key: Key,
-        value: Any,
-        *,
-        context: bytes | None = None,
-        w: int | None = None,
-        timeout: float | None = None,
-    ) -> None:
-        """Store `value` under `key`; returns once W replicas hold it (see `Client.put`)."""
-        self.put_with_outcome(key, value, context=context, w=w, timeout=timeout)
-
     def put_with_outcome(
         self,
         key: Key,
@@ -147,31 +135,6 @@ class LocalClient:
         message = WriteKey(raw, None, _clock(context))
         written: Written = self._call(self._partition(raw), message, self._deadline(timeout))
         return written.existed
-
-    def update(
-        self,
-        key: Key,
-        fn: Callable[[Any], Any],
-        *,
-        merge: Callable[[list[Any]], Any] | None = None,
-        default: Any = None,
-        r: int | None = None,
-        w: int | None = None,
-        attempts: int = 10,
-        timeout: float | None = None,
-    ) -> Any:
-        """Read-modify-write `key` without losing concurrent changes (see `Client.update`)."""
-        return read_modify_write(
-            self,
-            key,
-            fn,
-            merge=merge,
-            default=default,
-            r=r,
-            w=w,
-            attempts=attempts,
-            timeout=timeout,
-        )
 
     # -- batches: one message per partition, all partitions in parallel --------------
 

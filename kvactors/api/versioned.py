@@ -8,7 +8,8 @@ and the next read-modify-write merges them.
 `read_modify_write` is that loop (`Client.update`, `LocalClient.update`): read, merge the
 siblings with the caller's `merge`, apply `fn`, write with the context; if the write left
 siblings (a concurrent write came in between), read again and write the merge, until the
-key has one value or the attempts run out.
+key has one value or the attempts run out. `VersionedWrites` gives both clients `put` and
+`update` on top of their own `get_versioned` and `put_with_outcome`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple, Protocol
 
 from kvactors.errors import ConfigError
 
-__all__ = ["Versioned", "read_modify_write"]
+__all__ = ["Versioned", "VersionedWrites", "read_modify_write"]
 
 
 class Versioned(NamedTuple):
@@ -83,3 +84,71 @@ def read_modify_write(
         if not conflict:
             return value
     return value
+
+
+class VersionedWrites:
+    """`put` and `update` for a client that has `get_versioned` and `put_with_outcome`."""
+
+    def get_versioned(self, key: Any, *, r: int | None, timeout: float | None) -> Versioned:
+        raise NotImplementedError
+
+    def put_with_outcome(
+        self,
+        key: Any,
+        value: Any,
+        *,
+        context: bytes | None = None,
+        w: int | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """`put`, returning True if the key has concurrent siblings afterwards."""
+        raise NotImplementedError
+
+    def put(
+        self,
+        key: Any,
+        value: Any,
+        *,
+        context: bytes | None = None,
+        w: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Store `value` under `key`; returns once W replicas hold it.
+
+        With the `context` of an earlier read, the write supersedes exactly what that read
+        saw; a concurrent write it did not see is kept beside it as a sibling. Without a
+        context it supersedes whatever the coordinating replica holds.
+        """
+        self.put_with_outcome(key, value, context=context, w=w, timeout=timeout)
+
+    def update(
+        self,
+        key: Any,
+        fn: Callable[[Any], Any],
+        *,
+        merge: Callable[[list[Any]], Any] | None = None,
+        default: Any = None,
+        r: int | None = None,
+        w: int | None = None,
+        attempts: int = 10,
+        timeout: float | None = None,
+    ) -> Any:
+        """Read-modify-write `key` without losing concurrent writers' changes.
+
+        Reads the key with its context; `merge` folds concurrent siblings into one value
+        (default: the newest wins); `fn` maps the current value (`default` when missing)
+        to the new one, which is written with the context. If that write met a concurrent
+        one, the siblings are read, merged and written again (up to `attempts` rounds).
+        Returns the value written last.
+        """
+        return read_modify_write(
+            self,
+            key,
+            fn,
+            merge=merge,
+            default=default,
+            r=r,
+            w=w,
+            attempts=attempts,
+            timeout=timeout,
+        )
