@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/embedded.py --runs 5
 	$(BIN)/python benchmarks/throughput.py --runs 5 --seconds 3
 	$(BIN)/python benchmarks/replicated.py --runs 3
+	$(BIN)/python benchmarks/durability.py --runs 3
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -424,6 +424,9 @@ class RedisGroup:
             command = [
                 executable, "--port", str(self.port + index), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--daemonize", "no",
+                # A replica's first sync may still write an RDB file: keep it out of the
+                # working directory.
+                "--dir", str(log_dir),
             ]  # fmt: skip
             if index:
                 command += ["--replicaof", "127.0.0.1", str(self.port)]

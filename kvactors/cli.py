@@ -66,6 +66,26 @@ def _add_node(commands: Any) -> None:
     node.add_argument("--replicas", type=int, help="N: copies of each key (default 3)")
     node.add_argument("--read-quorum", type=int, help="R: replicas a read waits for (default 2)")
     node.add_argument("--write-quorum", type=int, help="W: replicas a write waits for (default 2)")
+    node.add_argument("--cluster", help="the cluster's name (default kvactors)")
+    node.add_argument(
+        "--storage", choices=("memory", "lmdb"), help="storage backend (default memory)"
+    )
+    node.add_argument("--data-dir", metavar="DIR", help="where the lmdb backend keeps its files")
+    node.add_argument(
+        "--fsync",
+        choices=("always", "interval", "never"),
+        help="when durable writes are forced to disk (default always)",
+    )
+    node.add_argument(
+        "--sync-interval-ms", type=int, help="milliseconds between syncs under --fsync interval"
+    )
+    node.add_argument(
+        "--no-group-commit",
+        dest="group_commit",
+        action="store_const",
+        const=False,
+        help="one transaction and fsync per write batch (for comparison)",
+    )
     node.add_argument("--config", metavar="FILE", help="a TOML file of node settings")
 
 
@@ -108,6 +128,11 @@ def _add_client_commands(commands: Any) -> None:
     cluster.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
     cluster.add_argument("--base-port", type=int, default=5555, help="first port (default 5555)")
     cluster.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    cluster.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="keep each node's data durably (lmdb) in DIR/NODE-NAME (default: in memory)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,6 +180,12 @@ def _run_node(args: argparse.Namespace) -> int:
             replicas=args.replicas,
             read_quorum=args.read_quorum,
             write_quorum=args.write_quorum,
+            cluster=args.cluster,
+            storage=args.storage,
+            data_dir=args.data_dir,
+            fsync=args.fsync,
+            sync_interval_ms=args.sync_interval_ms,
+            group_commit=args.group_commit,
         )
         if config.bind is None:
             raise KVActorsError("a node needs an endpoint: give --bind or KVACTORS_BIND")
@@ -276,7 +307,9 @@ def _run_cluster(args: argparse.Namespace) -> int:
     done = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: done.set())
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    with LocalCluster(args.nodes, base_port=args.base_port, host=args.host) as cluster:
+    with LocalCluster(
+        args.nodes, base_port=args.base_port, host=args.host, data_dir=args.data_dir
+    ) as cluster:
         for node in cluster.nodes:
             print(f"{node.name}  {node.endpoint}  (pid {node.pid})", flush=True)
         print(f"{args.nodes} nodes running; Ctrl-C stops them all", flush=True)

@@ -21,6 +21,7 @@ __all__ = [
     "OverloadedError",
     "RequestTimeoutError",
     "RestartIntensityError",
+    "StorageError",
     "TooLargeError",
     "UnavailableError",
     "error_for_code",
@@ -75,6 +76,11 @@ class InternalError(KVActorsError):
     """A fault inside the node; the node keeps serving."""
 
     code = "internal"
+
+
+class StorageError(InternalError):
+    """The node's storage failed: a disk that is full or unwritable, a data directory that
+    cannot be opened. The message says what failed, where, and why."""
 
 
 class ChildStartError(InternalError):

@@ -131,6 +131,12 @@ class NodeProcess:
         return self.process.returncode
 
 
+def _storage_args(data_dir: str | Path | None, name: str) -> list[str]:
+    if data_dir is None:
+        return []
+    return ["--storage", "lmdb", "--data-dir", str(Path(data_dir) / name)]
+
+
 class LocalCluster:
     """`nodes` node processes on `host`, ports `base_port` upwards. A context manager."""
 
@@ -142,9 +148,12 @@ class LocalCluster:
         host: str = "127.0.0.1",
         extra_args: Sequence[str] = (),
         log_dir: str | Path | None = None,
+        data_dir: str | Path | None = None,
         converge: bool = True,
     ) -> None:
-        """`converge`: `start()` returns only once every node sees every node alive."""
+        """`converge`: `start()` returns only once every node sees every node alive.
+        `data_dir`: every node keeps its data durably (lmdb) in a directory of its own
+        there, named after the node, so that a node restarted keeps what it had."""
         if nodes < 1:
             raise KVActorsError("a cluster needs at least one node")
         self._log_dir = None if log_dir is None else Path(log_dir)
@@ -155,7 +164,11 @@ class LocalCluster:
             NodeProcess(
                 f"node-{index + 1}",
                 f"tcp://{host}:{base_port + index}",
-                [*extra_args, *(["--join", first] if index else [])],
+                [
+                    *extra_args,
+                    *_storage_args(data_dir, f"node-{index + 1}"),
+                    *(["--join", first] if index else []),
+                ],
             )
             for index in range(nodes)
         ]

@@ -21,6 +21,7 @@ from kvactors.config import NodeConfig
 from kvactors.dispatch import NodeDispatcher
 from kvactors.distribution.responsibility_manager import RingHolder
 from kvactors.errors import UnavailableError
+from kvactors.storage.backends import StorageBackend
 from kvactors.storage.store_supervisor import PartitionDirectory
 
 if TYPE_CHECKING:
@@ -45,6 +46,16 @@ class NodeServices:
     stop_node: Callable[[], None]
     """Asks the node to stop; returns at once (the stop happens on another thread)."""
     components: dict[str, pykka.ActorRef[Any]] = field(default_factory=dict)
+    incarnation: int = 0
+    """The incarnation this node starts at: one above the last it had, when it restarts
+    on a durable data directory (so that its news outranks what others remember)."""
+    storage: StorageBackend | None = None
+    """The node's storage backend, while the node runs."""
+    storage_sync: Callable[[], None] | None = None
+    """Forces the writes applied so far to disk; the request path calls it once per pass,
+    before acknowledging them (group commit). None when acknowledgements need no sync:
+    a memory backend, or a durable one with an fsync policy other than ``always``, or
+    without group commit (each write batch then syncs itself)."""
     gateway: RequestGateway | None = None
     """The request path's entry for the embedded client, while the node serves the network."""
 

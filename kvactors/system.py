@@ -35,9 +35,9 @@ from kvactors.distribution.responsibility_manager import (
     RingSnapshot,
     build_snapshot,
 )
-from kvactors.errors import KVActorsError, UnavailableError
+from kvactors.errors import ConfigError, KVActorsError, UnavailableError
 from kvactors.services import NodeServices
-from kvactors.storage.backends import StorageBackend, open_backend
+from kvactors.storage.backends import NodeIdentity, StorageBackend, open_backend
 from kvactors.storage.store_supervisor import PartitionDirectory, StoreSupervisor
 from kvactors.supervision import (
     ChildExited,
@@ -66,6 +66,7 @@ class ActorSystem:
         self.config = _with_concrete_port(base.replace(**overrides) if overrides else base)
         self._root: pykka.ActorRef[Any] | None = None
         self._backend: StorageBackend | None = None
+        self._remembered: NodeIdentity | None = None
         self._directory = PartitionDirectory(self.config.partitions)
         me = Member(self.config.name, self.config.endpoint, MemberStatus.ALIVE, 0, 0)
         self._services = NodeServices(
@@ -108,7 +109,7 @@ class ActorSystem:
                 raise KVActorsError(f"node {self.name} is started already")
             self._stopped.clear()
             self._failure = None
-            self._backend = open_backend(self.config.storage)
+            self._backend = self._open_storage()
             children = self._components(self._backend)
             self._root = start_supervised(
                 lambda: Supervisor.start(
@@ -217,6 +218,72 @@ class ActorSystem:
 
     # -- internals ---------------------------------------------------------------------
 
+    def _open_storage(self) -> StorageBackend:
+        """Open the backend and take up the identity it remembers, before anything starts."""
+        config = self.config
+        backend = open_backend(
+            config.storage,
+            data_dir=config.data_dir,
+            fsync=config.fsync,
+            sync_interval_ms=config.sync_interval_ms,
+            group_commit=config.group_commit,
+        )
+        try:
+            backend.check_compatible(config.cluster)
+            self._resume_identity(backend)
+        except BaseException:
+            backend.close()
+            raise
+        services = self._services
+        services.storage = backend
+        # Only `always` with group commit needs the request path to sync: without group
+        # commit every write batch syncs itself, and the other policies sync on their own.
+        group_sync = backend.durable and config.fsync == "always" and config.group_commit
+        services.storage_sync = backend.sync if group_sync else None
+        return backend
+
+    def _resume_identity(self, backend: StorageBackend) -> None:
+        """A node restarted on its data comes back as itself: at the incarnation after
+        the one it last had, and through the members it knew when it was given no seeds."""
+        config, services = self.config, self._services
+        known = backend.read_identity()
+        if known is not None and known.name != config.name:
+            raise ConfigError(
+                f"the data directory {config.data_dir} belongs to node {known.name!r}, "
+                f"not {config.name!r}: start that node on it, or give another directory"
+            )
+        services.incarnation = 0 if known is None else known.incarnation + 1
+        if known is not None and not config.seeds:
+            seeds = tuple(endpoint for name, endpoint in known.members if name != config.name)
+            if seeds:
+                self.config = services.config = config.replace(seeds=seeds)
+                logger.info("rejoining the members this node knew: %s", ", ".join(seeds))
+        me = Member(config.name, config.endpoint, MemberStatus.ALIVE, services.incarnation, 0)
+        services.ring.publish(build_snapshot(0, me, [me], config.partitions, config.replicas))
+        self._remembered = None
+        self._remember(backend, services.ring.current)
+
+    def _remember(self, backend: StorageBackend, snapshot: RingSnapshot) -> None:
+        """Keep who this node is and whom it knows with its data (a durable backend keeps
+        it across restarts); written only when something in it changed."""
+        me = snapshot.members_by_name.get(self.name)
+        identity = NodeIdentity(
+            cluster=self.config.cluster,
+            name=self.name,
+            incarnation=max(self._services.incarnation, me.incarnation if me else 0),
+            members=tuple(
+                (member.name, member.endpoint)
+                for member in snapshot.members
+                if member.status is not MemberStatus.LEFT
+            ),
+            partitions=tuple(
+                p for p in range(self.config.partitions) if self.name in snapshot.replicas(p)
+            ),
+        )
+        if identity != self._remembered:
+            backend.write_identity(identity)
+            self._remembered = identity
+
     def _components(self, backend: StorageBackend) -> list[ChildSpec]:
         """The seed's start order: StoreSupervisor, MembershipManager, GossipProtocol,
         NodeResponsibilityManager, RequestHandler (the last only with a bind endpoint)."""
@@ -235,6 +302,7 @@ class ActorSystem:
                     dispatcher=services.dispatcher,
                     node=config.name,
                     tombstone_grace=config.tombstone_grace,
+                    sync=services.storage_sync,
                     max_restarts=config.max_restarts,
                     max_seconds=config.max_seconds,
                 ),
@@ -246,7 +314,11 @@ class ActorSystem:
             ChildSpec(
                 "responsibility_manager",
                 lambda: ResponsibilityManager.start(
-                    services.ring, config.partitions, subscribe, config.replicas
+                    services.ring,
+                    config.partitions,
+                    subscribe,
+                    config.replicas,
+                    on_snapshot=lambda snapshot: self._remember(backend, snapshot),
                 ),
             ),
         ]

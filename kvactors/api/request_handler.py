@@ -122,6 +122,7 @@ class ServiceStats:
     forwarded: int = 0
     replica_calls: int = 0
     read_repairs: int = 0
+    syncs: int = 0
 
 
 class _Pending:
@@ -313,6 +314,10 @@ class RequestService:
         self._to_peers: defaultdict[str, list[_PeerEntry]] = defaultdict(list)
         self._to_coordinators: defaultdict[str, list[_PeerEntry]] = defaultdict(list)
         self._parked: list[tuple[int, _Entry]] = []
+        # Group commit: with a storage sync, applied batches wait here until one sync
+        # makes all of them durable, and only then are their results acted on.
+        self._sync = services.storage_sync
+        self._unsynced: list[tuple[int, list[_Entry], list[Any]]] = []
         # Deadlines in arrival order: with the default timeout they are also in deadline
         # order, so only the head needs watching. Requests with a timeout of their own
         # go to a heap.
@@ -374,10 +379,12 @@ class RequestService:
             deadlines.popleft()
         # Local batches first: a write's own replica answers, and its state then goes to
         # the other replicas in this same flush.
-        while self._queued:
+        while self._queued or self._unsynced:
             queued, self._queued = self._queued, defaultdict(list)
             for partition, entries in queued.items():
                 self._send_batch(partition, entries)
+            if self._unsynced:
+                self._sync_applied()
         if self._to_peers:
             to_peers, self._to_peers = self._to_peers, defaultdict(list)
             for endpoint, peer_entries in to_peers.items():
@@ -728,15 +735,36 @@ class RequestService:
 
     def batch_done(self, token: tuple[int, list[_Entry]], results: list[Any]) -> None:
         if self._transport.in_loop_thread():
-            self._batch_done(token[1], results)
+            self._applied(token[0], token[1], results)
         else:
-            self._transport.call_soon(lambda: self._batch_done(token[1], results))
+            self._transport.call_soon(lambda: self._applied(token[0], token[1], results))
 
     def batch_failed(
         self, token: tuple[int, list[_Entry]], error: BaseException, handled: bool
     ) -> None:
         partition, entries = token
         self._transport.call_soon(lambda: self._batch_failed(partition, entries, error, handled))
+
+    def _applied(self, partition: int, entries: list[_Entry], results: list[Any]) -> None:
+        if self._sync is None:
+            self._batch_done(entries, results)
+        else:
+            self._unsynced.append((partition, entries, results))  # on_flush syncs them
+
+    def _sync_applied(self) -> None:
+        """One sync for every batch applied since the last: group commit."""
+        applied, self._unsynced = self._unsynced, []
+        assert self._sync is not None
+        try:
+            self._sync()
+        except Exception as error:  # a storage failure fails these requests, not the node
+            logger.error("storage sync failed, %d batches unacknowledged: %s", len(applied), error)
+            for partition, entries, _ in applied:
+                self._batch_failed(partition, entries, error, handled=True)
+            return
+        self.stats.syncs += 1
+        for _, entries, results in applied:
+            self._batch_done(entries, results)
 
     def _batch_done(self, entries: list[_Entry], results: list[Any]) -> None:
         for (target, tag, _), result in zip(entries, results):  # noqa: B905 - equal by design

@@ -247,20 +247,29 @@ class GossipState:
         now: float,
         *,
         config: GossipConfig | None = None,
+        incarnation: int = 0,
     ) -> GossipState:
         """A node about to join a cluster through any of `seeds` (endpoints; its own is
-        skipped). It stays JOINING until another node sends it a table."""
-        state = cls(Member(name, endpoint, _JOINING, 0, 0), now, config=config, seeds=seeds)
+        skipped). It stays JOINING until another node sends it a table. A node restarted
+        on its data passes the incarnation after the one it last had."""
+        me = Member(name, endpoint, _JOINING, incarnation, 0)
+        state = cls(me, now, config=config, seeds=seeds)
         if not state.seeds:
             raise ValueError("joining a cluster needs the endpoint of another node")
         return state
 
     @classmethod
     def found_cluster(
-        cls, name: str, endpoint: str, now: float, *, config: GossipConfig | None = None
+        cls,
+        name: str,
+        endpoint: str,
+        now: float,
+        *,
+        config: GossipConfig | None = None,
+        incarnation: int = 0,
     ) -> GossipState:
         """The first node of a new cluster: ALIVE, alone, waiting for others to join it."""
-        return cls(Member(name, endpoint, _ALIVE, 0, 0), now, config=config)
+        return cls(Member(name, endpoint, _ALIVE, incarnation, 0), now, config=config)
 
     # ------------------------------------------------------------------ read-only views
 

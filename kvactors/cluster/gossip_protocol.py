@@ -81,11 +81,20 @@ class GossipProtocol(SupervisedActor):
         seeds = [seed for seed in config.seeds if seed != endpoint]
         if seeds:
             self._state = GossipState.join(
-                config.name, endpoint, seeds, now, config=self._gossip_config
+                config.name,
+                endpoint,
+                seeds,
+                now,
+                config=self._gossip_config,
+                incarnation=self._services.incarnation,
             )
         else:
             self._state = GossipState.found_cluster(
-                config.name, endpoint, now, config=self._gossip_config
+                config.name,
+                endpoint,
+                now,
+                config=self._gossip_config,
+                incarnation=self._services.incarnation,
             )
         self._services.network.handle(GOSSIP, self._incoming)
         self._report(Output())

@@ -21,9 +21,17 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from xxhash import xxh3_64_intdigest
+from xxhash import xxh3_64_digest, xxh3_64_intdigest
 
-__all__ = ["HashTree", "TreeDiff", "compare_trees", "diff"]
+__all__ = [
+    "HashTree",
+    "PartitionTrees",
+    "TreeDiff",
+    "compare_trees",
+    "diff",
+    "new_partition_tree",
+    "record_digest",
+]
 
 _MASK64 = (1 << 64) - 1
 # Seed for leaf-bucket placement, distinct from the ring's seed 0 (see `bucket_of`).
@@ -243,3 +251,50 @@ def _differing_nodes(a: HashTree, b: HashTree, level: int, indices: list[int]) -
 def diff(a: HashTree, b: HashTree) -> list[int]:
     """The leaf buckets (ascending) whose hashes differ between `a` and `b`."""
     return list(compare_trees(a, b).buckets)
+
+
+# -- one tree per partition ------------------------------------------------------------------
+
+# One level of 64 buckets: about 50 keys per partition at 100,000 keys a node, so a
+# differing key costs its bucket's few dozen keys and digests; a deeper tree would pay an
+# extra round trip per level for nothing at that size.
+_PARTITION_FANOUT = 64
+_PARTITION_DEPTH = 1
+
+
+def new_partition_tree() -> HashTree:
+    """An empty partition tree, of the shape every node uses (they must agree to compare)."""
+    return HashTree(_PARTITION_FANOUT, _PARTITION_DEPTH)
+
+
+def record_digest(record: bytes) -> bytes:
+    """A tree entry's digest of one stored record: records are canonical, so replicas
+    holding the same versions of a key hold the same bytes, and the same digest."""
+    return xxh3_64_digest(record)
+
+
+class PartitionTrees:
+    """The current hash tree of each partition, published by its StoreServer.
+
+    Used on the transport thread, where StoreServers run while the node serves the
+    network (the only time anti-entropy runs); a tree is published whole, once built.
+    """
+
+    __slots__ = ("_trees",)
+
+    def __init__(self, partitions: int) -> None:
+        self._trees: list[HashTree | None] = [None] * partitions
+
+    def __len__(self) -> int:
+        return len(self._trees)
+
+    def get(self, partition: int) -> HashTree | None:
+        return self._trees[partition]
+
+    def publish(self, partition: int, tree: HashTree) -> None:
+        self._trees[partition] = tree
+
+    def withdraw(self, partition: int, tree: HashTree) -> None:
+        """Forget `tree` unless a newer StoreServer has published its own already."""
+        if self._trees[partition] is tree:
+            self._trees[partition] = None

@@ -126,7 +126,8 @@ class MembersChanged:
 
 
 class ResponsibilityManager(SupervisedActor):
-    """Rebuilds the ring on every membership change and publishes it."""
+    """Rebuilds the ring on every membership change and publishes it; `on_snapshot` hears
+    of each new snapshot (a durable node remembers its members with it)."""
 
     def __init__(
         self,
@@ -134,8 +135,10 @@ class ResponsibilityManager(SupervisedActor):
         partitions: int,
         subscribe: Callable[[pykka.ActorRef[Any]], None],
         replicas: int = 3,
+        on_snapshot: Callable[[RingSnapshot], None] | None = None,
     ) -> None:
         super().__init__()
+        self._on_snapshot = on_snapshot
         self._holder = holder
         self._partitions = partitions
         self._replicas = replicas
@@ -166,3 +169,5 @@ class ResponsibilityManager(SupervisedActor):
                 snapshot.ring.balance(1),
             )
         self._holder.publish(snapshot)
+        if self._on_snapshot is not None:
+            self._on_snapshot(snapshot)

@@ -22,12 +22,19 @@ several times cheaper to build, which counts at one or more per request.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from kvactors.dispatch import DispatchedActor, Dispatcher
+from kvactors.distribution.hashtree import (
+    HashTree,
+    PartitionTrees,
+    new_partition_tree,
+    record_digest,
+)
 from kvactors.distribution.versions import (
     EMPTY_STATE,
     Hlc,
@@ -39,6 +46,7 @@ from kvactors.distribution.versions import (
     merge_states,
     purge_tombstones,
 )
+from kvactors.errors import StorageError
 from kvactors.storage.backends import Table, Write
 from kvactors.storage.records import (
     decode_trusted_state,
@@ -65,6 +73,8 @@ __all__ = [
     "WriteKey",
     "Written",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Seconds a key whose versions are all tombstones is kept, so that replicas which missed
 # the delete learn it instead of bringing the value back.
@@ -231,13 +241,16 @@ class _Batch:
         self._states[key] = state
         self._changed[key] = state
 
-    def commit(self) -> None:
-        if self._changed:
-            writes: list[Write] = [
-                (key, None if state.is_empty else encode_state(state))
-                for key, state in self._changed.items()
-            ]
-            self._table.apply(writes)
+    def commit(self) -> list[Write]:
+        """Write every changed record in one transaction; returns what was written."""
+        if not self._changed:
+            return []
+        writes: list[Write] = [
+            (key, None if state.is_empty else encode_state(state))
+            for key, state in self._changed.items()
+        ]
+        self._table.apply(writes)
+        return writes
 
 
 def _dot_floor(stamp: HlcStamp) -> int:
@@ -251,7 +264,11 @@ class StoreServer(DispatchedActor):
     """Serves one partition's keys over a table it does not own.
 
     `node` names this replica in the dots of the versions it coordinates; `wall_clock`
-    (seconds) feeds its hybrid logical clock.
+    (seconds) feeds its hybrid logical clock. `sync`, for a durable backend, forces
+    applied writes to disk: called before a direct `ask` is answered. A `StoreBatch` is
+    not synced here: its sink syncs once for every batch of a pass (group commit).
+    `trees`, where anti-entropy runs, receives the partition's hash tree, which the
+    StoreServer builds from its table when it starts and keeps up to date as it writes.
     """
 
     def __init__(
@@ -263,8 +280,13 @@ class StoreServer(DispatchedActor):
         node: str = "local",
         wall_clock: Callable[[], float] = time.time,
         tombstone_grace: float = DEFAULT_TOMBSTONE_GRACE,
+        sync: Callable[[], None] | None = None,
+        trees: PartitionTrees | None = None,
     ) -> None:
         super().__init__(dispatcher)
+        self._sync = sync
+        self._trees = trees
+        self._tree: HashTree | None = None
         self.partition = partition
         self._table = table
         self._node = node
@@ -278,21 +300,52 @@ class StoreServer(DispatchedActor):
     def __str__(self) -> str:
         return f"StoreServer[{self.partition}]"
 
+    def on_start(self) -> None:
+        super().on_start()
+        if self._trees is not None:
+            tree = new_partition_tree()
+            for key, record in self._table.items():
+                tree.update(key, record_digest(record))
+            self._tree = tree
+            self._trees.publish(self.partition, tree)
+
+    def on_stop(self) -> None:
+        self._withdraw_tree()
+        super().on_stop()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self._withdraw_tree()
+        super().on_failure(*exc_info)
+
+    def _withdraw_tree(self) -> None:
+        if self._trees is not None and self._tree is not None:
+            self._trees.withdraw(self.partition, self._tree)
+
+    # A write the disk refused fails its request, not the StoreServer: crashing would not
+    # make the disk writable, and reads still work.
+    refusals = (StorageError,)
+
     def _handle_receive(self, message: Any) -> Any:
         # The request path's message first, ahead of Pykka's checks for proxy calls.
         if type(message) is StoreBatch:
-            message.sink.batch_done(message.token, self._apply(message.ops))
+            try:
+                results = self._apply(message.ops)
+            except StorageError as error:
+                logger.error("%s: %s", self, error)
+                message.sink.batch_failed(message.token, error, True)
+                return None
+            message.sink.batch_done(message.token, results)
             return None
         return super()._handle_receive(message)
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case Get() | Put() | Delete() | ReadKey() | ReadWinner() | WriteKey() | MergeKey():
-                return self._apply((message,))[0]
+                return self._apply_synced((message,))[0]
             case GetMany(keys):
                 return self._apply([Get(key) for key in keys])
             case PutMany(items):
-                self._apply([Put(key, value) for key, value in items])
+                self._apply_synced([Put(key, value) for key, value in items])
                 return None
             case CrashNow():
                 raise InjectedCrashError(f"{self}: crash injected")
@@ -302,7 +355,17 @@ class StoreServer(DispatchedActor):
         now_ms = int(self._wall_clock() * 1000)
         batch = _Batch(self._table, now_ms, self._grace_ms)
         results = [self._apply_one(batch, op, now_ms) for op in ops]
-        batch.commit()
+        written = batch.commit()
+        tree = self._tree
+        if tree is not None:
+            for key, record in written:
+                tree.update(key, None if record is None else record_digest(record))
+        return results
+
+    def _apply_synced(self, ops: Sequence[StoreOp]) -> list[Any]:
+        results = self._apply(ops)
+        if self._sync is not None:
+            self._sync()  # durable before the caller hears of it
         return results
 
     def _apply_one(self, batch: _Batch, op: Any, now_ms: int) -> Any:

@@ -82,6 +82,7 @@ class StoreSupervisor(Supervisor):
         dispatcher: Dispatcher | None = None,
         node: str = "local",
         tombstone_grace: float = DEFAULT_TOMBSTONE_GRACE,
+        sync: Callable[[], None] | None = None,
         max_restarts: int = 10,
         max_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -91,6 +92,7 @@ class StoreSupervisor(Supervisor):
         self._dispatcher = dispatcher
         self._node = node
         self._tombstone_grace = tombstone_grace
+        self._sync = sync
         super().__init__(
             [self._spec(p) for p in sorted(set(partitions))],
             strategy=Strategy.ONE_FOR_ONE,
@@ -102,12 +104,14 @@ class StoreSupervisor(Supervisor):
 
     def _spec(self, partition: int) -> ChildSpec:
         backend, dispatcher = self._backend, self._dispatcher
-        node, grace = self._node, self._tombstone_grace
+        node, grace, sync = self._node, self._tombstone_grace, self._sync
 
         def start() -> pykka.ActorRef[Any]:
             # Ask the backend each time: it hands back the same table after a crash.
             table = backend.open_table(partition)
-            return StoreServer.start(partition, table, dispatcher, node=node, tombstone_grace=grace)
+            return StoreServer.start(
+                partition, table, dispatcher, node=node, tombstone_grace=grace, sync=sync
+            )
 
         return ChildSpec(_partition_id(partition), start, Restart.PERMANENT)
 
