@@ -64,6 +64,26 @@ class NodeConfig:
     """Seconds a deleted key's tombstone is kept, so that replicas which missed the delete
     learn it instead of bringing the value back."""
 
+    anti_entropy_interval: float = 1.0
+    """Seconds between anti-entropy exchanges (each with one peer, in turn); 0 turns
+    anti-entropy off."""
+
+    anti_entropy_max_keys: int = 5000
+    """Most keys one anti-entropy exchange repairs; the rest wait for the next one. With
+    `anti_entropy_interval` it bounds the repair rate (5,000 keys a second by default)."""
+
+    hinted_handoff: bool = True
+    """Keep hints for replicas that miss writes (dead, or not answering) and hand the keys
+    over when they are back."""
+
+    hint_max_age: float = 10800.0
+    """Seconds a hint is kept before it is dropped (anti-entropy repairs what it would
+    have); three hours."""
+
+    hint_max_bytes: int = 64 * 1024 * 1024
+    """Size bound of the hints a node keeps (keys and target names); hints past it are
+    dropped and counted."""
+
     gossip_interval: float = 0.25
     """Seconds between gossip rounds."""
 
@@ -137,6 +157,10 @@ class NodeConfig:
             "storage lmdb needs a data directory: give data_dir (--data-dir)",
         )
         _check(bool(self.cluster) and self.cluster.isprintable(), "cluster must be a name")
+        _check(self.anti_entropy_interval >= 0, "anti_entropy_interval must be zero or more")
+        _check(self.anti_entropy_max_keys > 0, "anti_entropy_max_keys must be positive")
+        _check(self.hint_max_age > 0, "hint_max_age must be positive")
+        _check(self.hint_max_bytes > 0, "hint_max_bytes must be positive")
         _check(self.replicas >= 1, "replicas must be at least 1")
         _check(
             1 <= self.read_quorum <= self.replicas and 1 <= self.write_quorum <= self.replicas,

@@ -19,6 +19,7 @@ import pykka
 from kvactors.api.rpc import PeerNetwork
 from kvactors.config import NodeConfig
 from kvactors.dispatch import NodeDispatcher
+from kvactors.distribution.hashtree import PartitionTrees
 from kvactors.distribution.responsibility_manager import RingHolder
 from kvactors.errors import UnavailableError
 from kvactors.storage.backends import StorageBackend
@@ -49,6 +50,8 @@ class NodeServices:
     incarnation: int = 0
     """The incarnation this node starts at: one above the last it had, when it restarts
     on a durable data directory (so that its news outranks what others remember)."""
+    trees: PartitionTrees | None = None
+    """Each partition's hash tree, for anti-entropy (kept by the StoreServers)."""
     storage: StorageBackend | None = None
     """The node's storage backend, while the node runs."""
     storage_sync: Callable[[], None] | None = None

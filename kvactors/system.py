@@ -29,6 +29,7 @@ from kvactors.cluster.membership import Member, MemberStatus
 from kvactors.cluster.membership_manager import MembershipManager, Subscribe
 from kvactors.config import NodeConfig
 from kvactors.dispatch import NodeDispatcher
+from kvactors.distribution.hashtree import PartitionTrees
 from kvactors.distribution.responsibility_manager import (
     ResponsibilityManager,
     RingHolder,
@@ -79,6 +80,9 @@ class ActorSystem:
             ),
             stop_node=self._stop_soon,
         )
+        if self.config.bind is not None and self.config.anti_entropy_interval > 0:
+            # Trees only where anti-entropy can run: a node on the network.
+            self._services.trees = PartitionTrees(self.config.partitions)
         self._client = LocalClient(self._services)
         self._stopped = threading.Event()
         self._failure: BaseException | None = None
@@ -303,6 +307,7 @@ class ActorSystem:
                     node=config.name,
                     tombstone_grace=config.tombstone_grace,
                     sync=services.storage_sync,
+                    trees=services.trees,
                     max_restarts=config.max_restarts,
                     max_seconds=config.max_seconds,
                 ),

@@ -30,7 +30,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pykka
@@ -64,6 +64,8 @@ from kvactors.api.protocol import (
 )
 from kvactors.api.transport import SocketOptions, Transport, TransportStats
 from kvactors.cluster.gossip_protocol import Leave
+from kvactors.distribution.anti_entropy import AAE, AntiEntropy
+from kvactors.distribution.anti_entropy import answer as answer_anti_entropy
 from kvactors.distribution.coordinator import (
     KeyOutcome,
     ReadOperation,
@@ -74,6 +76,7 @@ from kvactors.distribution.coordinator import (
     distinct_live_values,
 )
 from kvactors.distribution.hashing import partition_of
+from kvactors.distribution.hints import HintedHandoff
 from kvactors.distribution.responsibility_manager import RingSnapshot
 from kvactors.distribution.versions import (
     KeyState,
@@ -328,6 +331,32 @@ class RequestService:
         self._alone = (config.name,)  # the replica set of a key only this node holds
         self.stats = ServiceStats()
         self.rpc = rpc.RpcClient(transport, clock, config.request_timeout)
+        storage = services.storage
+        self.hints = (
+            None
+            if storage is None or not config.hinted_handoff
+            else HintedHandoff(
+                storage.open_hints(),
+                services.ring,
+                self,
+                time.time,
+                max_age=config.hint_max_age,
+                max_bytes=config.hint_max_bytes,
+            )
+        )
+        trees = services.trees
+        self.anti_entropy = (
+            None
+            if trees is None
+            else AntiEntropy(
+                config.name,
+                trees,
+                services.ring,
+                self,
+                interval=config.anti_entropy_interval,
+                max_keys=config.anti_entropy_max_keys,
+            )
+        )
 
     @property
     def me(self) -> str:
@@ -397,6 +426,10 @@ class RequestService:
     def on_tick(self, now: float) -> None:
         self.rpc.on_tick(now)
         self._expire(now)
+        if self.anti_entropy is not None:
+            self.anti_entropy.on_tick(now)
+        if self.hints is not None:
+            self.hints.on_tick(now)
         if self._parked:
             parked, self._parked = self._parked, []
             for partition, entry in parked:
@@ -530,6 +563,7 @@ class RequestService:
             required=w,
             deliver=self._slot_sink(pending, slot),
             requested_w=requested_w,
+            hint_for=snapshot.missing_replicas(partition),
         ).start()
 
     def _slot_sink(self, pending: _Pending, slot: int) -> Callable[[KeyOutcome], None]:
@@ -552,6 +586,8 @@ class RequestService:
                 self._serve_store(peer, call)
             elif call.op == COORDINATE:
                 self._serve_coordinate(peer, call)
+            elif call.op == AAE:
+                self._serve_anti_entropy(peer, call)
             else:
                 self._serve_registered_rpc(peer, call)
         except KVActorsError as exc:
@@ -602,11 +638,20 @@ class RequestService:
                     deliver=self._slot_sink(pending, slot),
                     requested_w=requested_w,
                     coordinate_here=True,
+                    hint_for=snapshot.missing_replicas(partition),
                 )
             )
         self._track(pending, own_timeout=True)
         for operation in operations:
             operation.start()
+
+    def _serve_anti_entropy(self, peer: bytes, call: rpc.Call) -> None:
+        """A peer's anti-entropy exchange asks for this node's tree hashes or keys."""
+        trees = self._services.trees
+        if trees is None:
+            raise UnavailableError(f"{self._config.name} runs no anti-entropy")
+        result = rpc.encode_result(call.call_id, answer_anti_entropy(trees, call.args))
+        self._transport.send_to_client([peer, rpc.MARKER, result])
 
     def _serve_registered_rpc(self, peer: bytes, call: rpc.Call) -> None:
         """An op a component serves (gossip, ...): its handler answers without blocking."""
@@ -655,6 +700,20 @@ class RequestService:
             entry[0].replica_failed(entry[1], UnavailableError(f"{name} is not a member any more"))
         else:
             queues[endpoint].append(entry)
+
+    def call_peer(
+        self,
+        endpoint: str,
+        op: str,
+        args: dict[str, Any],
+        settle: Callable[[Any, KVActorsError | None], None],
+    ) -> None:
+        """One RPC of a background task (anti-entropy), answered through `settle`."""
+        self.rpc.call(endpoint, op, args, settle, self._timeout)
+
+    def hint(self, partition: int, key: bytes, target: str) -> None:
+        if self.hints is not None:
+            self.hints.add(target, partition, key)
 
     def count_read_repair(self) -> None:
         self.stats.read_repairs += 1
@@ -865,7 +924,22 @@ class RequestService:
             "timeouts": self.stats.timeouts,
             "unroutable_replies": transport.unroutable,
             "peer_sends_dropped": transport.peer_send_dropped,
+            "storage": self._storage_status(),
+            "hints": None
+            if self.hints is None
+            else {"pending": self.hints.pending(), **asdict(self.hints.stats)},
+            "anti_entropy": (
+                None if self.anti_entropy is None else asdict(self.anti_entropy.stats)
+            ),
         }
+
+    def _storage_status(self) -> dict[str, Any]:
+        backend = self._services.storage
+        status: dict[str, Any] = {"backend": self._config.storage, "syncs": self.stats.syncs}
+        if backend is not None:
+            status["keys"] = sum(len(backend.open_table(p)) for p in range(self._partitions))
+            status.update(backend.stats())
+        return status
 
 
 def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:

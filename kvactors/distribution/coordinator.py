@@ -92,6 +92,10 @@ class ReplicaChannel(Protocol):
 
     def count_read_repair(self) -> None: ...
 
+    def hint(self, partition: int, key: bytes, target: str) -> None:
+        """Keep a hint: replica `target` lacks `key`, which this node holds."""
+        ...
+
 
 class _Ignore:
     """The target of read-repair writes: nobody waits for them."""
@@ -204,6 +208,7 @@ class WriteOperation:
         "_context_bytes",
         "_deliver",
         "_done",
+        "_hint_for",
         "_key",
         "_local",
         "_partition",
@@ -226,10 +231,13 @@ class WriteOperation:
         deliver: ResultSink,
         requested_w: int | None = None,
         coordinate_here: bool = False,
+        hint_for: tuple[str, ...] = (),
     ) -> None:
         """`replicas` is the key's preference list (N members, or fewer when the cluster
         has fewer alive). With `coordinate_here` (a peer asked this node to coordinate),
-        this node coordinates even when it is not among them, in place of the last."""
+        this node coordinates even when it is not among them, in place of the last.
+        `hint_for` names dead members the key would have as replicas: once the write is
+        made here, hints are kept for them, as for any replica that fails to take it."""
         me = channel.me
         self._local = coordinate_here or me in replicas
         if self._local:
@@ -243,6 +251,7 @@ class WriteOperation:
         self._context_bytes = None if context is None else context[1]
         self._deliver = deliver
         self._requested_w = requested_w
+        self._hint_for = hint_for
         self._tracker = QuorumTracker(QuorumKind.WRITE, replicas, required)
         self._written: Written | None = None
         self._attempt = 0
@@ -266,6 +275,8 @@ class WriteOperation:
         if tag == self._channel.me and self._written is None:
             self._written = result
             if len(self._tracker.replicas) == 1:
+                for name in self._hint_for:
+                    self._channel.hint(self._partition, self._key, name)
                 self._finish(WriteResult(result.existed, distinct_live_values(result.state)))
                 return
             self._replicate(result.state)
@@ -279,12 +290,16 @@ class WriteOperation:
             # Nothing was made, so nothing went anywhere else either.
             self._finish(error)
         else:
+            # The replica may lack the write: it gets the key's state when it is back.
+            self._channel.hint(self._partition, self._key, tag)
             self._settle(self._tracker.on_error(tag, error.code))
 
     # -- coordinated here -----------------------------------------------------------------
 
     def _replicate(self, state: KeyState) -> None:
         me, channel = self._channel.me, self._channel
+        for name in self._hint_for:
+            channel.hint(self._partition, self._key, name)
         others = [name for name in self._tracker.replicas if name != me]
         if others:
             wire_op = ["merge", self._key, state_to_wire(state)]

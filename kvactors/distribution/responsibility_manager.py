@@ -52,6 +52,15 @@ class RingSnapshot:
     replica_sets: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
     """Per partition: the names of its replicas, preferred first (`replicas`)."""
 
+    stand_ins: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
+    """Per partition, while members are dead: the dead members whose replica slots the
+    ring has given to others for now (empty when no member is dead)."""
+
+    def missing_replicas(self, partition: int) -> tuple[str, ...]:
+        """The dead members that would be replicas of `partition` if they were alive:
+        writes keep hints for them (hinted handoff)."""
+        return self.stand_ins[partition] if self.stand_ins else ()
+
     def replicas(self, partition: int) -> tuple[str, ...]:
         """The names of the partition's replicas, preferred first: N, or fewer when fewer
         members are up."""
@@ -92,6 +101,7 @@ def build_snapshot(
     )
     members_sorted = tuple(sorted(known.values(), key=lambda m: m.name))
     n_val = max(1, min(replicas, cluster_size))
+    replica_sets = tuple(ring.preference_list(p, n_val) for p in range(partitions))
     return RingSnapshot(
         version,
         me.name,
@@ -100,7 +110,33 @@ def build_snapshot(
         route,
         dict(endpoints),
         n_val,
-        tuple(ring.preference_list(p, n_val) for p in range(partitions)),
+        replica_sets,
+        _stand_ins(known.values(), owners, replica_sets, n_val=n_val, replicas=replicas),
+    )
+
+
+def _stand_ins(
+    known: Iterable[Member],
+    owners: list[Member],
+    replica_sets: tuple[tuple[str, ...], ...],
+    *,
+    n_val: int,
+    replicas: int,
+) -> tuple[tuple[str, ...], ...]:
+    """Per partition, the dead members the ring of the living has replaced."""
+    partitions = len(replica_sets)
+    dead = [m for m in known if m.status is MemberStatus.DEAD]
+    if not dead:
+        return ()
+    full = Ring.build([m.name for m in [*owners, *dead]], partitions=partitions, replicas=replicas)
+    dead_names = {m.name for m in dead}
+    return tuple(
+        tuple(
+            name
+            for name in full.preference_list(p, n_val)
+            if name in dead_names and name not in replica_sets[p]
+        )
+        for p in range(partitions)
     )
 
 

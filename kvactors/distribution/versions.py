@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
+from functools import lru_cache
+from itertools import chain, pairwise
 from typing import Any, TypeAlias
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "state_from_wire",
     "state_to_wire",
     "trusted_clock_from_flat",
+    "trusted_state_from_parts",
     "trusted_state_from_wire",
 ]
 
@@ -305,8 +307,9 @@ class KeyState:
 
     obsolete: VectorClock = VectorClock()
     versions: tuple[Version, ...] = ()
-    # The encoded context, made on first use: a key is read far more often than written,
-    # and the memory backend keeps the very state object between reads.
+    # The context and its encoding, each made on first use and then kept: a record holds
+    # both, and readers of the state (a get's reply, the coordinator) ask again.
+    _context: VectorClock | None = field(default=None, init=False, repr=False, compare=False)
     _encoded_context: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -336,28 +339,27 @@ class KeyState:
     @property
     def live(self) -> tuple[Version, ...]:
         """The versions that are not tombstones, newest first."""
-        return tuple(version for version in self.versions if version.value is not None)
+        versions = self.versions
+        if len(versions) == 1:  # the usual state: no new tuple needed
+            return versions if versions[0].value is not None else ()
+        return tuple(version for version in versions if version.value is not None)
 
     @property
     def context(self) -> VectorClock:
         """What a client that read this state has seen: a write carrying it supersedes
-        every version here."""
-        counters = dict(self.obsolete.entries)
-        for version in self.versions:
-            for node, count in version.past.entries:
-                if count > counters.get(node, 0):
-                    counters[node] = count
-            node, count = version.dot.node, version.dot.counter
-            if count > counters.get(node, 0):
-                counters[node] = count
-        return _trusted_clock(tuple(sorted(counters.items())))
+        every version here. Computed once per state."""
+        context = self._context
+        if context is None:
+            context = _context_of(self.obsolete, self.versions)
+            _set_state_context(self, context)
+        return context
 
     def encoded_context(self) -> bytes:
         """`encode_context(self.context)`, computed once per state."""
         encoded = self._encoded_context
         if encoded is None:
             encoded = encode_context(self.context)
-            object.__setattr__(self, "_encoded_context", encoded)
+            _set_state_encoded_context(self, encoded)
         return encoded
 
     @property
@@ -389,6 +391,7 @@ _set_version_past = Version.__dict__["past"].__set__
 _set_version_stamp = Version.__dict__["stamp"].__set__
 _set_state_obsolete = KeyState.__dict__["obsolete"].__set__
 _set_state_versions = KeyState.__dict__["versions"].__set__
+_set_state_context = KeyState.__dict__["_context"].__set__
 _set_state_encoded_context = KeyState.__dict__["_encoded_context"].__set__
 
 _EMPTY_CLOCK = VectorClock()
@@ -428,6 +431,7 @@ def _trusted_state(obsolete: VectorClock, versions: tuple[Version, ...]) -> KeyS
     state: KeyState = _new(KeyState)
     _set_state_obsolete(state, obsolete)
     _set_state_versions(state, versions)
+    _set_state_context(state, None)
     _set_state_encoded_context(state, None)
     return state
 
@@ -445,11 +449,50 @@ def _join_clocks(first: VectorClock, second: VectorClock) -> VectorClock:
     return _trusted_clock(tuple(sorted(counters.items())))
 
 
+def _with_at_least(
+    entries: tuple[tuple[str, int], ...], node: str, counter: int
+) -> tuple[tuple[str, int], ...]:
+    """Sorted clock `entries` with `node`'s counter raised to at least `counter`."""
+    for index, (entry_node, entry_counter) in enumerate(entries):
+        if entry_node < node:
+            continue
+        if entry_node != node:
+            return (*entries[:index], (node, counter), *entries[index:])
+        if entry_counter >= counter:
+            return entries
+        return (*entries[:index], (node, counter), *entries[index + 1 :])
+    return (*entries, (node, counter))
+
+
+def _context_of(obsolete: VectorClock, versions: tuple[Version, ...]) -> VectorClock:
+    """`KeyState.context`: the entry-wise maximum of `obsolete`, every past and every dot."""
+    if not versions:
+        return obsolete
+    if len(versions) == 1:
+        # The usual state, and after a blind write its past is its obsolete clock, so this
+        # is one clock with one entry raised rather than a dictionary and a sort.
+        only = versions[0]
+        seen = _join_clocks(obsolete, only.past)
+        dot = only.dot
+        return _trusted_clock(_with_at_least(seen.entries, dot.node, dot.counter))
+    counters = dict(obsolete.entries)
+    for version in versions:
+        for node, count in version.past.entries:
+            if count > counters.get(node, 0):
+                counters[node] = count
+        node, count = version.dot.node, version.dot.counter
+        if count > counters.get(node, 0):
+            counters[node] = count
+    return _trusted_clock(tuple(sorted(counters.items())))
+
+
 def _canonical_state(obsolete: VectorClock, candidates: Sequence[Version]) -> KeyState:
     """The canonical state: candidates not covered by `obsolete`, distinct, newest first."""
     if len(candidates) == 1:  # the usual record: one version, nothing to sort
         only = candidates[0]
-        return _trusted_state(obsolete, () if only.dot.covered_by(obsolete) else (only,))
+        dot = only.dot
+        covered = obsolete.counter(dot.node) >= dot.counter
+        return _trusted_state(obsolete, () if covered else (only,))
     limits = dict(obsolete.entries)
     # The order key lists every field, so equal keys mean equal versions (deduplication).
     survivors = {
@@ -471,10 +514,43 @@ def merge_states(first: KeyState, second: KeyState) -> KeyState:
     obsolete clock does not cover it. Commutative, associative and idempotent for every
     pair of states, so replicas converge whatever order they exchange states in.
     """
-    if first == second or second.is_empty:
+    if second.is_empty:
         return first
     if first.is_empty:
         return second
+    # Replication's usual case: one side has seen all the other holds (a newer write, or
+    # the same state sent again), and the join is that side, unchanged. That side is
+    # canonical, so none of its versions is covered by its own obsolete clock.
+    if _has_seen(second.obsolete, first):
+        return second
+    if _has_seen(first.obsolete, second):
+        return first
+    if first == second:
+        return first
+    return _general_merge(first, second)
+
+
+def _has_seen(clock: VectorClock, state: KeyState) -> bool:
+    """True when `clock` covers `state`'s obsolete clock and every one of its dots, so
+    that merging `state` into a state whose obsolete clock is `clock` changes nothing."""
+    seen = clock.entries
+    obsolete = state.obsolete.entries
+    if len(obsolete) > len(seen):  # a node `clock` lacks (counters are >= 1)
+        return False
+    counters = dict(seen)
+    if obsolete != seen:
+        for node, count in obsolete:
+            if counters.get(node, 0) < count:
+                return False
+    for version in state.versions:
+        dot = version.dot
+        if counters.get(dot.node, 0) < dot.counter:
+            return False
+    return True
+
+
+def _general_merge(first: KeyState, second: KeyState) -> KeyState:
+    """`merge_states` by the definition, without its shortcuts."""
     return _canonical_state(
         _join_clocks(first.obsolete, second.obsolete), (*first.versions, *second.versions)
     )
@@ -538,12 +614,25 @@ def blind_write(
     if value is not None and type(value) is not bytes:
         raise ValueError("a version's value is bytes, or None for a tombstone")
     written = _trusted_version(value, _trusted_dot(node, counter), context, stamp)
-    return _trusted_state(context, (written,))
+    state = _trusted_state(context, (written,))
+    # Its context is the replica's with the new dot, which its record needs at once.
+    _set_state_context(state, _trusted_clock(_with_at_least(context.entries, node, counter)))
+    return state
 
 
 def trusted_clock_from_flat(flat: list[Any]) -> VectorClock:
     """The clock of a flat `[node, counter, ...]` list this process made itself (no checks)."""
-    return _trusted_clock(_pairs(flat)) if flat else _EMPTY_CLOCK
+    if not flat:
+        return _EMPTY_CLOCK
+    return _trusted_clock(_pair_up(flat))
+
+
+def _pair_up(flat: list[Any] | tuple[Any, ...]) -> tuple[tuple[Any, Any], ...]:
+    """`[a, 1, b, 2]` as `((a, 1), (b, 2))`; `flat` has an even length."""
+    items = iter(flat)
+    # One iterator twice pairs consecutive items; `strict=` would cost a keyword parse on
+    # every clock, and callers know the length is even.
+    return tuple(zip(items, items))  # noqa: B905
 
 
 def purge_tombstones(state: KeyState, now_ms: int, grace_ms: int) -> KeyState:
@@ -582,31 +671,61 @@ _MAX_VARINT_BYTES = 10  # enough for MAX_COUNTER
 MAX_CONTEXT_BYTES = 1 + 2 + MAX_CONTEXT_ENTRIES * (2 + MAX_NODE_NAME_BYTES + _MAX_VARINT_BYTES)
 
 
-def _append_varint(out: bytearray, number: int) -> None:
-    while True:
-        low_bits = number & 0x7F
+_ONE_BYTE_VARINTS = tuple(bytes((number,)) for number in range(0x80))
+_SPREAD_LIMIT = 1 << 56  # numbers of at most 8 groups of 7 bits fit one 64-bit spread
+# Per varint size, the continuation bit of every byte but the last.
+_CONTINUATION_BITS = tuple(
+    sum(0x80 << (8 * index) for index in range(size - 1)) for size in range(9)
+)
+
+
+def _varint(number: int) -> bytes:
+    """`number` (0 .. MAX_COUNTER) as a minimal unsigned LEB128 varint."""
+    if number < 0x80:
+        return _ONE_BYTE_VARINTS[number]
+    if number < _SPREAD_LIMIT:
+        # Dots' counters come from the clock in milliseconds (about 51 bits): moving the
+        # 7-bit groups into bytes with a few whole-number steps beats a loop per byte.
+        # Each step moves the upper half of every lane up: 28 bits to 32, 14 to 16, 7 to 8.
+        spread = (number & 0xFFFFFFF) | (number >> 28 << 32)
+        spread = (spread & 0x00003FFF00003FFF) | ((spread & 0x0FFFC0000FFFC000) << 2)
+        spread = (spread & 0x007F007F007F007F) | ((spread & 0x3F803F803F803F80) << 1)
+        size = (number.bit_length() + 6) // 7
+        return (spread | _CONTINUATION_BITS[size]).to_bytes(size, "little")
+    out = bytearray()
+    while number > 0x7F:
+        out.append(number & 0x7F | 0x80)
         number >>= 7
-        if number:
-            out.append(low_bits | 0x80)
-        else:
-            out.append(low_bits)
-            return
+    out.append(number)
+    return bytes(out)
+
+
+# The format byte and the entry count, for each possible count.
+_CONTEXT_HEADERS = tuple(
+    bytes((CONTEXT_FORMAT,)) + _varint(count) for count in range(MAX_CONTEXT_ENTRIES + 1)
+)
+
+
+@lru_cache(maxsize=1024)
+def _encoded_name(node: str) -> bytes:
+    """A node name as a context spells it: its length, then its UTF-8 bytes. Cached: a
+    cluster has few node names, and every context repeats them."""
+    name = node.encode("utf-8")
+    if len(name) > MAX_NODE_NAME_BYTES:
+        raise ValueError(f"node names in a context are at most {MAX_NODE_NAME_BYTES} bytes")
+    return _varint(len(name)) + name
 
 
 def encode_context(clock: VectorClock) -> bytes:
     """The opaque bytes a client carries from a `get` to its next `put` or `delete`."""
-    if len(clock.entries) > MAX_CONTEXT_ENTRIES:
+    entries = clock.entries
+    if len(entries) > MAX_CONTEXT_ENTRIES:
         raise ValueError(f"a context holds at most {MAX_CONTEXT_ENTRIES} entries")
-    out = bytearray((CONTEXT_FORMAT,))
-    _append_varint(out, len(clock.entries))
-    for node, counter in clock.entries:
-        name = node.encode("utf-8")
-        if len(name) > MAX_NODE_NAME_BYTES:
-            raise ValueError(f"node names in a context are at most {MAX_NODE_NAME_BYTES} bytes")
-        _append_varint(out, len(name))
-        out += name
-        _append_varint(out, counter)
-    return bytes(out)
+    parts = [_CONTEXT_HEADERS[len(entries)]]
+    for node, counter in entries:
+        parts.append(_encoded_name(node))
+        parts.append(_varint(counter))
+    return b"".join(parts)
 
 
 class _ContextReader:
@@ -690,25 +809,29 @@ _VERSION_FIELDS = 7
 
 
 def _clock_to_wire(clock: VectorClock) -> list[object]:
-    return [item for entry in clock.entries for item in entry]
+    return list(chain(*clock.entries))
 
 
 def state_to_wire(state: KeyState) -> list[object]:
     """The state as builtin types; `state_from_wire` is its inverse."""
+    obsolete = state.obsolete
+    obsolete_wire = _clock_to_wire(obsolete)
+    return [obsolete_wire, [_version_to_wire(v, obsolete, obsolete_wire) for v in state.versions]]
+
+
+def _version_to_wire(
+    version: Version, obsolete: VectorClock, obsolete_wire: list[object]
+) -> list[object]:
+    dot, stamp, past = version.dot, version.stamp, version.past
     return [
-        _clock_to_wire(state.obsolete),
-        [
-            [
-                version.value,
-                version.dot.node,
-                version.dot.counter,
-                _clock_to_wire(version.past),
-                version.stamp.wall_ms,
-                version.stamp.logical,
-                None if version.stamp.node == version.dot.node else version.stamp.node,
-            ]
-            for version in state.versions
-        ],
+        version.value,
+        dot.node,
+        dot.counter,
+        # After a blind write the past is the obsolete clock: copy its list, not its entries.
+        obsolete_wire.copy() if past is obsolete else _clock_to_wire(past),
+        stamp.wall_ms,
+        stamp.logical,
+        None if stamp.node == dot.node else stamp.node,
     ]
 
 
@@ -741,19 +864,18 @@ def _clock_from_wire(data: object) -> VectorClock:
         return _EMPTY_CLOCK
     if size % 2 or size > 2 * MAX_CONTEXT_ENTRIES:
         raise _malformed(f"a clock has whole entries, at most {MAX_CONTEXT_ENTRIES}")
-    entries: list[tuple[str, int]] = []
+    entries = _pair_up(data)
     previous = ""
-    for index in range(0, size, 2):
-        node, counter = data[index], data[index + 1]
+    for node, counter in entries:
         # `node <= previous` refuses empty names, unsorted and repeated ones in one test.
         if type(node) is not str or node <= previous:
             raise _malformed("clock nodes are non-empty str, strictly ascending")
-        _check_name(node)
+        if len(node) > MAX_NODE_NAME_BYTES or not node.isascii():  # else plainly fine
+            _check_name(node)
         if type(counter) is not int or not 1 <= counter <= MAX_COUNTER:
             raise _malformed("a clock counter is an int in 1..2**64-1")
-        entries.append((node, counter))
         previous = node
-    return _trusted_clock(tuple(entries))
+    return _trusted_clock(entries)
 
 
 def _version_from_wire(data: object, obsolete_wire: object, obsolete: VectorClock) -> Version:
@@ -775,40 +897,56 @@ def _version_from_wire(data: object, obsolete_wire: object, obsolete: VectorCloc
         _check_name(stamp_node)
     if not _is_uint64(wall_ms) or not _is_uint64(logical):
         raise _malformed("a stamp's wall_ms and logical are ints in 0..2**64-1")
-    # After a read-modify-write the past is the obsolete clock: decode it once.
+    # After a blind write or a read-modify-write the past is the obsolete clock: decode
+    # it once.
     past_clock = obsolete if past == obsolete_wire else _clock_from_wire(past)
-    return _trusted_version(
-        value,
-        _trusted_dot(dot_node, counter),
-        past_clock,
-        _trusted_stamp(wall_ms, logical, stamp_node),
-    )
+    return _assembled_version(data, past_clock, stamp_node)
 
 
 def trusted_state_from_wire(data: Any) -> KeyState:
     """`state_from_wire` for data this process made itself and kept in memory, unchanged:
     no checks. Never for data from a peer or a disk."""
     obsolete_wire, versions_wire = data
-    obsolete = _trusted_clock(_pairs(obsolete_wire)) if obsolete_wire else _EMPTY_CLOCK
-    versions = []
-    for value, dot_node, counter, past, wall_ms, logical, stamp_node in versions_wire:
-        if past == obsolete_wire:
-            past_clock = obsolete
-        else:
-            past_clock = _trusted_clock(_pairs(past)) if past else _EMPTY_CLOCK
-        versions.append(
-            _trusted_version(
-                value,
-                _trusted_dot(dot_node, counter),
-                past_clock,
-                _trusted_stamp(wall_ms, logical, dot_node if stamp_node is None else stamp_node),
-            )
-        )
-    return _trusted_state(obsolete, tuple(versions))
+    return trusted_state_from_parts(obsolete_wire, versions_wire, None)
 
 
-def _pairs(flat: list[Any]) -> tuple[tuple[str, int], ...]:
-    return tuple(zip(flat[::2], flat[1::2], strict=True))
+def trusted_state_from_parts(
+    obsolete_wire: Any, versions_wire: Any, encoded_context: bytes | None
+) -> KeyState:
+    """`trusted_state_from_wire([obsolete_wire, versions_wire])`, for trusted data only; a
+    caller that kept the state's `encoded_context()` beside it (a record does) passes it
+    on, so the state need not encode it again. No checks."""
+    obsolete = trusted_clock_from_flat(obsolete_wire)
+    versions = [_trusted_version_from_wire(item, obsolete_wire, obsolete) for item in versions_wire]
+    state = _trusted_state(obsolete, tuple(versions))
+    _set_state_encoded_context(state, encoded_context)
+    return state
+
+
+def _trusted_version_from_wire(data: Any, obsolete_wire: Any, obsolete: VectorClock) -> Version:
+    past, stamp_node = data[3], data[6]
+    past_clock = obsolete if past == obsolete_wire else trusted_clock_from_flat(past)
+    return _assembled_version(data, past_clock, data[1] if stamp_node is None else stamp_node)
+
+
+def _assembled_version(data: Any, past: VectorClock, stamp_node: str) -> Version:
+    """The version of valid wire fields `data`, given its past clock and its stamp's node
+    (decoded by the caller). Every version of every record and message read comes through
+    here, so the trusted constructors are unrolled: one call builds all three objects."""
+    value, dot_node, counter, _, wall_ms, logical, _ = data
+    dot: Dot = _new(Dot)
+    _set_dot_node(dot, dot_node)
+    _set_dot_counter(dot, counter)
+    stamp: HlcStamp = _new(HlcStamp)
+    _set_stamp_wall_ms(stamp, wall_ms)
+    _set_stamp_logical(stamp, logical)
+    _set_stamp_node(stamp, stamp_node)
+    version: Version = _new(Version)
+    _set_version_value(version, value)
+    _set_version_dot(version, dot)
+    _set_version_past(version, past)
+    _set_version_stamp(version, stamp)
+    return version
 
 
 def state_from_wire(data: object) -> KeyState:

@@ -28,6 +28,7 @@ wrote into its own memory.
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
 import msgpack
@@ -35,11 +36,10 @@ import msgpack
 from kvactors.distribution.versions import (
     KeyState,
     VectorClock,
-    encode_context,
     state_from_wire,
     state_to_wire,
     trusted_clock_from_flat,
-    trusted_state_from_wire,
+    trusted_state_from_parts,
 )
 
 __all__ = [
@@ -63,17 +63,16 @@ class RecordFormatError(ValueError):
 
 def encode_state(state: KeyState) -> bytes:
     """The record for `state`; `decode_state` gives back an equal state."""
-    winner = state.winner
-    obsolete, versions = state_to_wire(state)
-    context = state.context  # computed once for both forms
+    versions = state.versions
     fields = [
-        None if winner is None else winner.value,
-        encode_context(context),
-        [item for entry in context.entries for item in entry],
-        obsolete,
-        versions,
+        versions[0].value if versions else None,
+        state.encoded_context(),  # kept by the state, for whoever reads it next
+        list(chain(*state.context.entries)),
+        *state_to_wire(state),
     ]
-    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    # msgpack >= 1.0 (setup.cfg) packs bytes as bin and str as str by default; naming
+    # the options costs a keyword parse per record.
+    packed: bytes = msgpack.packb(fields)
     return _FORMAT_PREFIX + packed
 
 
@@ -94,7 +93,7 @@ def decode_state(data: bytes) -> KeyState:
             raise
         raise RecordFormatError(f"corrupt record: {error}") from error
     winner = state.winner
-    flat = [item for entry in state.context.entries for item in entry]
+    flat = list(chain(*state.context.entries))
     if (
         value != (None if winner is None else winner.value)
         or context != state.encoded_context()
@@ -107,15 +106,19 @@ def decode_state(data: bytes) -> KeyState:
 def decode_trusted_state(data: bytes) -> KeyState:
     """`decode_state` for a record this process wrote and kept in its own memory: no
     checks, so it costs little more than unpacking. Never for bytes from a disk or a peer."""
-    fields = _unpack(data)
-    return trusted_state_from_wire(fields[3:])
+    _, context, _, obsolete, versions = _unpack(data)
+    # The state keeps the record's encoded context: a get that reads it needs no encoding.
+    return trusted_state_from_parts(obsolete, versions, context)
 
 
 def read_winner(data: bytes) -> tuple[bytes | None, bytes]:
     """(winning value or None, encoded context) of a record this process wrote: what a
     plain get answers, without building the state."""
-    fields = _unpack(data)
-    return fields[0], fields[1]
+    # The two leading fields are read in place, leaving the clocks and versions packed.
+    value, end = _bin_at(data, _FIRST_FIELD)
+    context, _ = _bin_at(data, end)
+    assert context is not None  # every record has a context
+    return value, context
 
 
 def read_blind_base(data: bytes) -> tuple[bool, VectorClock]:
@@ -125,5 +128,32 @@ def read_blind_base(data: bytes) -> tuple[bool, VectorClock]:
     return fields[0] is not None, trusted_clock_from_flat(fields[2])
 
 
+# Below the size, copying a record's body costs less than a memoryview of it.
+_SMALL_RECORD = 4096
+
+
 def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(memoryview(data)[1:], raw=False, use_list=True)
+    body = data[1:] if len(data) <= _SMALL_RECORD else memoryview(data)[1:]
+    return msgpack.unpackb(body)  # msgpack >= 1.0: str as str, arrays as lists
+
+
+# The first field of a record this process wrote: after the format byte and the msgpack
+# header of a 5-element array (one byte, 0x95).
+_FIRST_FIELD = 2
+_NIL = 0xC0
+_BIN8, _BIN16 = 0xC4, 0xC5  # else bin 32; the length follows in 1, 2 or 4 bytes
+
+
+def _bin_at(data: bytes, position: int) -> tuple[bytes | None, int]:
+    """(the msgpack bin or nil at `position` of a record this process wrote, the position
+    after it). No checks: for trusted records only."""
+    marker = data[position]
+    if marker == _NIL:
+        return None, position + 1
+    if marker == _BIN8:
+        start = position + 2
+        end = start + data[position + 1]
+    else:
+        start = position + (3 if marker == _BIN16 else 5)
+        end = start + int.from_bytes(data[position + 1 : start], "big")
+    return data[start:end], end

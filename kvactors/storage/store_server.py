@@ -378,7 +378,10 @@ class StoreServer(DispatchedActor):
         if kind is WriteKey:
             return self._write(batch, op.key, op.value, op.context, now_ms)
         if kind is MergeKey:
-            batch.store(op.key, merge_states(batch.state(op.key), op.state))
+            current = batch.state(op.key)
+            merged = merge_states(current, op.state)
+            if merged is not current:  # a state sent again changes nothing: no rewrite
+                batch.store(op.key, merged)
             return None  # nobody needs the result, and a peer would pay to receive it
         if kind is Get:
             return batch.winner(op.key)[0]

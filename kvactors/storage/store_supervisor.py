@@ -16,6 +16,7 @@ from typing import Any
 import pykka
 
 from kvactors.dispatch import Dispatcher
+from kvactors.distribution.hashtree import PartitionTrees
 from kvactors.storage.backends import StorageBackend
 from kvactors.storage.store_server import DEFAULT_TOMBSTONE_GRACE, StoreServer
 from kvactors.supervision import ChildSpec, Restart, Strategy, Supervisor
@@ -83,6 +84,7 @@ class StoreSupervisor(Supervisor):
         node: str = "local",
         tombstone_grace: float = DEFAULT_TOMBSTONE_GRACE,
         sync: Callable[[], None] | None = None,
+        trees: PartitionTrees | None = None,
         max_restarts: int = 10,
         max_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -93,6 +95,7 @@ class StoreSupervisor(Supervisor):
         self._node = node
         self._tombstone_grace = tombstone_grace
         self._sync = sync
+        self._trees = trees
         super().__init__(
             [self._spec(p) for p in sorted(set(partitions))],
             strategy=Strategy.ONE_FOR_ONE,
@@ -104,13 +107,19 @@ class StoreSupervisor(Supervisor):
 
     def _spec(self, partition: int) -> ChildSpec:
         backend, dispatcher = self._backend, self._dispatcher
-        node, grace, sync = self._node, self._tombstone_grace, self._sync
+        node, grace, sync, trees = self._node, self._tombstone_grace, self._sync, self._trees
 
         def start() -> pykka.ActorRef[Any]:
             # Ask the backend each time: it hands back the same table after a crash.
             table = backend.open_table(partition)
             return StoreServer.start(
-                partition, table, dispatcher, node=node, tombstone_grace=grace, sync=sync
+                partition,
+                table,
+                dispatcher,
+                node=node,
+                tombstone_grace=grace,
+                sync=sync,
+                trees=trees,
             )
 
         return ChildSpec(_partition_id(partition), start, Restart.PERMANENT)

@@ -289,7 +289,12 @@ REPAIR_KEYS = 300
 
 
 @pytest.mark.timeout(120)
-def test_reads_repair_a_restarted_node_that_missed_every_write(tmp_path: Path) -> None:
+def test_reads_repair_a_restarted_node_that_missed_every_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read repair alone: hints and anti-entropy would refill the node without any read.
+    monkeypatch.setenv("KVACTORS_HINTED_HANDOFF", "false")
+    monkeypatch.setenv("KVACTORS_ANTI_ENTROPY_INTERVAL", "0")
     with three_node_cluster(tmp_path) as local:
         victim = local.node("node-3")
         others = [node for node in local.nodes if node is not victim]

@@ -78,6 +78,7 @@ class FakeChannel:
     name: str
     sent: list[Sent] = field(default_factory=list)
     read_repairs: int = 0
+    hints: list[tuple[int, bytes, str]] = field(default_factory=list)
 
     @property
     def me(self) -> str:
@@ -95,6 +96,9 @@ class FakeChannel:
 
     def count_read_repair(self) -> None:
         self.read_repairs += 1
+
+    def hint(self, partition: int, key: bytes, target: str) -> None:
+        self.hints.append((partition, key, target))
 
     # -- what the tests look at --
 
@@ -491,6 +495,7 @@ def start_write(
     context: tuple[VectorClock, bytes] | None = None,
     requested_w: int | None = None,
     coordinate_here: bool = False,
+    hint_for: tuple[str, ...] = (),
 ) -> tuple[FakeChannel, Outcomes]:
     channel, outcomes = FakeChannel(me), Outcomes()
     WriteOperation(
@@ -504,6 +509,7 @@ def start_write(
         deliver=outcomes,
         requested_w=requested_w,
         coordinate_here=coordinate_here,
+        hint_for=hint_for,
     ).start()
     return channel, outcomes
 
@@ -631,6 +637,32 @@ def test_write_fails_when_too_many_peers_fail() -> None:
     assert isinstance(outcomes[0], UnavailableError)
     assert "timeout" in str(outcomes[0])
     merges["b"].done(None)  # a late, confused answer changes nothing
+    assert len(outcomes) == 1
+
+
+def test_write_keeps_a_hint_for_each_peer_that_fails_to_take_it() -> None:
+    channel, outcomes = start_write("a", required=2)
+    channel.sent[0].done(WRITTEN)
+    merges = peer_merges(channel)
+    merges["b"].done(None)
+    assert outcomes == [WriteResult(True, 1)]
+    assert channel.hints == []
+    merges["c"].failed(RequestTimeoutError("c timed out"))  # after the reply, still hinted
+    assert channel.hints == [(PARTITION, KEY, "c")]
+
+
+def test_write_keeps_hints_for_dead_replicas_once_made_here() -> None:
+    channel, _outcomes = start_write("a", ("a", "b"), required=2, hint_for=("d",))
+    assert channel.hints == []  # nothing made yet: nothing to hand over
+    channel.sent[0].done(WRITTEN)
+    assert channel.hints == [(PARTITION, KEY, "d")]
+    assert set(peer_merges(channel)) == {"b"}
+
+
+def test_write_whose_local_write_fails_keeps_no_hint() -> None:
+    channel, outcomes = start_write("a", ("a", "b"), required=2, hint_for=("d",))
+    channel.sent[0].failed(failure("a"))
+    assert channel.hints == []
     assert len(outcomes) == 1
 
 

@@ -140,3 +140,43 @@ def test_corrupted_records_decode_or_raise_record_format_error(
         return
     # A corruption that still decodes is a valid, canonical state.
     assert KeyState(decoded.obsolete, decoded.versions) == decoded
+
+
+# The trusted readers against the checked decoder: `read_winner` reads the two leading
+# fields in place, whatever msgpack size class (bin 8, 16 or 32) each was packed in, and
+# `decode_trusted_state` hands on the record's encoded context.
+
+
+@given(states)
+@settings(max_examples=60)
+def test_trusted_readers_agree_with_the_checked_decoder(state: KeyState) -> None:
+    record = encode_state(state)
+    checked = decode_state(record)
+    winner = checked.winner
+    assert read_winner(record) == (
+        None if winner is None else winner.value,
+        encode_context(checked.context),
+    )
+    assert read_blind_base(record) == (
+        winner is not None and winner.value is not None,
+        checked.context,
+    )
+    trusted = decode_trusted_state(record)
+    assert trusted == checked
+    assert trusted.encoded_context() == encode_context(checked.context)
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 70000])
+@pytest.mark.parametrize("nodes", [1, 40])  # 40 long names: a context over 255 bytes
+def test_read_winner_reads_every_size_of_value_and_context(size: int, nodes: int) -> None:
+    state = EMPTY_STATE
+    for index in range(nodes):
+        node = f"node-{index:02d}".ljust(12, "x")
+        state = coordinate_write(state, node, state.context, b"v" * size, HlcStamp(index, 0, node))
+    record = encode_state(state)
+    context = encode_context(state.context)
+    assert (nodes == 1) == (len(context) <= 255)
+    assert read_winner(record) == (b"v" * size, context)
+    assert decode_trusted_state(record) == state  # a large record is read through a view
+    deleted = coordinate_write(state, "node-00", state.context, None, HlcStamp(99, 0, "node-00"))
+    assert read_winner(encode_state(deleted)) == (None, encode_context(deleted.context))

@@ -845,3 +845,153 @@ def test_blind_write_equals_a_write_with_the_replicas_own_context(writes: int, f
     stamp = HlcStamp(99, 0, "a")
     expected = coordinate_write(state, "a", state.context, b"new", stamp, min_counter=floor)
     assert blind_write(state.context, "a", b"new", stamp, floor) == expected
+
+
+# ----------------------------------------------------------------------------- fast paths
+#
+# The shortcuts of the write path against the general computations they stand for: a
+# merge where one side has seen all the other holds, the context of one version, the
+# wire form of a past that is the obsolete clock, varints of clock-sized counters.
+
+
+def reference_context(state: KeyState) -> VectorClock:
+    """The context by its definition: the entry-wise maximum of all the state has seen."""
+    counters = dict(state.obsolete.entries)
+    for version in state.versions:
+        for node, count in (*version.past.entries, (version.dot.node, version.dot.counter)):
+            counters[node] = max(counters.get(node, 0), count)
+    return VectorClock.from_dict(counters)
+
+
+def blind_written(state: KeyState, node: str, value: bytes | None, at: HlcStamp) -> KeyState:
+    if state.context.counter(node) == MAX_COUNTER:
+        return state  # no fresh dot left for `node`
+    return blind_write(state.context, node, value, at)
+
+
+blind_states = st.builds(
+    blind_written,
+    key_states | wide_states,
+    st.sampled_from(NODES),
+    values,
+    small_stamps,
+)
+
+
+@FEW
+@given(key_states | wide_states | blind_states)
+def test_context_is_exactly_the_maximum_of_all_the_state_has_seen(state: KeyState) -> None:
+    assert state.context == reference_context(state)
+    assert state.encoded_context() == encode_context(reference_context(state))
+    assert state.context == reference_context(state)  # asked again: the kept one
+
+
+@st.composite
+def state_and_successor(draw: st.DrawFn) -> tuple[KeyState, KeyState]:
+    """A state and a later state of the key: writes on top of it, blind, with its context
+    or with another context, and then perhaps a merge with anything."""
+    state = draw(key_states)
+    later = state
+    for _ in range(draw(st.integers(1, 3))):
+        node, value, at = draw(st.sampled_from(NODES)), draw(values), draw(small_stamps)
+        match draw(st.sampled_from(("blind", "read", "other"))):
+            case "blind":
+                later = blind_write(later.context, node, value, at)
+            case "read":
+                later = coordinate_write(later, node, later.context, value, at)
+            case _:
+                later = coordinate_write(later, node, draw(clocks), value, at)
+    if draw(st.booleans()):
+        later = merge_states(later, draw(key_states))
+    return state, later
+
+
+def general_merge(first: KeyState, second: KeyState) -> KeyState:
+    """The join from the definition, in canonical form (no shortcut of `merge_states`)."""
+    obsolete, survivors = reference_merge(first, second)
+    return KeyState.from_versions(survivors, obsolete)
+
+
+@FEW
+@given(state_and_successor() | st.tuples(key_states, key_states))
+def test_merge_shortcuts_equal_the_general_join(pair: tuple[KeyState, KeyState]) -> None:
+    first, second = pair
+    assert merge_states(first, second) == general_merge(first, second)
+    assert merge_states(second, first) == general_merge(first, second)
+
+
+@FEW
+@given(state_and_successor())
+def test_a_state_that_has_seen_the_other_is_the_join(pair: tuple[KeyState, KeyState]) -> None:
+    state, later = pair
+    if later.obsolete.descends(state.context):  # it supersedes all `state` holds
+        assert merge_states(state, later) is later
+        assert merge_states(later, state) is later
+
+
+def reference_wire(state: KeyState) -> list[object]:
+    def flat(clock: VectorClock) -> list[object]:
+        return [item for entry in clock.entries for item in entry]
+
+    return [
+        flat(state.obsolete),
+        [
+            [
+                v.value,
+                v.dot.node,
+                v.dot.counter,
+                flat(v.past),
+                v.stamp.wall_ms,
+                v.stamp.logical,
+                None if v.stamp.node == v.dot.node else v.stamp.node,
+            ]
+            for v in state.versions
+        ],
+    ]
+
+
+@FEW
+@given(key_states | wide_states | blind_states)
+def test_state_to_wire_matches_the_layout_and_shares_no_list(state: KeyState) -> None:
+    wire = state_to_wire(state)
+    assert wire == reference_wire(state)
+    obsolete, versions = wire
+    assert isinstance(obsolete, list) and isinstance(versions, list)
+    assert all(version[3] is not obsolete for version in versions)
+
+
+def reference_varint(number: int) -> bytes:
+    out = bytearray()
+    while number > 0x7F:
+        out.append(number & 0x7F | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+# Every size of varint, at its edges, and where the fast path hands over to the loop.
+VARINT_EDGES = sorted(
+    {n for bits in range(7, 71, 7) for n in (2**bits - 1, 2**bits) if 1 <= n <= MAX_COUNTER}
+    | {1, 2**56 - 2, MAX_COUNTER, (1_700_000_000_000 << 10) + 1023}
+)
+
+
+@pytest.mark.parametrize("counter", VARINT_EDGES)
+def test_context_counters_are_minimal_varints_at_every_size(counter: int) -> None:
+    encoded = encode_context(clock(a=counter))
+    assert encoded == b"\x01\x01\x01a" + reference_varint(counter)
+    assert decode_context(encoded) == clock(a=counter)
+
+
+@given(st.integers(1, MAX_COUNTER), st.integers(1, 2**56))
+def test_context_counters_are_minimal_varints(counter: int, clock_sized: int) -> None:
+    encoded = encode_context(clock(a=counter, b=clock_sized))
+    expected = b"\x01\x02\x01a" + reference_varint(counter) + b"\x01b"
+    assert encoded == expected + reference_varint(clock_sized)
+
+
+def test_context_entry_counts_are_varints() -> None:
+    many = VectorClock.from_dict({f"n{index:03d}": 1 for index in range(200)})
+    encoded = encode_context(many)
+    assert encoded[:3] == b"\x01" + reference_varint(200)
+    assert decode_context(encoded) == many

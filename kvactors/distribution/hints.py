@@ -1,0 +1,220 @@
+"""Hinted handoff: writes a replica missed reach it once it is back.
+
+When a write cannot reach one of the replicas its key should have (the member is dead,
+so the ring has put the next member in its place, or the replica did not answer), the
+coordinator keeps a **hint**: "replica X lacks key K". The coordinator always holds the
+key itself (only a replica coordinates a write), so a hint names the key and carries no
+value: when X is alive again, `HintedHandoff` reads the key's current state here and
+merges it into X, then forgets the hint. What is sent is the newest state, not the
+missed write alone, so one hint covers any number of writes to its key.
+
+Hints live in the storage backend's hints table (one entry per target and key), so they
+survive a restart where the backend is durable. They are bounded: a hint older than
+`max_age` seconds is dropped, and so is a new one that would take the table past
+`max_bytes`; both are counted (`dropped`). Anti-entropy repairs whatever a dropped hint
+would have.
+
+Runs on the transport thread, from its tick, like anti-entropy; nothing waits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgpack
+
+from kvactors.distribution.responsibility_manager import RingHolder
+from kvactors.distribution.versions import KeyState, state_to_wire
+from kvactors.errors import KVActorsError
+from kvactors.storage.backends import Table
+from kvactors.storage.store_server import ReadKey, StoreOp
+
+__all__ = ["HintChannel", "HintStats", "HintedHandoff"]
+
+logger = logging.getLogger(__name__)
+
+_SEPARATOR = b"\x00"  # member names are printable, so never hold a NUL
+
+
+class HintChannel(Protocol):
+    """How a delivery reaches the stores and the target (the RequestService provides it)."""
+
+    def to_local(self, partition: int, op: StoreOp, target: Any, tag: Any) -> None: ...
+
+    def to_peer(self, name: str, wire_op: list[Any], target: Any, tag: Any) -> None: ...
+
+
+@dataclass(slots=True)
+class HintStats:
+    stored: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    """Hints dropped: too old, or over the size bound when they were made."""
+
+
+@dataclass(slots=True)
+class _Hint:
+    partition: int
+    made_ms: int
+    size: int
+
+
+class HintedHandoff:
+    """The hints this node keeps, and their delivery."""
+
+    def __init__(
+        self,
+        table: Table,
+        ring: RingHolder,
+        channel: HintChannel,
+        wall_clock: Callable[[], float],
+        *,
+        max_age: float,
+        max_bytes: int,
+        batch: int = 1000,
+        interval: float = 0.5,
+    ) -> None:
+        self._table = table
+        self._ring = ring
+        self._channel = channel
+        self._wall_clock = wall_clock
+        self._max_age_ms = int(max_age * 1000)
+        self._max_bytes = max_bytes
+        self._batch = batch
+        self._interval = interval
+        self._next_at = 0.0
+        self._delivering: set[str] = set()
+        self._bytes = 0
+        self._pending: defaultdict[str, dict[bytes, _Hint]] = defaultdict(dict)
+        self.stats = HintStats()
+        self._load()
+
+    # -- keeping hints --------------------------------------------------------------------
+
+    def add(self, target: str, partition: int, key: bytes) -> None:
+        """Remember that `target` lacks `key` (this node holds it)."""
+        hints = self._pending[target]
+        if key in hints:
+            return  # one hint covers every write to the key: the newest state goes
+        size = len(target) + len(key) + 16
+        if self._bytes + size > self._max_bytes:
+            self.stats.dropped += 1
+            return
+        made = int(self._wall_clock() * 1000)
+        hints[key] = _Hint(partition, made, size)
+        self._bytes += size
+        self.stats.stored += 1
+        self._table.apply([(_table_key(target, key), msgpack.packb([partition, made]))])
+
+    def pending(self) -> dict[str, int]:
+        """Hints waiting, per target."""
+        return {target: len(hints) for target, hints in sorted(self._pending.items()) if hints}
+
+    # -- delivering them ------------------------------------------------------------------
+
+    def on_tick(self, now: float) -> None:
+        if now < self._next_at:
+            return
+        self._next_at = now + self._interval
+        self._drop_expired()
+        snapshot = self._ring.current
+        for target, hints in list(self._pending.items()):
+            if not hints:
+                del self._pending[target]
+            elif target not in self._delivering and snapshot.endpoint_of(target) is not None:
+                # An owning member again (alive, or suspect): hand its hints over.
+                self._deliver(target, hints)
+
+    def _deliver(self, target: str, hints: dict[bytes, _Hint]) -> None:
+        batch = list(_first(hints, self._batch))
+        self._delivering.add(target)
+        delivery = _Delivery(self, target, len(batch))
+        for key, hint in batch:
+            self._channel.to_local(hint.partition, ReadKey(key), delivery, key)
+
+    def _delivered(self, target: str, keys: list[bytes], failed: KVActorsError | None) -> None:
+        self._delivering.discard(target)
+        if failed is not None:
+            logger.info(
+                "hinted handoff to %s paused: %s (%d hints wait)",
+                target,
+                failed,
+                len(self._pending[target]),
+            )
+        self._forget(target, keys)
+        self.stats.delivered += len(keys)
+
+    def _forget(self, target: str, keys: list[bytes]) -> None:
+        hints = self._pending[target]
+        for key in keys:
+            hint = hints.pop(key, None)
+            if hint is not None:
+                self._bytes -= hint.size
+        if keys:
+            self._table.apply([(_table_key(target, key), None) for key in keys])
+
+    def _drop_expired(self) -> None:
+        oldest = int(self._wall_clock() * 1000) - self._max_age_ms
+        for target, hints in self._pending.items():
+            expired = [key for key, hint in hints.items() if hint.made_ms < oldest]
+            if expired:
+                logger.warning(
+                    "dropping %d hints for %s older than the hint age limit", len(expired), target
+                )
+                self.stats.dropped += len(expired)
+                self._forget(target, expired)
+
+    def _load(self) -> None:
+        """The hints a durable backend kept across a restart."""
+        for stored_key, value in self._table.items():
+            target, _, key = stored_key.partition(_SEPARATOR)
+            partition, made = msgpack.unpackb(value)
+            size = len(target) + len(key) + 16
+            self._pending[target.decode()][key] = _Hint(partition, made, size)
+            self._bytes += size
+
+
+class _Delivery:
+    """One batch of hints for one target: each key read here, then merged there."""
+
+    def __init__(self, owner: HintedHandoff, target: str, count: int) -> None:
+        self._owner = owner
+        self._target = target
+        self._waiting = count
+        self._done: list[bytes] = []
+        self._failed: KVActorsError | None = None
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        if isinstance(tag, tuple):  # the target's answer to a merge
+            self._done.append(tag[1])
+            self._settled()
+        elif isinstance(result, KeyState) and not result.is_empty:
+            wire = ["merge", tag, state_to_wire(result)]
+            self._owner._channel.to_peer(self._target, wire, self, ("merged", tag))
+        else:  # nothing here any more (purged): nothing to hand over
+            self._done.append(tag)
+            self._settled()
+
+    def replica_failed(self, tag: Any, error: KVActorsError) -> None:
+        self._failed = error
+        self._settled()
+
+    def _settled(self) -> None:
+        self._waiting -= 1
+        if self._waiting == 0:
+            self._owner._delivered(self._target, self._done, self._failed)
+
+
+def _table_key(target: str, key: bytes) -> bytes:
+    return target.encode() + _SEPARATOR + key
+
+
+def _first(hints: dict[bytes, _Hint], count: int) -> Iterator[tuple[bytes, _Hint]]:
+    for index, item in enumerate(hints.items()):
+        if index == count:
+            return
+        yield item
