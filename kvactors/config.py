@@ -64,13 +64,14 @@ class NodeConfig:
     """Seconds a deleted key's tombstone is kept, so that replicas which missed the delete
     learn it instead of bringing the value back."""
 
-    anti_entropy_interval: float = 1.0
+    anti_entropy_interval: float = 2.0
     """Seconds between anti-entropy exchanges (each with one peer, in turn); 0 turns
     anti-entropy off."""
 
     anti_entropy_max_keys: int = 5000
     """Most keys one anti-entropy exchange repairs; the rest wait for the next one. With
-    `anti_entropy_interval` it bounds the repair rate (5,000 keys a second by default)."""
+    `anti_entropy_interval` it bounds the repair rate (2,500 keys a second per exchanging
+    pair by default)."""
 
     hinted_handoff: bool = True
     """Keep hints for replicas that miss writes (dead, or not answering) and hand the keys

@@ -189,7 +189,11 @@ class HashTree:
         # Recursion is at most `depth` deep and visits only dirty nodes below this one.
         if level < self._depth and index in self._dirty[level]:
             first = index * self._fanout
-            kids = [self._node(level + 1, child) for child in range(first, first + self._fanout)]
+            if level + 1 == self._depth:  # the leaves are always current: slice them
+                kids = self._levels[self._depth][first : first + self._fanout]
+            else:
+                children = range(first, first + self._fanout)
+                kids = [self._node(level + 1, child) for child in children]
             self._levels[level][index] = _combine_children(kids)
             self._dirty[level].discard(index)
         return self._levels[level][index]
