@@ -26,6 +26,8 @@ import contextlib
 import heapq
 import itertools
 import logging
+import queue
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -321,6 +323,11 @@ class RequestService:
         # makes all of them durable, and only then are their results acted on.
         self._sync = services.storage_sync
         self._unsynced: list[tuple[int, list[_Entry], list[Any]]] = []
+        # The fsync runs on a thread of its own, so that the next batches are applied
+        # while the disk works; at most one sync at a time, the next taking every batch
+        # applied meanwhile.
+        self._syncer = None if self._sync is None else _Syncer(self._sync, self._synced)
+        self._sync_running = False
         # Deadlines in arrival order: with the default timeout they are also in deadline
         # order, so only the head needs watching. Requests with a timeout of their own
         # go to a heap.
@@ -408,12 +415,12 @@ class RequestService:
             deadlines.popleft()
         # Local batches first: a write's own replica answers, and its state then goes to
         # the other replicas in this same flush.
-        while self._queued or self._unsynced:
+        while self._queued:
             queued, self._queued = self._queued, defaultdict(list)
             for partition, entries in queued.items():
                 self._send_batch(partition, entries)
-            if self._unsynced:
-                self._sync_applied()
+        if self._unsynced and not self._sync_running:
+            self._sync_applied()
         if self._to_peers:
             to_peers, self._to_peers = self._to_peers, defaultdict(list)
             for endpoint, peer_entries in to_peers.items():
@@ -437,6 +444,8 @@ class RequestService:
 
     def on_close(self) -> None:
         self._closing = True
+        if self._syncer is not None:
+            self._syncer.stop()
         error = UnavailableError("the node is shutting down")
         self.rpc.fail_all(error)
         for pending in [*self._deadlines, *(entry[2] for entry in self._custom_deadlines)]:
@@ -813,17 +822,29 @@ class RequestService:
     def _sync_applied(self) -> None:
         """One sync for every batch applied since the last: group commit."""
         applied, self._unsynced = self._unsynced, []
-        assert self._sync is not None
-        try:
-            self._sync()
-        except Exception as error:  # a storage failure fails these requests, not the node
-            logger.error("storage sync failed, %d batches unacknowledged: %s", len(applied), error)
-            for partition, entries, _ in applied:
-                self._batch_failed(partition, entries, error, handled=True)
-            return
-        self.stats.syncs += 1
-        for _, entries, results in applied:
-            self._batch_done(entries, results)
+        assert self._syncer is not None
+        self._sync_running = True
+        self._syncer.sync(applied)
+
+    def _synced(self, applied: list[tuple[int, list[_Entry], list[Any]]], error: Any) -> None:
+        """From the sync thread: `applied` is on disk (or failed to get there)."""
+
+        def on_transport_thread() -> None:
+            self._sync_running = False
+            if error is not None:  # a storage failure fails these requests, not the node
+                logger.error(
+                    "storage sync failed, %d batches unacknowledged: %s", len(applied), error
+                )
+                for partition, entries, _ in applied:
+                    self._batch_failed(partition, entries, error, handled=True)
+            else:
+                self.stats.syncs += 1
+                for _, entries, results in applied:
+                    self._batch_done(entries, results)
+            if self._unsynced:  # what was applied while the disk worked
+                self._sync_applied()
+
+        self._transport.call_soon(on_transport_thread)
 
     def _batch_done(self, entries: list[_Entry], results: list[Any]) -> None:
         for (target, tag, _), result in zip(entries, results):  # noqa: B905 - equal by design
@@ -940,6 +961,32 @@ class RequestService:
             status["keys"] = sum(len(backend.open_table(p)) for p in range(self._partitions))
             status.update(backend.stats())
         return status
+
+
+class _Syncer:
+    """A thread that makes applied batches durable, one sync at a time, and hands them
+    back through `done(batches, error)`."""
+
+    def __init__(self, sync: Callable[[], None], done: Callable[[Any, Any], None]) -> None:
+        self._sync = sync
+        self._done = done
+        self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="kvactors-group-commit", daemon=True).start()
+
+    def sync(self, batches: Any) -> None:
+        self._work.put(batches)
+
+    def stop(self) -> None:
+        self._work.put(None)
+
+    def _run(self) -> None:
+        while (batches := self._work.get()) is not None:
+            try:
+                self._sync()
+            except Exception as error:  # handed back: the requests fail, the node serves
+                self._done(batches, error)
+            else:
+                self._done(batches, None)
 
 
 def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:

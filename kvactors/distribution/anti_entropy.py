@@ -96,7 +96,9 @@ def _leaves(tree: HashTree | None) -> list[int] | None:
 
 def _bucket_keys(trees: PartitionTrees, item: object) -> list[list[bytes]] | None:
     match item:
-        case [int(partition), list(buckets)] if 0 <= partition < len(trees):
+        case [int(partition), list(buckets)] if type(partition) is int and 0 <= partition < len(
+            trees
+        ):
             tree = trees.get(partition)
             if tree is None:
                 return None

@@ -98,16 +98,18 @@ class HintedHandoff:
     def add(self, target: str, partition: int, key: bytes) -> None:
         """Remember that `target` lacks `key` (this node holds it)."""
         hints = self._pending[target]
-        if key in hints:
-            return  # one hint covers every write to the key: the newest state goes
+        old = hints.get(key)
         size = len(target) + len(key) + 16
-        if self._bytes + size > self._max_bytes:
+        if old is None and self._bytes + size > self._max_bytes:
             self.stats.dropped += 1
             return
         made = int(self._wall_clock() * 1000)
+        # A fresh hint even for a key hinted already: a delivery in flight read the key
+        # before this write, and must not take the newer write's hint with it.
         hints[key] = _Hint(partition, made, size)
-        self._bytes += size
-        self.stats.stored += 1
+        if old is None:
+            self._bytes += size
+            self.stats.stored += 1
         self._table.apply([(_table_key(target, key), msgpack.packb([partition, made]))])
 
     def pending(self) -> dict[str, int]:
@@ -134,9 +136,11 @@ class HintedHandoff:
         self._delivering.add(target)
         delivery = _Delivery(self, target, len(batch))
         for key, hint in batch:
-            self._channel.to_local(hint.partition, ReadKey(key), delivery, key)
+            self._channel.to_local(hint.partition, ReadKey(key), delivery, (key, hint))
 
-    def _delivered(self, target: str, keys: list[bytes], failed: KVActorsError | None) -> None:
+    def _delivered(
+        self, target: str, done: list[tuple[bytes, _Hint]], failed: KVActorsError | None
+    ) -> None:
         self._delivering.discard(target)
         if failed is not None:
             logger.info(
@@ -145,28 +149,28 @@ class HintedHandoff:
                 failed,
                 len(self._pending[target]),
             )
-        self._forget(target, keys)
-        self.stats.delivered += len(keys)
+        self.stats.delivered += self._forget(target, done)
 
-    def _forget(self, target: str, keys: list[bytes]) -> None:
+    def _forget(self, target: str, done: list[tuple[bytes, _Hint]]) -> int:
+        """Forget the hints in `done`, unless a newer write has replaced one meanwhile
+        (or it expired, and was made again); returns how many were forgotten."""
         hints = self._pending[target]
-        for key in keys:
-            hint = hints.pop(key, None)
-            if hint is not None:
-                self._bytes -= hint.size
-        if keys:
-            self._table.apply([(_table_key(target, key), None) for key in keys])
+        forgotten = [key for key, hint in done if hints.get(key) is hint]
+        for key in forgotten:
+            self._bytes -= hints.pop(key).size
+        if forgotten:
+            self._table.apply([(_table_key(target, key), None) for key in forgotten])
+        return len(forgotten)
 
     def _drop_expired(self) -> None:
         oldest = int(self._wall_clock() * 1000) - self._max_age_ms
         for target, hints in self._pending.items():
-            expired = [key for key, hint in hints.items() if hint.made_ms < oldest]
+            expired = [(key, hint) for key, hint in hints.items() if hint.made_ms < oldest]
             if expired:
                 logger.warning(
                     "dropping %d hints for %s older than the hint age limit", len(expired), target
                 )
-                self.stats.dropped += len(expired)
-                self._forget(target, expired)
+                self.stats.dropped += self._forget(target, expired)
 
     def _load(self) -> None:
         """The hints a durable backend kept across a restart."""
@@ -185,18 +189,19 @@ class _Delivery:
         self._owner = owner
         self._target = target
         self._waiting = count
-        self._done: list[bytes] = []
+        self._done: list[tuple[bytes, _Hint]] = []
         self._failed: KVActorsError | None = None
 
     def replica_done(self, tag: Any, result: Any) -> None:
-        if isinstance(tag, tuple):  # the target's answer to a merge
-            self._done.append(tag[1])
+        merged, key, hint = tag if len(tag) == 3 else (False, *tag)
+        if merged:  # the target's answer to a merge
+            self._done.append((key, hint))
             self._settled()
         elif isinstance(result, KeyState) and not result.is_empty:
-            wire = ["merge", tag, state_to_wire(result)]
-            self._owner._channel.to_peer(self._target, wire, self, ("merged", tag))
+            wire = ["merge", key, state_to_wire(result)]
+            self._owner._channel.to_peer(self._target, wire, self, (True, key, hint))
         else:  # nothing here any more (purged): nothing to hand over
-            self._done.append(tag)
+            self._done.append((key, hint))
             self._settled()
 
     def replica_failed(self, tag: Any, error: KVActorsError) -> None:
