@@ -93,10 +93,12 @@ from kvactors.errors import (
     KVActorsError,
     OverloadedError,
     RequestTimeoutError,
+    StorageError,
     UnavailableError,
     error_for_code,
 )
 from kvactors.services import NodeServices
+from kvactors.storage.backends import StorageBackend
 from kvactors.storage.store_server import (
     ReadKey,
     ReadWinner,
@@ -415,10 +417,8 @@ class RequestService:
             deadlines.popleft()
         # Local batches first: a write's own replica answers, and its state then goes to
         # the other replicas in this same flush.
-        while self._queued:
-            queued, self._queued = self._queued, defaultdict(list)
-            for partition, entries in queued.items():
-                self._send_batch(partition, entries)
+        if self._queued:
+            self._apply_queued()
         if self._unsynced and not self._sync_running:
             self._sync_applied()
         if self._to_peers:
@@ -429,6 +429,35 @@ class RequestService:
             to_coordinators, self._to_coordinators = self._to_coordinators, defaultdict(list)
             for endpoint, peer_entries in to_coordinators.items():
                 self._call_coordinator(endpoint, peer_entries)
+
+    def _apply_queued(self) -> None:
+        """Every queued local batch to its StoreServer. Under group commit, the writes
+        the StoreServers make meanwhile on this thread are committed together, in one
+        transaction, at the end (they are acknowledged only after the sync anyway)."""
+        storage = self._services.storage if self._sync is not None else None
+        first_unsynced = len(self._unsynced)
+        if storage is not None:
+            storage.begin_group()
+        try:
+            while self._queued:
+                queued, self._queued = self._queued, defaultdict(list)
+                for partition, entries in queued.items():
+                    self._send_batch(partition, entries)
+        finally:
+            if storage is not None:
+                self._end_group(storage, first_unsynced)
+
+    def _end_group(self, storage: StorageBackend, first_unsynced: int) -> None:
+        try:
+            storage.end_group()
+        except StorageError as error:  # none of the group's writes is stored
+            failed = self._unsynced[first_unsynced:]
+            del self._unsynced[first_unsynced:]
+            logger.error(
+                "storage write failed, %d batches not acknowledged: %s", len(failed), error
+            )
+            for partition, entries, _ in failed:
+                self._batch_failed(partition, entries, error, handled=True)
 
     def on_tick(self, now: float) -> None:
         self.rpc.on_tick(now)

@@ -511,3 +511,65 @@ def test_a_data_directory_serves_one_backend_at_a_time(tmp_path: Path) -> None:
         LmdbBackend(tmp_path / "data")
     first.close()
     LmdbBackend(tmp_path / "data").close()
+
+
+def test_a_group_commits_every_tables_writes_in_one_transaction(tmp_path: Path) -> None:
+    backend = LmdbBackend(tmp_path / "data")
+    first, second = backend.open_table(1), backend.open_table(2)
+    before = backend.stats()["commits"]
+    backend.begin_group()
+    first.apply([(b"a", b"1"), (b"b", b"2")])
+    second.apply([(b"c", b"3")])
+    first.apply([(b"b", None)])
+    # This thread reads the group's writes before they are committed ...
+    assert first.get(b"a") == b"1" and first.get(b"b") is None
+    assert dict(first.items()) == {b"a": b"1"} and len(second) == 1
+    assert backend.stats()["commits"] == before  # ... which they are not yet
+    seen_elsewhere: list[bytes | None] = []
+    reader = threading.Thread(target=lambda: seen_elsewhere.append(second.get(b"c")))
+    reader.start()
+    reader.join()
+    assert seen_elsewhere == [None]  # another thread sees only committed data
+    backend.end_group()
+    assert backend.stats()["commits"] == before + 1
+    backend.sync()
+    backend.close()
+    reopened = LmdbBackend(tmp_path / "data")
+    assert dict(reopened.open_table(1).items()) == {b"a": b"1"}
+    assert dict(reopened.open_table(2).items()) == {b"c": b"3"}
+    reopened.close()
+
+
+def test_another_threads_writes_during_a_group_commit_on_their_own(tmp_path: Path) -> None:
+    backend = LmdbBackend(tmp_path / "data")
+    table = backend.open_table(1)
+    backend.begin_group()
+    writer = threading.Thread(target=lambda: table.apply([(b"other", b"x")]))
+    writer.start()
+    writer.join()
+    assert backend.stats()["commits"] >= 1
+    backend.end_group()  # holds nothing of the other thread's
+    assert table.get(b"other") == b"x"
+    backend.close()
+
+
+def test_a_group_outgrows_a_tiny_map_without_an_error(tmp_path: Path) -> None:
+    backend = LmdbBackend(tmp_path / "data", initial_map_size=256 * 1024)
+    tables = [backend.open_table(p) for p in range(4)]
+    backend.begin_group()
+    for number in range(2_000):
+        tables[number % 4].apply([(b"key-%d" % number, b"v" * 500)])
+    backend.end_group()
+    assert sum(len(table) for table in tables) == 2_000
+    assert backend.stats()["map_resizes"] > 0
+    backend.close()
+
+
+def test_memory_groups_write_at_once() -> None:
+    backend = MemoryBackend()
+    table = backend.open_table(1)
+    backend.begin_group()
+    table.apply([(b"k", b"v")])
+    assert table.get(b"k") == b"v"
+    backend.end_group()
+    assert table.get(b"k") == b"v"
