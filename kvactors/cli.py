@@ -116,6 +116,12 @@ def _add_client_commands(commands: Any) -> None:
         command.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
         if name == "status":
             command.add_argument("--json", action="store_true", help="print the status as JSON")
+            command.add_argument(
+                "--plan",
+                action="store_true",
+                help="also show what a join of one more node, or each member's leave, "
+                "would move: partitions, replica transfers and bytes",
+            )
         for positional in positionals:
             command.add_argument(positional)
     cluster = commands.add_parser(
@@ -245,7 +251,10 @@ def _client_command(args: argparse.Namespace) -> int:
             elif args.json:
                 print(json.dumps(client.status(), indent=2, default=_bytes_to_text))
             else:
-                print(format_status(client.status()))
+                status = client.status()
+                print(format_status(status))
+                if args.plan:
+                    print("\n".join(["", *format_plan(status)]))
     except KVActorsError as exc:
         print(f"error ({exc.code}): {exc}", file=sys.stderr)
         return 1
@@ -297,7 +306,100 @@ def format_status(status: dict[str, Any]) -> str:
         f"{ring.get('owners')} owning members; ring balance {ring.get('balance')} "
         "(busiest member's partitions / average)"
     )
+    lines += _recovery_lines(status)
     return "\n".join(line.rstrip() for line in lines)
+
+
+def format_plan(status: dict[str, Any]) -> list[str]:
+    """What one more node, or each owning member's leave, would move: computed here from
+    the status (members, partitions, replicas) with the node's own ring rules, so asking
+    costs the node nothing. Bytes are estimated from what the node asked stores."""
+    from kvactors.distribution.ring import Ring  # noqa: PLC0415 - keep --help fast
+
+    partitions = int(status["partitions"])
+    replication = status.get("replication", {})
+    replicas = int(replication.get("replicas", replication.get("n", 3)))
+    owners = [m["name"] for m in status["members"] if m["status"] not in ("dead", "left")]
+    storage = status.get("storage") or {}
+    per_replica = int(storage.get("bytes", 0)) / max(1, _replicated_here(status, owners))
+
+    def ring(names: list[str]) -> Ring:
+        return Ring.build(names, partitions=partitions, replicas=replicas)
+
+    before = ring(owners)
+    n_before = min(replicas, len(owners))
+
+    def line(change: str, after: list[str]) -> str:
+        # A member gains a partition's data when it enters the partition's first N: the
+        # members that stay in them already hold it (N may shrink with the cluster).
+        new, n_after = ring(after), min(replicas, len(after))
+        moving = transfers = 0
+        for partition in range(partitions):
+            holders = set(before.preference_list(partition, n_before))
+            gained = [m for m in new.preference_list(partition, n_after) if m not in holders]
+            moving += bool(gained)
+            transfers += len(gained)
+        return (
+            f"  {change}: {moving} partitions, {transfers} replica transfers, "
+            f"about {_human_bytes(transfers * per_replica)}"
+        )
+
+    newcomer = _unused_name(owners)
+    lines = [
+        "plan (what would move):",
+        line(f"one more node ({newcomer}) joins", [*owners, newcomer]),
+    ]
+    lines += [
+        line(f"{name} leaves", [other for other in owners if other != name])
+        for name in owners
+        if len(owners) > 1
+    ]
+    return lines
+
+
+def _replicated_here(status: dict[str, Any], owners: list[str]) -> int:
+    """About how many partitions the node asked holds a replica of."""
+    n = min(int(status.get("replication", {}).get("n", 1)), max(1, len(owners)))
+    return max(1, int(status["partitions"]) * n // max(1, len(owners)))
+
+
+def _unused_name(names: list[str]) -> str:
+    number = len(names) + 1
+    while f"node-{number}" in names:
+        number += 1
+    return f"node-{number}"
+
+
+def _human_bytes(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def _recovery_lines(status: dict[str, Any]) -> list[str]:
+    """Storage, hints and anti-entropy, each when the node reports it."""
+    lines = []
+    storage = status.get("storage")
+    if isinstance(storage, dict):
+        lines.append(f"storage: {storage.get('backend')}, {storage.get('keys')} keys stored")
+    hints = status.get("hints")
+    if isinstance(hints, dict):
+        pending = hints.get("pending") or {}
+        waiting = ", ".join(f"{name} {count}" for name, count in pending.items()) or "none"
+        lines.append(
+            f"hints pending: {waiting}; delivered {hints.get('delivered')}, "
+            f"dropped {hints.get('dropped')}"
+        )
+    entropy = status.get("anti_entropy")
+    if isinstance(entropy, dict):
+        lines.append(
+            f"anti-entropy: {entropy.get('exchanges')} exchanges, "
+            f"{entropy.get('keys_repaired')} keys repaired, "
+            f"{entropy.get('keys_deferred')} deferred"
+        )
+    return lines
 
 
 def _run_cluster(args: argparse.Namespace) -> int:

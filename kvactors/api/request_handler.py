@@ -961,6 +961,7 @@ class RequestService:
                 "balance": round(snapshot.ring.balance(1), 4),
             },
             "replication": {
+                "replicas": self._config.replicas,
                 "n": snapshot.n_val,
                 "r": min(self._config.read_quorum, snapshot.n_val),
                 "w": min(self._config.write_quorum, snapshot.n_val),
@@ -987,7 +988,9 @@ class RequestService:
         backend = self._services.storage
         status: dict[str, Any] = {"backend": self._config.storage, "syncs": self.stats.syncs}
         if backend is not None:
-            status["keys"] = sum(len(backend.open_table(p)) for p in range(self._partitions))
+            tables = [backend.open_table(p) for p in range(self._partitions)]
+            status["keys"] = sum(len(table) for table in tables)
+            status["bytes"] = sum(table.size() for table in tables if len(table))
             status.update(backend.stats())
         return status
 

@@ -161,6 +161,10 @@ class Table(Protocol):
 
     def __len__(self) -> int: ...
 
+    def size(self) -> int:
+        """Bytes the table takes: exact for memory, LMDB's pages for lmdb."""
+        ...
+
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """A snapshot: the caller may write to the table while it iterates."""
         ...
@@ -231,6 +235,9 @@ class MemoryTable:
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def size(self) -> int:
+        return sum(len(key) + len(record) for key, record in self._data.items())
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(list(self._data.items()))
@@ -367,6 +374,17 @@ class LmdbTable:
             except lmdb.Error as error:
                 raise self._backend._failure(f"counting {self._name}", error) from None
         return entries
+
+    def size(self) -> int:
+        with self._lock:
+            db = self._live_db()
+            try:
+                with self._env.begin(db=db) as txn:
+                    stat = txn.stat(db)
+            except lmdb.Error as error:
+                raise self._backend._failure(f"measuring {self._name}", error) from None
+        pages = stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        return int(pages * stat["psize"])
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         with self._lock:

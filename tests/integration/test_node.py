@@ -588,7 +588,7 @@ HELP_MENTIONS = {
     "put": ["--endpoint", "--timeout", "key value"],
     "delete": ["--endpoint", "--timeout", "key"],
     "ping": ["--endpoint", "--timeout"],
-    "status": ["--endpoint", "--timeout", "--json"],
+    "status": ["--endpoint", "--timeout", "--json", "--plan"],
 }
 
 

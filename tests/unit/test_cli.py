@@ -1,0 +1,100 @@
+"""`kvactors status`'s table: what a person reads, from the status reply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvactors.cli import format_plan, format_status
+from kvactors.distribution.ring import Ring
+
+FIELDS = ("name", "endpoint", "status", "incarnation", "partitions")
+MEMBERS = [
+    dict(zip(FIELDS, ("node-1", "tcp://a:1", "alive", 0, 9), strict=True)),
+    dict(zip(FIELDS, ("node-2", "tcp://a:2", "dead", 3, 0), strict=True)),
+]
+
+
+def status(**extra: Any) -> dict[str, Any]:
+    return {
+        "node": "node-1",
+        "partitions": 16,
+        "members": MEMBERS,
+        "ring": {"owners": 1, "balance": 1.0},
+        **extra,
+    }
+
+
+def test_the_member_table_and_the_ring_line() -> None:
+    text = format_status(status())
+    lines = text.splitlines()
+    assert lines[0].split() == ["NAME", "ENDPOINT", "STATUS", "INCARNATION", "PARTITIONS"]
+    assert lines[2].split() == ["node-2", "tcp://a:2", "dead", "3", "0"]
+    assert "as seen by node-1: 16 partitions over 1 owning members" in text
+    assert "hints" not in text and "anti-entropy" not in text
+
+
+def test_hints_pending_per_target_and_anti_entropy_repairs() -> None:
+    text = format_status(
+        status(
+            storage={"backend": "lmdb", "keys": 1234},
+            hints={"pending": {"node-2": 17}, "stored": 20, "delivered": 3, "dropped": 0},
+            anti_entropy={"exchanges": 5, "keys_repaired": 40, "keys_deferred": 2},
+        )
+    )
+    assert "storage: lmdb, 1234 keys stored" in text
+    assert "hints pending: node-2 17; delivered 3, dropped 0" in text
+    assert "anti-entropy: 5 exchanges, 40 keys repaired, 2 deferred" in text
+
+
+def test_no_hints_pending_says_none() -> None:
+    text = format_status(status(hints={"pending": {}, "delivered": 0, "dropped": 0}))
+    assert "hints pending: none; delivered 0, dropped 0" in text
+
+
+def plan_of(count: int, stored_bytes: int = 0) -> list[str]:
+    members = [
+        dict(zip(FIELDS, (f"node-{i}", "tcp://a", "alive", 0, 0), strict=True))
+        for i in range(1, count + 1)
+    ]
+    reply = status(
+        members=members,
+        partitions=2048,
+        replication={"replicas": 3, "n": min(3, count)},
+        storage={"bytes": stored_bytes},
+    )
+    return format_plan(reply)
+
+
+def moved(line: str) -> tuple[int, int]:
+    """(partitions, replica transfers) of one plan line."""
+    words = line.split(": ", 1)[1].split()
+    return int(words[0]), int(words[2])
+
+
+def test_a_join_moves_about_the_newcomers_share_and_no_more() -> None:
+    lines = plan_of(3, stored_bytes=3 * 1024 * 1024)
+    assert lines[1].startswith("  one more node (node-4) joins")
+    partitions, transfers = moved(lines[1])
+    ideal = 3 * 2048 / 4  # N of the Q replica slots per member, of n+1 members
+    assert ideal <= transfers <= 1.10 * ideal
+    assert partitions == transfers  # one newcomer: one transfer per partition it enters
+    # 3 MiB over the 2048 partitions this node replicates: 1.5 KiB per transfer.
+    assert f"about {transfers * 1.5 / 1024:,.1f} MiB" in lines[1]
+
+
+def test_a_leave_that_keeps_n_members_moves_the_leavers_share() -> None:
+    """Every partition the leaver replicated gains exactly one member, and no other moves."""
+    ring = Ring.build([f"node-{i}" for i in range(1, 5)], partitions=2048, replicas=3)
+    leaves = [line for line in plan_of(4) if "leaves" in line]
+    assert len(leaves) == 4
+    for number, line in enumerate(leaves, start=1):
+        share = sum(
+            f"node-{number}" in ring.preference_list(partition, 3) for partition in range(2048)
+        )
+        assert moved(line) == (share, share), line
+
+
+def test_a_leave_below_n_moves_nothing() -> None:
+    """Three nodes, N=3: each holds every partition, so the two left hold everything."""
+    leaves = [line for line in plan_of(3) if "leaves" in line]
+    assert [moved(line) for line in leaves] == [(0, 0)] * 3
