@@ -392,6 +392,18 @@ def _recovery_lines(status: dict[str, Any]) -> list[str]:
             f"hints pending: {waiting}; delivered {hints.get('delivered')}, "
             f"dropped {hints.get('dropped')}"
         )
+    handoff = status.get("handoff")
+    if isinstance(handoff, dict):
+        lines.append(
+            f"leaving, handing over: {handoff.get('done')} of {handoff.get('transfers')} "
+            f"partition transfers done, {handoff.get('waiting')} waiting, "
+            f"{handoff.get('keys_sent')} keys sent"
+        )
+        lines += [
+            f"  partition {t['partition']} to {t['to']}: {t['keys_sent']} of {t['keys']} keys, "
+            f"{t['keys_per_second']} keys/s, ETA {t['eta_seconds']} s"
+            for t in handoff.get("running", [])
+        ]
     entropy = status.get("anti_entropy")
     if isinstance(entropy, dict):
         lines.append(

@@ -85,6 +85,9 @@ class NodeConfig:
     """Size bound of the hints a node keeps (keys and target names); hints past it are
     dropped and counted."""
 
+    handoff_concurrency: int = 16
+    """Partition transfers a leaving node runs at once."""
+
     gossip_interval: float = 0.25
     """Seconds between gossip rounds."""
 
@@ -162,6 +165,7 @@ class NodeConfig:
         _check(self.anti_entropy_max_keys > 0, "anti_entropy_max_keys must be positive")
         _check(self.hint_max_age > 0, "hint_max_age must be positive")
         _check(self.hint_max_bytes > 0, "hint_max_bytes must be positive")
+        _check(self.handoff_concurrency > 0, "handoff_concurrency must be positive")
         _check(self.replicas >= 1, "replicas must be at least 1")
         _check(
             1 <= self.read_quorum <= self.replicas and 1 <= self.write_quorum <= self.replicas,

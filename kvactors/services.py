@@ -9,6 +9,7 @@ component (each registers itself when it starts).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class NodeServices:
     stop_node: Callable[[], None]
     """Asks the node to stop; returns at once (the stop happens on another thread)."""
     components: dict[str, pykka.ActorRef[Any]] = field(default_factory=dict)
+    handed_over: threading.Event = field(default_factory=threading.Event)
+    """Set once a leaving node has handed every partition over (the gossip protocol
+    announces the leave complete only then)."""
     incarnation: int = 0
     """The incarnation this node starts at: one above the last it had, when it restarts
     on a durable data directory (so that its news outranks what others remember)."""

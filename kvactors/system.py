@@ -80,6 +80,8 @@ class ActorSystem:
             ),
             stop_node=self._stop_soon,
         )
+        if self.config.bind is None:
+            self._services.handed_over.set()  # no network: nothing to hand over to
         if self.config.bind is not None and self.config.anti_entropy_interval > 0:
             # Trees only where anti-entropy can run: a node on the network.
             self._services.trees = PartitionTrees(self.config.partitions)

@@ -66,6 +66,7 @@ from kvactors.api.protocol import (
 )
 from kvactors.api.transport import SocketOptions, Transport, TransportStats
 from kvactors.cluster.gossip_protocol import Leave
+from kvactors.cluster.membership import MemberStatus
 from kvactors.distribution.anti_entropy import AAE, AntiEntropy
 from kvactors.distribution.anti_entropy import answer as answer_anti_entropy
 from kvactors.distribution.coordinator import (
@@ -80,6 +81,7 @@ from kvactors.distribution.coordinator import (
 from kvactors.distribution.hashing import partition_of
 from kvactors.distribution.hints import HintedHandoff
 from kvactors.distribution.responsibility_manager import RingSnapshot
+from kvactors.distribution.transfers import LeaveHandoff, leave_transfers
 from kvactors.distribution.versions import (
     KeyState,
     VectorClock,
@@ -353,6 +355,7 @@ class RequestService:
                 max_bytes=config.hint_max_bytes,
             )
         )
+        self.leave: LeaveHandoff | None = None
         trees = services.trees
         self.anti_entropy = (
             None
@@ -430,6 +433,26 @@ class RequestService:
             for endpoint, peer_entries in to_coordinators.items():
                 self._call_coordinator(endpoint, peer_entries)
 
+    def _hand_over_if_leaving(self) -> None:
+        if self._services.handed_over.is_set():
+            return
+        if self.leave is None:
+            snapshot = self._ring.current
+            me = snapshot.members_by_name.get(self._config.name)
+            storage = self._services.storage
+            if me is None or me.status is not MemberStatus.LEAVING or storage is None:
+                return
+            staying = [name for name in snapshot.ring.members if name != self._config.name]
+            pairs = leave_transfers(
+                self._config.name, staying, self._partitions, self._config.replicas
+            )
+            self.leave = LeaveHandoff(
+                pairs, storage, self, concurrency=self._config.handoff_concurrency
+            )
+        self.leave.on_tick()
+        if self.leave.finished:
+            self._services.handed_over.set()
+
     def _apply_queued(self) -> None:
         """Every queued local batch to its StoreServer. Under group commit, the writes
         the StoreServers make meanwhile on this thread are committed together, in one
@@ -466,6 +489,7 @@ class RequestService:
             self.anti_entropy.on_tick(now)
         if self.hints is not None:
             self.hints.on_tick(now)
+        self._hand_over_if_leaving()
         if self._parked:
             parked, self._parked = self._parked, []
             for partition, entry in parked:
@@ -976,6 +1000,7 @@ class RequestService:
             "unroutable_replies": transport.unroutable,
             "peer_sends_dropped": transport.peer_send_dropped,
             "storage": self._storage_status(),
+            "handoff": None if self.leave is None else self.leave.status(),
             "hints": None
             if self.hints is None
             else {"pending": self.hints.pending(), **asdict(self.hints.stats)},

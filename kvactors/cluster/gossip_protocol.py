@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 _PATIENCE_TICKS = 8
 # Ticks between announcing LEAVING, announcing LEFT, and stopping the node.
 _LEAVE_TICKS = 4
+# Ticks between log lines while a leave waits for its handoff.
+_LEAVE_LOG_TICKS = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,7 @@ class GossipProtocol(SupervisedActor):
         self._state: GossipState | None = None
         self._ticks = 0
         self._leaving_since: int | None = None
+        self._left_at: int | None = None
         self._stop_ticker = threading.Event()
 
     def __str__(self) -> str:
@@ -165,9 +168,14 @@ class GossipProtocol(SupervisedActor):
     def _continue_leaving(self, state: GossipState) -> None:
         assert self._leaving_since is not None
         waited = self._ticks - self._leaving_since
-        if waited == _LEAVE_TICKS:
-            self._send(state.complete_leave(self._clock(), self._rng))
-        elif waited == 2 * _LEAVE_TICKS:
+        if self._left_at is None:
+            # LEAVING until every partition is handed over (the news has spread by then).
+            if waited >= _LEAVE_TICKS and self._services.handed_over.is_set():
+                self._left_at = self._ticks
+                self._send(state.complete_leave(self._clock(), self._rng))
+            elif waited % _LEAVE_LOG_TICKS == 0 and waited:
+                logger.info("leaving: waiting for the partitions to be handed over")
+        elif self._ticks - self._left_at == _LEAVE_TICKS:
             logger.info("left the cluster; stopping")
             self._services.stop_node()
 

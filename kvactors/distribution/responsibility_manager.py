@@ -25,9 +25,9 @@ __all__ = ["ResponsibilityManager", "RingHolder", "RingSnapshot", "build_snapsho
 logger = logging.getLogger(__name__)
 
 # Members that own partitions. A suspect still owns its share: suspicion is often wrong.
-_OWNING = frozenset(
-    {MemberStatus.JOINING, MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.LEAVING}
-)
+# A leaving member owns nothing: its slots pass to the others at once, so new writes reach
+# the members that take over while it streams them what it holds (LeaveHandoff).
+_OWNING = frozenset({MemberStatus.JOINING, MemberStatus.ALIVE, MemberStatus.SUSPECT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,9 @@ def build_snapshot(
     """The snapshot for `members`; `me` always owns a share, even before anyone knows it."""
     known = {member.name: member for member in members}
     known[me.name] = known.get(me.name, me)
-    owners = [m for m in known.values() if m.status in _OWNING or m.name == me.name]
+    owners = [m for m in known.values() if m.status in _OWNING]
+    if not owners:
+        owners = [known[me.name]]  # alone, even while leaving: someone must own the keys
     ring = Ring.build([m.name for m in owners], partitions=partitions, replicas=replicas)
     cluster_size = sum(1 for m in known.values() if m.status is not MemberStatus.LEFT)
     endpoints: Mapping[str, str] = {m.name: m.endpoint for m in owners}

@@ -98,3 +98,27 @@ def test_a_leave_below_n_moves_nothing() -> None:
     """Three nodes, N=3: each holds every partition, so the two left hold everything."""
     leaves = [line for line in plan_of(3) if "leaves" in line]
     assert [moved(line) for line in leaves] == [(0, 0)] * 3
+
+
+def test_a_leaving_node_shows_its_handoff() -> None:
+    running = {
+        "partition": 7,
+        "to": "node-2",
+        "keys_sent": 40,
+        "keys": 100,
+        "keys_per_second": 20.0,
+        "eta_seconds": 3.0,
+    }
+    text = format_status(
+        status(
+            handoff={
+                "transfers": 10,
+                "done": 4,
+                "waiting": 5,
+                "keys_sent": 440,
+                "running": [running],
+            }
+        )
+    )
+    assert "leaving, handing over: 4 of 10 partition transfers done, 5 waiting" in text
+    assert "partition 7 to node-2: 40 of 100 keys, 20.0 keys/s, ETA 3.0 s" in text
