@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _load import Load, stored_keys  # tests/integration is on the path, as for conftest
 
 from kvactors import Client
 from kvactors.launcher import LocalCluster, free_port_block
@@ -26,56 +26,6 @@ logger = logging.getLogger(__name__)
 
 PRELOADED = 20_000
 BATCH = 2_000
-
-
-class Load:
-    """Writes new keys and reads preloaded ones through `endpoints` until stopped."""
-
-    def __init__(self, endpoints: list[str], preloaded: list[str]) -> None:
-        self.acknowledged: dict[str, str] = {}
-        self.failed_writes = 0
-        self.wrong_reads: list[tuple[str, Any]] = []
-        self.reads = 0
-        self._endpoints = endpoints
-        self._preloaded = preloaded
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-    def _run(self) -> None:
-        rng = random.Random(8)
-        clients = [Client(endpoint, timeout=10.0, retries=0) for endpoint in self._endpoints]
-        number = 0
-        try:
-            while not self._stop.is_set():
-                client = clients[number % len(clients)]
-                key = f"during-{number}"
-                number += 1
-                try:
-                    client.put(key, key)
-                except Exception:  # counted: a failed write promises nothing
-                    self.failed_writes += 1
-                else:
-                    self.acknowledged[key] = key
-                old = rng.choice(self._preloaded)
-                if (found := client.get(old)) != old:
-                    self.wrong_reads.append((old, found))
-                self.reads += 1
-        finally:
-            for client in clients:
-                client.close()
-
-
-def stored_keys(endpoint: str) -> int:
-    with Client(endpoint, timeout=10.0, retries=0) as client:
-        return int(client.status()["storage"]["keys"])
 
 
 @pytest.mark.timeout(300)
@@ -103,7 +53,7 @@ def test_a_node_leaves_under_load_and_every_key_keeps_n_replicas(tmp_path: Path)
             left_after = time.monotonic() - started
             wait_until(lambda: load.reads >= 50 + 50, 30, 0.05)  # the load goes on after
         assert load.wrong_reads == [], f"reads during the leave: {load.wrong_reads[:5]}"
-        assert load.failed_writes == 0
+        assert load.failed_writes == 0, load.errors[:5]
         expected = {**{name: name for name in names}, **load.acknowledged}
         for node in staying:  # N=3 on three nodes: every node holds every key
             wait_until(lambda node=node: stored_keys(node.endpoint) == len(expected), 120, 0.5)
