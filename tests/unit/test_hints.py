@@ -287,7 +287,10 @@ def test_reloaded_hints_count_against_the_size_bound() -> None:
 # ---------------------------------------------------------------------- delivering them
 
 
-@pytest.mark.parametrize("status", [MemberStatus.DEAD, MemberStatus.LEFT, None])
+# A leaving member owns nothing: it is handing its own data over, and takes no more.
+@pytest.mark.parametrize(
+    "status", [MemberStatus.DEAD, MemberStatus.LEFT, MemberStatus.LEAVING, None]
+)
 def test_nothing_is_sent_while_the_target_owns_nothing(status: MemberStatus | None) -> None:
     world = World(status)
     assert world.ring.current.endpoint_of(TARGET) is None
@@ -302,7 +305,7 @@ def test_nothing_is_sent_while_the_target_owns_nothing(status: MemberStatus | No
 
 @pytest.mark.parametrize(
     "status",
-    [MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.JOINING, MemberStatus.LEAVING],
+    [MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.JOINING],
 )
 def test_hints_go_to_the_target_once_it_owns_partitions_again(status: MemberStatus) -> None:
     world = World(MemberStatus.DEAD)
