@@ -1013,9 +1013,12 @@ class RequestService:
         backend = self._services.storage
         status: dict[str, Any] = {"backend": self._config.storage, "syncs": self.stats.syncs}
         if backend is not None:
-            tables = [backend.open_table(p) for p in range(self._partitions)]
-            status["keys"] = sum(len(table) for table in tables)
-            status["bytes"] = sum(table.size() for table in tables if len(table))
+            counts = [
+                (table, len(table)) for table in map(backend.open_table, range(self._partitions))
+            ]
+            status["keys"] = sum(count for _, count in counts)
+            status["bytes"] = sum(table.size() for table, count in counts if count)
+            status["partitions"] = sum(1 for _, count in counts if count)
             status.update(backend.stats())
         return status
 

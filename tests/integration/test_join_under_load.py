@@ -20,6 +20,7 @@ import pytest
 from _load import Load, stored_keys  # tests/integration is on the path, as for conftest
 
 from kvactors import Client
+from kvactors.cli import format_plan
 from kvactors.distribution.ring import Ring
 from kvactors.launcher import LocalCluster, NodeProcess, free_port_block
 from kvactors.testing import stored_values, wait_until
@@ -36,6 +37,9 @@ def join_under_load(tmp_path: Path, preloaded: int, bound: float) -> None:
         with Client(cluster.endpoints[0], timeout=30.0) as client:
             for start in range(0, preloaded, BATCH):
                 client.put_many({name: name for name in names[start : start + BATCH]})
+            # What `kvactors status --plan` predicts a fourth node would take.
+            (join_line,) = [line for line in format_plan(client.status()) if "joins" in line]
+            planned = int(join_line.split(": ", 1)[1].split()[0])
         newcomer = NodeProcess(
             "node-4",
             f"tcp://127.0.0.1:{port + 3}",
@@ -61,6 +65,8 @@ def join_under_load(tmp_path: Path, preloaded: int, bound: float) -> None:
             wait_until(lambda: stored_keys(newcomer.endpoint) == expected, bound, 0.5)
             filled = time.monotonic() - started
             newcomer_keys = stored_keys(newcomer.endpoint)
+            with Client(newcomer.endpoint, timeout=10.0, retries=0) as client:
+                moved_partitions = int(client.status()["storage"]["partitions"])
             for key in random.Random(4).sample(share, 200):
                 assert stored_values(newcomer.endpoint, key) == [key], key
         finally:
@@ -90,6 +96,10 @@ def join_under_load(tmp_path: Path, preloaded: int, bound: float) -> None:
         load.reads,
     )
     assert moved <= 1.10 * ideal
+    # The plan's partitions against those that then moved (a partition moved if the
+    # newcomer holds keys of it: with a few keys per partition, nearly every one it took).
+    logger.info("plan: %d partitions would move; %d did", planned, moved_partitions)
+    assert abs(moved_partitions - planned) <= 0.10 * planned
 
 
 def _partition(key: str) -> int:
