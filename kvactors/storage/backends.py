@@ -312,7 +312,8 @@ class LmdbTable:
         self._name = name
 
     def get(self, key: bytes) -> bytes | None:
-        group = self._backend._group_here()
+        backend = self._backend
+        group = backend._group_here()
         if group is not None:
             pending = group.get(self)
             if pending is not None and key in pending:
@@ -321,10 +322,13 @@ class LmdbTable:
         with self._lock:
             db = self._live_db()
             try:
-                with self._env.begin(db=db) as txn:
-                    value: bytes | None = txn.get(stored)
+                if group is not None:  # the group's one read transaction, see begin_group
+                    value: bytes | None = backend._group_reader().get(stored, db=db)
+                else:
+                    with self._env.begin(db=db) as txn:
+                        value = txn.get(stored)
             except lmdb.Error as error:
-                raise self._backend._failure(f"reading from {self._name}", error) from None
+                raise backend._failure(f"reading from {self._name}", error) from None
         if value is None or stored is key:
             return value
         stored_key, record = _unwrap_long(value)
@@ -453,6 +457,7 @@ class LmdbBackend:
         # thread whose writes it holds (any other thread's writes commit on their own).
         self._group: dict[LmdbTable, dict[bytes, bytes | None]] | None = None
         self._group_thread = 0
+        self._reader: Any = None  # the open group's read transaction
         self._owner_lock = _lock_directory(self.path)
         try:
             self._env = _open_environment(
@@ -537,11 +542,16 @@ class LmdbBackend:
         if self._sync_on_request and self._group is None:
             self._group_thread = threading.get_ident()
             self._group = {}
+            self._reader = None  # opened by the group's first read
 
     def end_group(self) -> None:
         """Commit the group's writes in one transaction (StorageError if that fails: then
         none of them is stored)."""
         group, self._group = self._group, None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with self._lock:
+                reader.abort()
         if not group:
             return
         writers = [(table, table._writer(list(writes.items()))) for table, writes in group.items()]
@@ -553,6 +563,14 @@ class LmdbBackend:
 
         with self._lock:
             self._commit("writing a group of partitions", write_all)
+
+    def _group_reader(self) -> Any:
+        """One read transaction for all of a group's reads (a transaction per read costs
+        more than the read): it sees what was committed when the group began, and the
+        group's own writes are read from the group first. The caller holds `_lock`."""
+        if self._reader is None:
+            self._reader = self._env.begin(write=False)
+        return self._reader
 
     def _group_here(self) -> dict[LmdbTable, dict[bytes, bytes | None]] | None:
         """The open group, if this thread is the one whose writes it holds."""
@@ -665,7 +683,11 @@ class LmdbBackend:
             return result
 
     def _grow_map(self) -> None:
-        """Double the map. The caller holds `_lock`, so no transaction is open."""
+        """Double the map. The caller holds `_lock`, so no transaction is in use; a
+        group's read transaction is closed first (the group opens another)."""
+        if self._reader is not None:
+            self._reader.abort()
+            self._reader = None
         size = int(self._env.info()["map_size"]) * 2
         try:
             self._env.set_mapsize(size)

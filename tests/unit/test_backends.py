@@ -573,3 +573,24 @@ def test_memory_groups_write_at_once() -> None:
     assert table.get(b"k") == b"v"
     backend.end_group()
     assert table.get(b"k") == b"v"
+
+
+def test_a_groups_reads_survive_the_map_growing_under_them(tmp_path: Path) -> None:
+    """A group reads through one read transaction; another thread's write that grows the
+    map closes it first, and the group's next read opens another."""
+    backend = LmdbBackend(tmp_path / "data", initial_map_size=256 * 1024)
+    mine, other = backend.open_table(1), backend.open_table(2)
+    mine.apply([(b"before", b"1")])
+    backend.begin_group()
+    assert mine.get(b"before") == b"1"  # the group's read transaction is open now
+    mine.apply([(b"in-group", b"2")])
+    writer = threading.Thread(
+        target=lambda: other.apply([(b"big-%d" % n, b"v" * 800) for n in range(1_000)])
+    )
+    writer.start()
+    writer.join()
+    assert backend.stats()["map_resizes"] > 0
+    assert mine.get(b"before") == b"1" and mine.get(b"in-group") == b"2"
+    backend.end_group()
+    assert mine.get(b"in-group") == b"2" and len(other) == 1_000
+    backend.close()
