@@ -136,7 +136,7 @@ class HintedHandoff:
         self._delivering.add(target)
         delivery = _Delivery(self, target, len(batch))
         for key, hint in batch:
-            self._channel.to_local(hint.partition, ReadKey(key), delivery, (key, hint))
+            self._channel.to_local(hint.partition, ReadKey(key), delivery, (False, key, hint))
 
     def _delivered(
         self, target: str, done: list[tuple[bytes, _Hint]], failed: KVActorsError | None
@@ -193,7 +193,7 @@ class _Delivery:
         self._failed: KVActorsError | None = None
 
     def replica_done(self, tag: Any, result: Any) -> None:
-        merged, key, hint = tag if len(tag) == 3 else (False, *tag)
+        merged, key, hint = tag  # merged: the target's answer, else the local read's
         if merged:  # the target's answer to a merge
             self._done.append((key, hint))
             self._settled()
