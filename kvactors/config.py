@@ -86,7 +86,17 @@ class NodeConfig:
     dropped and counted."""
 
     handoff_concurrency: int = 16
-    """Partition transfers a leaving node runs at once."""
+    """Partition transfers a joining or leaving node runs at once."""
+
+    join_handoff: bool = True
+    """A node new to the cluster pulls every partition it will replicate before it owns
+    any (it is their next owner meanwhile, and takes their writes). Off: it owns its share
+    at once, empty, and anti-entropy and read repair fill it."""
+
+    handoff_drop_delay: float = 10.0
+    """Seconds the cluster must stay settled (nobody joining, leaving, suspect or dead)
+    before a node drops the copies of partitions it no longer replicates; negative: keep
+    them."""
 
     gossip_interval: float = 0.25
     """Seconds between gossip rounds."""

@@ -51,6 +51,9 @@ class NodeServices:
     handed_over: threading.Event = field(default_factory=threading.Event)
     """Set once a leaving node has handed every partition over (the gossip protocol
     announces the leave complete only then)."""
+    joined: threading.Event = field(default_factory=threading.Event)
+    """Set once a joining node holds every partition it will own (the gossip protocol
+    then announces it alive, and the ring gives it its share)."""
     incarnation: int = 0
     """The incarnation this node starts at: one above the last it had, when it restarts
     on a durable data directory (so that its news outranks what others remember)."""

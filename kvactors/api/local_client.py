@@ -199,9 +199,10 @@ class LocalClient(VersionedWrites):
     # -- through the coordinator -----------------------------------------------------
 
     def _gateway(self) -> RequestGateway | None:
-        """The coordinator, unless this node is alone and keeps every key's one copy."""
+        """The coordinator, unless this node is alone and keeps every key's one copy
+        (with nobody joining, who would need the writes too)."""
         snapshot = self._ring.current
-        if snapshot.n_val == 1 and len(snapshot.ring.members) == 1:
+        if snapshot.n_val == 1 and len(snapshot.ring.members) == 1 and not snapshot.pending:
             return None
         gateway = self._services.gateway
         if gateway is None:

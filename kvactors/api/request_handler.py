@@ -80,6 +80,7 @@ from kvactors.distribution.coordinator import (
 )
 from kvactors.distribution.hashing import partition_of
 from kvactors.distribution.hints import HintedHandoff
+from kvactors.distribution.join_handoff import PULL, JoinHandoff, StaleCopies, serve_pull
 from kvactors.distribution.responsibility_manager import RingSnapshot
 from kvactors.distribution.transfers import LeaveHandoff, leave_transfers
 from kvactors.distribution.versions import (
@@ -356,6 +357,24 @@ class RequestService:
             )
         )
         self.leave: LeaveHandoff | None = None
+        self.join = (
+            JoinHandoff(
+                config.name,
+                services.ring,
+                self,
+                replicas=config.replicas,
+                concurrency=config.handoff_concurrency,
+            )
+            if config.join_handoff and services.incarnation == 0
+            else None
+        )
+        self.stale_copies = (
+            None
+            if storage is None
+            else StaleCopies(
+                config.name, services.ring, storage, self, delay=config.handoff_drop_delay
+            )
+        )
         trees = services.trees
         self.anti_entropy = (
             None
@@ -453,6 +472,13 @@ class RequestService:
         if self.leave.finished:
             self._services.handed_over.set()
 
+    def _take_over_if_joining(self) -> None:
+        if self.join is None or self._services.joined.is_set():
+            return
+        self.join.on_tick()
+        if self.join.finished:
+            self._services.joined.set()
+
     def _apply_queued(self) -> None:
         """Every queued local batch to its StoreServer. Under group commit, the writes
         the StoreServers make meanwhile on this thread are committed together, in one
@@ -490,6 +516,9 @@ class RequestService:
         if self.hints is not None:
             self.hints.on_tick(now)
         self._hand_over_if_leaving()
+        self._take_over_if_joining()
+        if self.stale_copies is not None:
+            self.stale_copies.on_tick()
         if self._parked:
             parked, self._parked = self._parked, []
             for partition, entry in parked:
@@ -611,7 +640,8 @@ class RequestService:
     ) -> None:
         partition = partition_of(key, self._partitions)
         replicas = snapshot.replicas(partition)
-        if w == 1 and replicas == self._alone:
+        next_owners = snapshot.next_owners(partition)
+        if w == 1 and replicas == self._alone and not next_owners:
             write = WriteKey(key, value, None if clock is None else clock[0])
             self._queued[partition].append((_SoleWrite(self, pending, slot), None, write))
             return
@@ -626,6 +656,7 @@ class RequestService:
             deliver=self._slot_sink(pending, slot),
             requested_w=requested_w,
             hint_for=snapshot.missing_replicas(partition),
+            next_owners=next_owners,
         ).start()
 
     def _slot_sink(self, pending: _Pending, slot: int) -> Callable[[KeyOutcome], None]:
@@ -650,6 +681,8 @@ class RequestService:
                 self._serve_coordinate(peer, call)
             elif call.op == AAE:
                 self._serve_anti_entropy(peer, call)
+            elif call.op == PULL:
+                self._serve_pull(peer, call)
             else:
                 self._serve_registered_rpc(peer, call)
         except KVActorsError as exc:
@@ -701,6 +734,7 @@ class RequestService:
                     requested_w=requested_w,
                     coordinate_here=True,
                     hint_for=snapshot.missing_replicas(partition),
+                    next_owners=snapshot.next_owners(partition),
                 )
             )
         self._track(pending, own_timeout=True)
@@ -713,6 +747,14 @@ class RequestService:
         if trees is None:
             raise UnavailableError(f"{self._config.name} runs no anti-entropy")
         result = rpc.encode_result(call.call_id, answer_anti_entropy(trees, call.args))
+        self._transport.send_to_client([peer, rpc.MARKER, result])
+
+    def _serve_pull(self, peer: bytes, call: rpc.Call) -> None:
+        """A joining node pulls keys of the partitions it takes over from this one."""
+        storage = self._services.storage
+        if storage is None:
+            raise UnavailableError(f"{self._config.name} has no storage open")
+        result = rpc.encode_result(call.call_id, serve_pull(storage, self._partitions, call.args))
         self._transport.send_to_client([peer, rpc.MARKER, result])
 
     def _serve_registered_rpc(self, peer: bytes, call: rpc.Call) -> None:
@@ -1001,6 +1043,13 @@ class RequestService:
             "peer_sends_dropped": transport.peer_send_dropped,
             "storage": self._storage_status(),
             "handoff": None if self.leave is None else self.leave.status(),
+            "join": None if self.join is None else self.join.status(),
+            "dropped": None
+            if self.stale_copies is None
+            else {
+                "partitions": self.stale_copies.partitions_dropped,
+                "keys": self.stale_copies.keys_dropped,
+            },
             "hints": None
             if self.hints is None
             else {"pending": self.hints.pending(), **asdict(self.hints.stats)},

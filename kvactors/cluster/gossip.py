@@ -213,7 +213,16 @@ class GossipState:
     with `join` (or a fresh table) and let refutation raise its incarnation.
     """
 
-    __slots__ = ("_candidates", "_config", "_last_advance", "_me", "_seeds", "_table")
+    __slots__ = (
+        "_candidates",
+        "_config",
+        "_first_contact",
+        "_hold_joining",
+        "_last_advance",
+        "_me",
+        "_seeds",
+        "_table",
+    )
 
     def __init__(
         self,
@@ -223,9 +232,14 @@ class GossipState:
         config: GossipConfig | None = None,
         table: MemberTable | None = None,
         seeds: Iterable[str] = (),
+        hold_joining: bool = False,
     ) -> None:
         self._config = config or GossipConfig()
         self._me = me
+        # A new member stays JOINING after contact until `finish_joining` (its partitions
+        # are handed to it first); a member the cluster already knew is ALIVE at once.
+        self._hold_joining = hold_joining
+        self._first_contact = True
         self._table = (table or MemberTable()).with_member(me)
         self._seeds = tuple(dict.fromkeys(seed for seed in seeds if seed != me.endpoint))
         # When each watched member's heartbeat or incarnation last advanced here. Members
@@ -248,12 +262,15 @@ class GossipState:
         *,
         config: GossipConfig | None = None,
         incarnation: int = 0,
+        hold_joining: bool = False,
     ) -> GossipState:
         """A node about to join a cluster through any of `seeds` (endpoints; its own is
-        skipped). It stays JOINING until another node sends it a table. A node restarted
-        on its data passes the incarnation after the one it last had."""
+        skipped). It stays JOINING until another node sends it a table; with
+        `hold_joining`, a node new to the cluster stays JOINING after that, until
+        `finish_joining`. A node restarted on its data passes the incarnation after the
+        one it last had."""
         me = Member(name, endpoint, _JOINING, incarnation, 0)
-        state = cls(me, now, config=config, seeds=seeds)
+        state = cls(me, now, config=config, seeds=seeds, hold_joining=hold_joining)
         if not state.seeds:
             raise ValueError("joining a cluster needs the endpoint of another node")
         return state
@@ -348,6 +365,19 @@ class GossipState:
             return _NOTHING
         return self._announce(_LEAVING, self._me.incarnation + 1, rng)
 
+    def finish_joining(self, now: float, rng: random.Random) -> Output:
+        """A held join is complete (the node holds its partitions): ALIVE, which outranks
+        JOINING at the same incarnation, announced to `announce_fanout` peers."""
+        if self._me.status is not _JOINING:
+            return _NOTHING
+        self._hold_joining = False
+        return self._announce(_ALIVE, self._me.incarnation, rng)
+
+    @property
+    def holding_join(self) -> bool:
+        """JOINING after contact, waiting for `finish_joining`."""
+        return self._hold_joining and not self._first_contact and self._me.status is _JOINING
+
     def complete_leave(self, now: float, rng: random.Random) -> Output:
         """Finish leaving: LEFT (the strongest status, so the incarnation stays), announced
         to `announce_fanout` peers. After this the node sends and takes nothing."""
@@ -385,13 +415,17 @@ class GossipState:
     def _own_record_after(self, seen: Member) -> Member:
         """This node's record once it has seen `seen`, the merged record of itself."""
         me = self._me
+        first_contact, self._first_contact = self._first_contact, False
+        if first_contact and seen.precedence > me.precedence:
+            # The cluster knew this node before (it restarted): it is a member already.
+            self._hold_joining = False
         if seen.precedence > me.precedence:
             # An accusation, or a record of an earlier life: outrank it, keep our status.
             incarnation = min(seen.incarnation + 1, MAX_COUNTER)
             me = dataclasses.replace(me, incarnation=incarnation, heartbeat=seen.heartbeat)
         elif seen.heartbeat > me.heartbeat:
             me = me.with_heartbeat(seen.heartbeat)
-        if me.status is _JOINING:
+        if me.status is _JOINING and not self._hold_joining:
             me = dataclasses.replace(me, status=_ALIVE)  # another node has sent its table
         return me
 

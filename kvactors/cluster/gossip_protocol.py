@@ -68,6 +68,7 @@ class GossipProtocol(SupervisedActor):
         self._clock: Callable[[], float] = time.monotonic
         self._state: GossipState | None = None
         self._ticks = 0
+        self._announced_contact = False
         self._leaving_since: int | None = None
         self._left_at: int | None = None
         self._stop_ticker = threading.Event()
@@ -90,6 +91,9 @@ class GossipProtocol(SupervisedActor):
                 now,
                 config=self._gossip_config,
                 incarnation=self._services.incarnation,
+                # A node new to the cluster owns nothing until its partitions are handed
+                # to it; one restarted on its data rejoins as the owner it was.
+                hold_joining=config.join_handoff and self._services.incarnation == 0,
             )
         else:
             self._state = GossipState.found_cluster(
@@ -138,6 +142,9 @@ class GossipProtocol(SupervisedActor):
         state = self._live_state()
         self._ticks += 1
         self._send(state.tick(self._clock(), self._rng))
+        if state.holding_join and self._services.joined.is_set():
+            logger.info("every partition is handed over: joined the cluster as an owner")
+            self._send(state.finish_joining(self._clock(), self._rng))
         if state.status is MemberStatus.JOINING and self._ticks == _PATIENCE_TICKS:
             logger.warning(
                 "no seed of %s has answered yet; serving alone until one does",
@@ -157,6 +164,12 @@ class GossipProtocol(SupervisedActor):
         self._send(state.on_message(message, self._clock()))
         if was_joining and state.status is MemberStatus.ALIVE:
             logger.info("joined the cluster through %s", message.sender)
+        elif was_joining and state.holding_join and not self._announced_contact:
+            self._announced_contact = True
+            logger.info(
+                "in contact through %s; taking over partitions before owning them",
+                message.sender,
+            )
 
     def _start_leaving(self) -> None:
         state = self._live_state()

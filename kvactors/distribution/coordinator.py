@@ -211,6 +211,7 @@ class WriteOperation:
         "_hint_for",
         "_key",
         "_local",
+        "_next_owners",
         "_partition",
         "_requested_w",
         "_tracker",
@@ -232,12 +233,16 @@ class WriteOperation:
         requested_w: int | None = None,
         coordinate_here: bool = False,
         hint_for: tuple[str, ...] = (),
+        next_owners: tuple[str, ...] = (),
     ) -> None:
         """`replicas` is the key's preference list (N members, or fewer when the cluster
         has fewer alive). With `coordinate_here` (a peer asked this node to coordinate),
         this node coordinates even when it is not among them, in place of the last.
         `hint_for` names dead members the key would have as replicas: once the write is
-        made here, hints are kept for them, as for any replica that fails to take it."""
+        made here, hints are kept for them, as for any replica that fails to take it.
+        `next_owners` are joining members that will replicate the key: they get the
+        write too (so that a partition they are pulling misses nothing), but do not
+        count towards W: they own nothing yet."""
         me = channel.me
         self._local = coordinate_here or me in replicas
         if self._local:
@@ -252,6 +257,7 @@ class WriteOperation:
         self._deliver = deliver
         self._requested_w = requested_w
         self._hint_for = hint_for
+        self._next_owners = next_owners
         self._tracker = QuorumTracker(QuorumKind.WRITE, replicas, required)
         self._written: Written | None = None
         self._attempt = 0
@@ -277,6 +283,7 @@ class WriteOperation:
             if len(self._tracker.replicas) == 1:
                 for name in self._hint_for:
                     self._channel.hint(self._partition, self._key, name)
+                self._to_next_owners(result.state)
                 self._finish(WriteResult(result.existed, distinct_live_values(result.state)))
                 return
             self._replicate(result.state)
@@ -305,6 +312,16 @@ class WriteOperation:
             wire_op = ["merge", self._key, state_to_wire(state)]
             for name in others:
                 channel.to_peer(name, wire_op, self, name)
+        self._to_next_owners(state)
+
+    def _to_next_owners(self, state: KeyState) -> None:
+        """The write to the joining members that will own the key; nobody waits for
+        them (a merge lost here is caught by the join's pull or by anti-entropy)."""
+        me = self._channel.me
+        for name in self._next_owners:
+            if name != me:
+                wire_op = ["merge", self._key, state_to_wire(state)]
+                self._channel.to_peer(name, wire_op, _IGNORE, name)
 
     def _settle(self, decision: Decision) -> None:
         if not decision.is_new:

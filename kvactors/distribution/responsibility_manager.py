@@ -1,10 +1,16 @@
 """NodeResponsibilityManager: ring + members -> which node owns a key.
 
 It listens to the MembershipManager; on every change of membership it builds the
-consistent-hash ring of the members that can own data (joining, alive, suspect,
-leaving: dead and left members drop out until they return) and publishes an immutable
-`RingSnapshot` in a `RingHolder`. Request paths read `holder.current` without asking any
-actor, as Erlang code reads a `persistent_term`.
+consistent-hash ring of the members that own data (alive and suspect ones: dead, leaving
+and left members drop out until they return) and publishes an immutable `RingSnapshot`
+in a `RingHolder`. Request paths read `holder.current` without asking any actor, as
+Erlang code reads a `persistent_term`.
+
+A joining member owns nothing yet: it is the *next owner* of the partitions it will
+take (riak_core's "next" field). The snapshot carries a second ring with the joining
+members in it; writes reach the next owners too, while they pull each partition from a
+current owner (JoinHandoff), and the ring switches to them only once the member has
+every partition and announces itself alive.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ logger = logging.getLogger(__name__)
 # Members that own partitions. A suspect still owns its share: suspicion is often wrong.
 # A leaving member owns nothing: its slots pass to the others at once, so new writes reach
 # the members that take over while it streams them what it holds (LeaveHandoff).
-_OWNING = frozenset({MemberStatus.JOINING, MemberStatus.ALIVE, MemberStatus.SUSPECT})
+# A joining member owns nothing until its join handoff is done (it is a next owner).
+_OWNING = frozenset({MemberStatus.ALIVE, MemberStatus.SUSPECT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +49,7 @@ class RingSnapshot:
     route: tuple[str | None, ...] = field(repr=False)
     """Per partition: None when this node owns it, else the owner's endpoint."""
     endpoints: Mapping[str, str] = field(default_factory=dict, repr=False)
-    """The endpoint of each owning member, by name."""
+    """The endpoint of each owning or joining member, by name."""
     n_val: int = 1
     """N: replicas per key, the configured count capped at the cluster's size. The size
     counts dead members too (they may come back), so losing nodes does not lower N: the
@@ -55,6 +62,22 @@ class RingSnapshot:
     stand_ins: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
     """Per partition, while members are dead: the dead members whose replica slots the
     ring has given to others for now (empty when no member is dead)."""
+
+    next_ring: Ring | None = field(default=None, repr=False)
+    """The ring once the joining members own their shares; None when nobody joins."""
+
+    pending: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
+    """Per partition, while members join: the joining members that will be among its
+    replicas (its next owners), who take its writes already."""
+
+    @property
+    def joining(self) -> tuple[str, ...]:
+        """The members joining now, by name."""
+        return tuple(m.name for m in self.members if m.status is MemberStatus.JOINING)
+
+    def next_owners(self, partition: int) -> tuple[str, ...]:
+        """The joining members that will replicate `partition`: writes go to them too."""
+        return self.pending[partition] if self.pending else ()
 
     def missing_replicas(self, partition: int) -> tuple[str, ...]:
         """The dead members that would be replicas of `partition` if they were alive:
@@ -69,7 +92,7 @@ class RingSnapshot:
         return self.ring.preference_list(partition, self.n_val)
 
     def endpoint_of(self, name: str) -> str | None:
-        """The endpoint of owning member `name`; None if it owns nothing now."""
+        """The endpoint of owning or joining member `name`; None if it is neither."""
         return self.endpoints.get(name)
 
     @property
@@ -95,8 +118,16 @@ def build_snapshot(
     if not owners:
         owners = [known[me.name]]  # alone, even while leaving: someone must own the keys
     ring = Ring.build([m.name for m in owners], partitions=partitions, replicas=replicas)
-    cluster_size = sum(1 for m in known.values() if m.status is not MemberStatus.LEFT)
-    endpoints: Mapping[str, str] = {m.name: m.endpoint for m in owners}
+    owner_names = {m.name for m in owners}
+    joining = [
+        m for m in known.values() if m.status is MemberStatus.JOINING and m.name not in owner_names
+    ]
+    # Joining members do not count towards N until they own: a second node joining a
+    # first must not make every write wait for a W of 2 that one owner cannot give.
+    cluster_size = sum(
+        1 for m in known.values() if m.status is not MemberStatus.LEFT and m not in joining
+    )
+    endpoints: dict[str, str] = {m.name: m.endpoint for m in owners}
     route = tuple(
         None if head == me.name else endpoints[head]
         for head in (ring.preference_list(p, 1)[0] for p in range(partitions))
@@ -104,6 +135,8 @@ def build_snapshot(
     members_sorted = tuple(sorted(known.values(), key=lambda m: m.name))
     n_val = max(1, min(replicas, cluster_size))
     replica_sets = tuple(ring.preference_list(p, n_val) for p in range(partitions))
+    next_ring, pending = _next_owners(owners, joining, replica_sets, replicas=replicas)
+    endpoints.update((m.name, m.endpoint) for m in joining)  # reachable, owning nothing
     return RingSnapshot(
         version,
         me.name,
@@ -114,7 +147,32 @@ def build_snapshot(
         n_val,
         replica_sets,
         _stand_ins(known.values(), owners, replica_sets, n_val=n_val, replicas=replicas),
+        next_ring,
+        pending,
     )
+
+
+def _next_owners(
+    owners: list[Member],
+    joining: list[Member],
+    replica_sets: tuple[tuple[str, ...], ...],
+    *,
+    replicas: int,
+) -> tuple[Ring | None, tuple[tuple[str, ...], ...]]:
+    """The ring with the joining members in it, and per partition the joining members
+    that ring makes its replicas."""
+    if not joining:
+        return None, ()
+    partitions = len(replica_sets)
+    names = [m.name for m in [*owners, *joining]]
+    full = Ring.build(names, partitions=partitions, replicas=replicas)
+    n_next = max(1, min(replicas, len(names)))
+    joining_names = {m.name for m in joining}
+    pending = tuple(
+        tuple(name for name in full.preference_list(p, n_next) if name in joining_names)
+        for p in range(partitions)
+    )
+    return full, pending
 
 
 def _stand_ins(

@@ -60,6 +60,7 @@ __all__ = [
     "BatchSink",
     "CrashNow",
     "Delete",
+    "Forget",
     "Get",
     "GetMany",
     "InjectedCrashError",
@@ -143,6 +144,14 @@ class MergeKey(NamedTuple):
     state: KeyState
 
 
+class Forget(NamedTuple):
+    """Delete the key's record outright (no tombstone) if it is still `record`: a copy
+    this node no longer replicates. Answers whether it was deleted."""
+
+    key: bytes
+    record: bytes
+
+
 class Written(NamedTuple):
     """What a coordinated write left: the new state, and whether a live value preceded it."""
 
@@ -150,7 +159,7 @@ class Written(NamedTuple):
     existed: bool
 
 
-StoreOp = Get | Put | Delete | ReadKey | ReadWinner | WriteKey | MergeKey
+StoreOp = Get | Put | Delete | ReadKey | ReadWinner | WriteKey | MergeKey | Forget
 
 
 class BatchSink(Protocol):
@@ -240,6 +249,13 @@ class _Batch:
     def store(self, key: bytes, state: KeyState) -> None:
         self._states[key] = state
         self._changed[key] = state
+
+    def forget(self, key: bytes, record: bytes) -> bool:
+        """Delete the key if this message has not touched it and its record is `record`."""
+        if key in self._states or self._table.get(key) != record:
+            return False
+        self.store(key, EMPTY_STATE)
+        return True
 
     def commit(self) -> list[Write]:
         """Write every changed record in one transaction; returns what was written."""
@@ -383,6 +399,8 @@ class StoreServer(DispatchedActor):
             if merged is not current:  # a state sent again changes nothing: no rewrite
                 batch.store(op.key, merged)
             return None  # nobody needs the result, and a peer would pay to receive it
+        if kind is Forget:
+            return batch.forget(op.key, op.record)
         if kind is Get:
             return batch.winner(op.key)[0]
         if kind is Put:

@@ -669,3 +669,37 @@ def test_no_live_node_is_ever_declared_dead_under_5_percent_loss(size: int) -> N
     assert all(node.status is ALIVE for node in network.running())
     # Suspicions are allowed (they are refuted), but they must stay rare.
     assert len(network.suspicions) <= size // 100
+
+
+def test_a_held_join_stays_joining_until_finished_then_is_alive_everywhere() -> None:
+    rng = random.Random(5)
+    seed = GossipState.found_cluster("seed", endpoint_of("seed"), 0.0)
+    joiner = GossipState.join(
+        "new", endpoint_of("new"), [endpoint_of("seed")], 0.0, hold_joining=True
+    )
+    (hello,) = joiner.tick(0.25, rng).messages
+    (answer,) = seed.on_message(hello.message, 0.3).messages
+    joiner.on_message(answer.message, 0.3)
+    assert joiner.status is JOINING and joiner.holding_join
+    assert set(joiner.table) == {"seed", "new"}
+    for k in range(2, 6):  # more rounds change nothing while the handoff runs
+        exchange(joiner, seed, k * 0.25)
+    assert joiner.status is JOINING and seed.table["new"].status is JOINING
+
+    finished = joiner.finish_joining(1.5, rng)
+    assert changed_statuses(finished) == {"new": ALIVE} and not joiner.holding_join
+    (announce,) = finished.messages
+    seed.on_message(announce.message, 1.5)
+    assert seed.table["new"].status is ALIVE
+    assert joiner.finish_joining(1.75, rng).messages == ()  # once
+
+
+def test_a_held_join_of_a_node_the_cluster_knew_is_alive_at_once() -> None:
+    # A memory node restarted under its old name is a member already: no handoff.
+    rng = random.Random(6)
+    a, b = pair()
+    restarted = GossipState.join(b.name, b.endpoint, [a.endpoint], 1.0, hold_joining=True)
+    (hello,) = restarted.tick(1.25, rng).messages
+    (answer,) = a.on_message(hello.message, 1.3).messages
+    restarted.on_message(answer.message, 1.3)
+    assert restarted.status is ALIVE and not restarted.holding_join

@@ -39,13 +39,48 @@ def test_dead_and_left_members_own_nothing_but_stay_listed() -> None:
         member("e", MemberStatus.JOINING),
     ]
     snapshot = build_snapshot(2, me, members, Q)
-    assert set(snapshot.ring.members) == {"a", "d", "e"}
+    assert set(snapshot.ring.members) == {"a", "d"}  # e is joining: a next owner only
     assert [m.name for m in snapshot.members] == ["a", "b", "c", "d", "e"]
     assert all(route != "tcp://b:5555" for route in snapshot.route)
 
 
 def test_this_node_owns_a_share_even_before_the_others_list_it() -> None:
-    me = member("a", MemberStatus.JOINING)
+    me = member("a")
     snapshot = build_snapshot(3, me, [member("b")], Q)
     assert "a" in snapshot.ring.members
     assert None in snapshot.route
+
+
+def test_a_joining_member_is_a_next_owner_until_it_is_alive() -> None:
+    me = member("a")
+    members = [me, member("b"), member("c"), member("d", MemberStatus.JOINING)]
+    snapshot = build_snapshot(4, me, members, Q, replicas=3)
+    assert snapshot.ring.members == ("a", "b", "c")
+    assert snapshot.joining == ("d",)
+    assert snapshot.next_ring is not None and "d" in snapshot.next_ring.members
+    assert snapshot.n_val == 3  # the joiner does not count until it owns
+    assert all("d" not in snapshot.replicas(p) for p in range(Q))
+    gaining = [p for p in range(Q) if snapshot.next_owners(p) == ("d",)]
+    expected = [p for p in range(Q) if "d" in snapshot.next_ring.preference_list(p, 3)]
+    assert gaining == expected
+    assert 0 < len(gaining) < Q
+    assert snapshot.endpoint_of("d") == "tcp://d:5555"  # writes and pulls reach it
+
+    settled = build_snapshot(5, me, [*members[:3], member("d")], Q, replicas=3)
+    assert settled.next_ring is None and settled.next_owners(0) == ()
+    assert [p for p in range(Q) if "d" in settled.replicas(p)] == gaining
+
+
+def test_a_second_node_joining_a_first_does_not_raise_n() -> None:
+    # While b pulls, a alone owns: W capped at N must be reachable by a alone.
+    me = member("a")
+    snapshot = build_snapshot(1, me, [me, member("b", MemberStatus.JOINING)], Q, replicas=3)
+    assert snapshot.n_val == 1
+    assert all(snapshot.next_owners(p) == ("b",) for p in range(Q))
+
+
+def test_a_joining_node_alone_owns_everything() -> None:
+    me = member("a", MemberStatus.JOINING)
+    snapshot = build_snapshot(1, me, [me], Q)
+    assert snapshot.ring.members == ("a",)
+    assert snapshot.next_ring is None

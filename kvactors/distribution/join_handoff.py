@@ -1,0 +1,432 @@
+"""Join handoff: a joining node pulls its partitions before it owns them; old owners
+drop the copies they no longer need after the switch.
+
+A new member joins as JOINING and owns nothing: the ring of its snapshot is the ring of
+the owners, and `RingSnapshot.next_ring` the ring with it (riak_core keeps a "next
+owner" per partition the same way). Writes reach it already (the coordinators send them
+to the next owners too, without counting them towards W). Meanwhile it pulls every
+partition it will replicate from a current replica (`plan_transfers` picks the source,
+spreading the work, preferring replicas that stay), `batch_keys` keys per call, the next
+call for a partition only once the previous one's keys are merged here (flow control),
+at most `concurrency` partitions in flight. A pull that fails is retried after `retry`
+seconds from where it stopped (the cursor is the last key merged), from another source
+if the first is gone. When every partition is here, the node announces itself ALIVE
+and the ring switches to it.
+
+After the switch, the member a partition's preference list lost keeps a stale copy:
+`StaleCopies` drops it once the partition has not been this node's for `drop_delay`
+seconds, with no member joining or dead (then hints and anti-entropy have whatever only
+it held). A record is only dropped if it is still the one that was read, so a write
+that reaches the old copy meanwhile survives until the next round.
+
+Everything runs on the transport thread, from its tick; every step is a callback. The
+serving side (`serve_pull`, RPC op ``pull``) reads the partition's table there too.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from kvactors.cluster.membership import MemberStatus
+from kvactors.distribution.handoff import plan_transfers
+from kvactors.distribution.responsibility_manager import RingHolder, RingSnapshot
+from kvactors.distribution.versions import state_from_wire, state_to_wire
+from kvactors.errors import BadRequestError, KVActorsError
+from kvactors.storage.backends import StorageBackend
+from kvactors.storage.records import decode_trusted_state
+from kvactors.storage.store_server import Forget, MergeKey, StoreOp
+
+__all__ = ["PULL", "JoinHandoff", "PullChannel", "StaleCopies", "serve_pull"]
+
+logger = logging.getLogger(__name__)
+
+PULL: Final = "pull"
+"""The RPC op a joining node pulls partitions with."""
+
+# Most partitions one pull call names (the source answers up to `max_keys` keys in all).
+_PARTITIONS_PER_CALL = 64
+
+
+class PullChannel(Protocol):
+    """How the handoff reaches its stores and peers (the RequestService provides it)."""
+
+    def to_local(self, partition: int, op: StoreOp, target: Any, tag: Any) -> None: ...
+
+    def call_peer(
+        self,
+        endpoint: str,
+        op: str,
+        args: dict[str, Any],
+        settle: Callable[[Any, KVActorsError | None], None],
+    ) -> None: ...
+
+
+# -- the serving side -----------------------------------------------------------------------
+
+
+def serve_pull(storage: StorageBackend, partitions: int, args: dict[str, Any]) -> dict[str, Any]:
+    """A joining node's pull: for each [partition, after] asked, the keys after `after`
+    (in byte order) with their states, up to `max_keys` keys in all, and how many keys
+    are left after them (0: the partition is done). BadRequestError on a malformed call."""
+    asked = args.get("partitions")
+    budget = args.get("max_keys")
+    if type(budget) is not int or budget <= 0:
+        raise BadRequestError("a pull needs max_keys, a positive integer")
+    if not isinstance(asked, list) or len(asked) > _PARTITIONS_PER_CALL:
+        raise BadRequestError(f"a pull needs partitions: at most {_PARTITIONS_PER_CALL} pairs")
+    parts = []
+    for item in asked:
+        match item:
+            case [int(partition), bytes(after)] if 0 <= partition < partitions:
+                items, left = _keys_after(storage, partition, after, budget)
+                budget -= len(items)
+                parts.append([partition, items, left])
+            case _:
+                raise BadRequestError(f"a pull asks for [partition, after-key], got {item!r:.80}")
+    return {"parts": parts}
+
+
+def _keys_after(
+    storage: StorageBackend, partition: int, after: bytes, budget: int
+) -> tuple[list[list[Any]], int]:
+    records = dict(storage.open_table(partition).items())
+    keys = sorted(records)
+    start = bisect.bisect_right(keys, after) if after else 0
+    chosen = keys[start : start + max(budget, 0)]
+    items = [[key, state_to_wire(decode_trusted_state(records[key]))] for key in chosen]
+    return items, len(keys) - start - len(chosen)
+
+
+# -- the joining side -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Progress:
+    """One partition's pull."""
+
+    partition: int
+    source: str
+    cursor: bytes = b""
+    keys: int = 0
+    bytes: int = 0
+    started: float = 0.0
+    left: int | None = None  # keys the source had left after the last answer
+    merging: int = 0  # merges of the last answer not acknowledged yet
+    failed: bool = False
+
+
+@dataclass(slots=True)
+class JoinStats:
+    partitions: int = 0
+    done: int = 0
+    keys_received: int = 0
+    bytes_received: int = 0
+    failed_calls: int = 0
+
+
+class JoinHandoff:
+    """Pulls the partitions a joining node will own; `finished` once all are here."""
+
+    def __init__(
+        self,
+        me: str,
+        ring: RingHolder,
+        channel: PullChannel,
+        *,
+        replicas: int,
+        concurrency: int,
+        batch_keys: int = 1000,
+        retry: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._me = me
+        self._ring = ring
+        self._channel = channel
+        self._replicas = replicas
+        self._concurrency = concurrency
+        self._batch_keys = batch_keys
+        self._retry = retry
+        self._clock = clock
+        self._planned: int | None = None  # the snapshot version of the plan
+        self._wanted: dict[int, _Progress] = {}  # partitions still to pull
+        self._done: set[int] = set()
+        self._in_flight: set[int] = set()
+        self._retry_at: dict[str, float] = {}
+        self.stats = JoinStats()
+
+    @property
+    def finished(self) -> bool:
+        """Every partition of the current plan is here (and a plan was made)."""
+        return self._planned is not None and not self._wanted and not self._in_flight
+
+    def on_tick(self) -> None:
+        snapshot = self._ring.current
+        if not _joining(snapshot, self._me):
+            return
+        if snapshot.version != self._planned:
+            self._replan(snapshot)
+        self._start_calls(snapshot)
+
+    def _replan(self, snapshot: RingSnapshot) -> None:
+        assert snapshot.next_ring is not None
+        alive = frozenset(
+            m.name
+            for m in snapshot.members
+            if m.status is MemberStatus.ALIVE and m.name in snapshot.ring.members
+        )
+        n_next = max(1, min(self._replicas, len(snapshot.next_ring.members)))
+        plan = plan_transfers(snapshot.ring, snapshot.next_ring, n_next, alive=alive)
+        sources = {t.partition: t.source for t in plan.transfers if t.target == self._me}
+        first = self._planned is None
+        self._planned = snapshot.version
+        for partition, source in sources.items():
+            if partition in self._done:
+                continue
+            progress = self._wanted.get(partition)
+            if progress is None:
+                self._wanted[partition] = _Progress(partition, source)
+            elif partition not in self._in_flight:
+                progress.source = source  # resumes from its cursor
+        for partition in [p for p in self._wanted if p not in sources]:
+            del self._wanted[partition]  # no longer ours to pull
+        self.stats.partitions = len(self._done) + len(self._wanted)
+        if first:
+            logger.info(
+                "joining: pulling %d partitions from %s",
+                len(sources),
+                ", ".join(sorted(set(sources.values()))) or "nobody",
+            )
+
+    def _start_calls(self, snapshot: RingSnapshot) -> None:
+        now = self._clock()
+        by_source: defaultdict[str, list[_Progress]] = defaultdict(list)
+        room = self._concurrency - len(self._in_flight)
+        for progress in self._wanted.values():
+            if room <= 0:
+                break
+            if progress.partition in self._in_flight:
+                continue
+            if self._retry_at.get(progress.source, 0.0) > now:
+                continue
+            by_source[progress.source].append(progress)
+            room -= 1
+        for source, chosen in by_source.items():
+            endpoint = snapshot.endpoint_of(source)
+            if endpoint is None:
+                continue  # gone: the next plan picks another source
+            for start in range(0, len(chosen), _PARTITIONS_PER_CALL):
+                self._call(source, endpoint, chosen[start : start + _PARTITIONS_PER_CALL], now)
+
+    def _call(self, source: str, endpoint: str, chosen: list[_Progress], now: float) -> None:
+        for progress in chosen:
+            self._in_flight.add(progress.partition)
+            if not progress.started:
+                progress.started = now
+        args = {
+            "partitions": [[p.partition, p.cursor] for p in chosen],
+            "max_keys": self._batch_keys,
+        }
+
+        def settle(result: Any, error: KVActorsError | None) -> None:
+            if error is None:
+                try:
+                    self._take(source, chosen, result)
+                    return
+                except (ValueError, TypeError, KeyError) as exc:
+                    error = BadRequestError(f"{source} answered a pull badly: {exc}")
+            self._failed(source, chosen, error)
+
+        self._channel.call_peer(endpoint, PULL, args, settle)
+
+    def _take(self, source: str, chosen: list[_Progress], result: Any) -> None:
+        parts = {int(p): (items, int(left)) for p, items, left in result["parts"]}
+        decoded = []
+        for progress in chosen:
+            items, left = parts.get(progress.partition, ([], -1))
+            states = [(bytes(key), state_from_wire(wire)) for key, wire in items]
+            decoded.append((progress, states, left == 0))
+            if left >= 0:
+                progress.left = left
+        for progress, states, done in decoded:
+            if not states:
+                self._settled(progress, b"", done)
+                continue
+            progress.merging = len(states)
+            last = states[-1][0]
+            for key, state in states:
+                tag = (progress, last, done, len(key))
+                self._channel.to_local(progress.partition, MergeKey(key, state), self, tag)
+
+    def _failed(self, source: str, chosen: list[_Progress], error: KVActorsError) -> None:
+        self.stats.failed_calls += 1
+        self._retry_at[source] = self._clock() + self._retry
+        for progress in chosen:
+            self._in_flight.discard(progress.partition)
+        logger.warning(
+            "joining: pulling %d partitions from %s waits %.1f s: %s",
+            len(chosen),
+            source,
+            self._retry,
+            error,
+        )
+
+    # -- the local merges' answers (ReplicaTarget) ------------------------------------
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        progress, last, done, size = tag
+        progress.keys += 1
+        progress.bytes += size
+        self.stats.keys_received += 1
+        self.stats.bytes_received += size
+        progress.merging -= 1
+        if progress.merging == 0 and not progress.failed:
+            self._settled(progress, last, done)
+        elif progress.merging == 0:
+            progress.failed = False
+            self._in_flight.discard(progress.partition)  # again from the old cursor
+
+    def replica_failed(self, tag: Any, error: KVActorsError) -> None:
+        progress = tag[0]
+        progress.failed = True
+        progress.merging -= 1
+        if progress.merging == 0:
+            progress.failed = False
+            self._in_flight.discard(progress.partition)
+            logger.warning("joining: partition %d waits: %s", progress.partition, error)
+
+    def _settled(self, progress: _Progress, last: bytes, done: bool) -> None:
+        self._in_flight.discard(progress.partition)
+        if last:
+            progress.cursor = last
+        if not done:
+            return
+        if self._wanted.pop(progress.partition, None) is not None:
+            self._done.add(progress.partition)
+            self.stats.done += 1
+            if not self._wanted and not self._in_flight:
+                logger.info(
+                    "joining: every partition pulled (%d partitions, %d keys)",
+                    len(self._done),
+                    self.stats.keys_received,
+                )
+
+    def status(self) -> dict[str, Any]:
+        now = self._clock()
+        running = [self._wanted[p] for p in sorted(self._in_flight) if p in self._wanted]
+        return {
+            "partitions": self.stats.partitions,
+            "done": self.stats.done,
+            "waiting": len(self._wanted) - len(running),
+            "keys_received": self.stats.keys_received,
+            "bytes_received": self.stats.bytes_received,
+            "failed_calls": self.stats.failed_calls,
+            "running": [_report(p, self._me, now) for p in running],
+        }
+
+
+def _report(progress: _Progress, me: str, now: float) -> dict[str, Any]:
+    elapsed = max(now - progress.started, 1e-3)
+    rate = progress.keys / elapsed
+    return {
+        "partition": progress.partition,
+        "from": progress.source,
+        "to": me,
+        "keys_sent": progress.keys,
+        "bytes_sent": progress.bytes,
+        "keys_per_second": round(rate, 1),
+        "eta_seconds": None
+        if progress.left is None or not rate
+        else round(progress.left / rate, 1),
+    }
+
+
+def _joining(snapshot: RingSnapshot, me: str) -> bool:
+    """This node joins a cluster that has other owners (not while it serves alone)."""
+    if snapshot.next_ring is None or me in snapshot.ring.members:
+        return False
+    return me in snapshot.joining
+
+
+# -- after the switch -----------------------------------------------------------------------
+
+
+class StaleCopies:
+    """Drops the copies of partitions this node no longer replicates, once the cluster
+    has settled for `delay` seconds (a negative delay keeps them)."""
+
+    def __init__(
+        self,
+        me: str,
+        ring: RingHolder,
+        storage: StorageBackend,
+        channel: PullChannel,
+        *,
+        delay: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._me = me
+        self._ring = ring
+        self._storage = storage
+        self._channel = channel
+        self._delay = delay
+        self._clock = clock
+        self._settled_since: tuple[int, float] | None = None  # (snapshot version, since)
+        self._next_sweep = 0.0
+        self.keys_dropped = 0
+        self.partitions_dropped = 0
+
+    def on_tick(self) -> None:
+        if self._delay < 0:
+            return
+        snapshot, now = self._ring.current, self._clock()
+        if not _settled(snapshot):
+            self._settled_since = None
+            return
+        if self._settled_since is None or self._settled_since[0] != snapshot.version:
+            self._settled_since = (snapshot.version, now)
+            return
+        if now - self._settled_since[1] < self._delay or now < self._next_sweep:
+            return
+        # Again every `delay`: a write from a node with an older view may land meanwhile.
+        self._next_sweep = now + max(self._delay, 1.0)
+        self._sweep(snapshot)
+
+    def _sweep(self, snapshot: RingSnapshot) -> None:
+        dropped = 0
+        for partition, replicas in enumerate(snapshot.replica_sets):
+            if self._me in replicas:
+                continue
+            table = self._storage.open_table(partition)
+            if not len(table):
+                continue
+            self.partitions_dropped += 1
+            for key, record in table.items():
+                self._channel.to_local(partition, Forget(key, record), _DROPPED, self)
+                dropped += 1
+        if dropped:
+            logger.info("dropping %d keys of partitions this node no longer replicates", dropped)
+
+
+def _settled(snapshot: RingSnapshot) -> bool:
+    """Nobody joining, leaving or dead: every replica set is the one it will stay."""
+    return snapshot.next_ring is None and all(
+        m.status in (MemberStatus.ALIVE, MemberStatus.LEFT) for m in snapshot.members
+    )
+
+
+class _Dropped:
+    def replica_done(self, tag: Any, result: Any) -> None:
+        if result:
+            tag.keys_dropped += 1
+
+    def replica_failed(self, tag: Any, error: KVActorsError) -> None:
+        pass
+
+
+_DROPPED: Final = _Dropped()
