@@ -54,6 +54,10 @@ class NodeServices:
     joined: threading.Event = field(default_factory=threading.Event)
     """Set once a joining node holds every partition it will own (the gossip protocol
     then announces it alive, and the ring gives it its share)."""
+    gossip_state: Any = None
+    """The GossipState of this node's gossip protocol, kept here so that a restarted
+    GossipProtocol carries on with the member table instead of starting alone (a node
+    that forgot its cluster would take writes it cannot replicate)."""
     incarnation: int = 0
     """The incarnation this node starts at: one above the last it had, when it restarts
     on a durable data directory (so that its news outranks what others remember)."""

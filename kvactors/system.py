@@ -69,7 +69,7 @@ class ActorSystem:
         self._backend: StorageBackend | None = None
         self._remembered: NodeIdentity | None = None
         self._directory = PartitionDirectory(self.config.partitions)
-        me = Member(self.config.name, self.config.endpoint, MemberStatus.ALIVE, 0, 0)
+        me = Member(self.config.name, self.config.endpoint, _first_status(self.config), 0, 0)
         self._services = NodeServices(
             config=self.config,
             directory=self._directory,
@@ -82,8 +82,11 @@ class ActorSystem:
         )
         if self.config.bind is None:
             self._services.handed_over.set()  # no network: nothing to hand over to
-        if self.config.bind is not None and self.config.anti_entropy_interval > 0:
-            # Trees only where anti-entropy can run: a node on the network.
+        if self.config.bind is not None and (
+            self.config.anti_entropy_interval > 0 or self.config.join_handoff
+        ):
+            # Trees only where anti-entropy can run: a node on the network (a joining
+            # node's catch-up uses them even with periodic anti-entropy off).
             self._services.trees = PartitionTrees(self.config.partitions)
         self._client = LocalClient(self._services)
         self._stopped = threading.Event()
@@ -115,6 +118,8 @@ class ActorSystem:
                 raise KVActorsError(f"node {self.name} is started already")
             self._stopped.clear()
             self._failure = None
+            self._services.gossip_state = None  # a new start is a new life
+            self._services.joined.clear()
             self._backend = self._open_storage()
             children = self._components(self._backend)
             self._root = start_supervised(
@@ -264,7 +269,9 @@ class ActorSystem:
             if seeds:
                 self.config = services.config = config.replace(seeds=seeds)
                 logger.info("rejoining the members this node knew: %s", ", ".join(seeds))
-        me = Member(config.name, config.endpoint, MemberStatus.ALIVE, services.incarnation, 0)
+        me = Member(
+            config.name, config.endpoint, _first_status(self.config), services.incarnation, 0
+        )
         services.ring.publish(build_snapshot(0, me, [me], config.partitions, config.replicas))
         self._remembered = None
         self._remember(backend, services.ring.current)
@@ -375,3 +382,9 @@ def _with_concrete_port(config: NodeConfig) -> NodeConfig:
         probe.bind((host.strip("[]") if host != "*" else "", 0))
         port = probe.getsockname()[1]
     return config.replace(bind=f"tcp://{host}:{port}")
+
+
+def _first_status(config: NodeConfig) -> MemberStatus:
+    """How a node sees itself before gossip has run: a node with seeds is joining (it
+    takes no data requests until one answers), a founder is alive."""
+    return MemberStatus.JOINING if config.seeds else MemberStatus.ALIVE

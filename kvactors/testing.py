@@ -23,7 +23,7 @@ def wait_until(
     condition: Callable[[], object],
     timeout: float = 5.0,
     interval: float = 0.005,
-    message: str | None = None,
+    message: str | Callable[[], str] | None = None,
 ) -> None:
     """Return as soon as `condition()` is true; raise AssertionError at the deadline.
 
@@ -33,6 +33,8 @@ def wait_until(
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() >= deadline:
+            if callable(message):  # what was seen last, said at the deadline
+                message = message()
             raise AssertionError(message or f"condition not met within {timeout}s: {condition}")
         time.sleep(interval)
 

@@ -202,7 +202,12 @@ class LocalClient(VersionedWrites):
         """The coordinator, unless this node is alone and keeps every key's one copy
         (with nobody joining, who would need the writes too)."""
         snapshot = self._ring.current
-        if snapshot.n_val == 1 and len(snapshot.ring.members) == 1 and not snapshot.pending:
+        if (
+            snapshot.n_val == 1
+            and len(snapshot.ring.members) == 1
+            and not snapshot.pending
+            and not snapshot.detached
+        ):
             return None
         gateway = self._services.gateway
         if gateway is None:

@@ -80,7 +80,14 @@ from kvactors.distribution.coordinator import (
 )
 from kvactors.distribution.hashing import partition_of
 from kvactors.distribution.hints import HintedHandoff
-from kvactors.distribution.join_handoff import PULL, JoinHandoff, StaleCopies, serve_pull
+from kvactors.distribution.join_handoff import (
+    PULL,
+    CatchUp,
+    JoinHandoff,
+    Repairs,
+    StaleCopies,
+    serve_pull,
+)
 from kvactors.distribution.responsibility_manager import RingSnapshot
 from kvactors.distribution.transfers import LeaveHandoff, leave_transfers
 from kvactors.distribution.versions import (
@@ -357,17 +364,7 @@ class RequestService:
             )
         )
         self.leave: LeaveHandoff | None = None
-        self.join = (
-            JoinHandoff(
-                config.name,
-                services.ring,
-                self,
-                replicas=config.replicas,
-                concurrency=config.handoff_concurrency,
-            )
-            if config.join_handoff and services.incarnation == 0
-            else None
-        )
+
         self.stale_copies = (
             None
             if storage is None
@@ -388,6 +385,27 @@ class RequestService:
                 max_keys=config.anti_entropy_max_keys,
             )
         )
+
+        self.join = (
+            JoinHandoff(
+                config.name,
+                services.ring,
+                self,
+                replicas=config.replicas,
+                concurrency=config.handoff_concurrency,
+                catch_up=self._catch_up(),
+                # By then gossip has told every node of the join (several rounds).
+                settle=max(2.0, 8 * config.gossip_interval),
+            )
+            if config.join_handoff and services.incarnation == 0
+            else None
+        )
+
+    def _catch_up(self) -> tuple[CatchUp, Repairs] | None:
+        anti_entropy = self.anti_entropy
+        if anti_entropy is None:
+            return None
+        return anti_entropy.exchange_now, lambda: anti_entropy.stats.keys_repaired
 
     @property
     def me(self) -> str:
@@ -474,6 +492,12 @@ class RequestService:
 
     def _take_over_if_joining(self) -> None:
         if self.join is None or self._services.joined.is_set():
+            return
+        snapshot = self._ring.current
+        if snapshot.ring.members == (self.me,) and not snapshot.detached:
+            # In contact, but nobody owns anything yet (every member is joining): there
+            # is nothing to pull, and somebody must own the keys.
+            self._services.joined.set()
             return
         self.join.on_tick()
         if self.join.finished:
@@ -576,6 +600,7 @@ class RequestService:
     def _coordinate(self, pending: _Pending, request: Request, own_timeout: bool) -> None:
         """Start one quorum operation per key of `request`."""
         snapshot = self._ring.current
+        _refuse_if_detached(snapshot)
         n_val = snapshot.n_val
         op = request.op
         if op is Op.GET or op is Op.GET_MANY:
@@ -717,6 +742,7 @@ class RequestService:
         self._admit()
         pending = _CoordinateRequest(peer, call.call_id, len(writes), self._deadline(call.timeout))
         snapshot = self._ring.current
+        _refuse_if_detached(snapshot)
         operations = []
         for slot, (key, value, context, requested_w) in enumerate(writes):
             partition = partition_of(key, self._partitions)
@@ -1096,6 +1122,14 @@ class _Syncer:
                 self._done(batches, error)
             else:
                 self._done(batches, None)
+
+
+def _refuse_if_detached(snapshot: RingSnapshot) -> None:
+    if snapshot.detached:
+        raise UnavailableError(
+            f"{snapshot.me} is joining and no member of its cluster has answered yet; "
+            "retry, or ask another node"
+        )
 
 
 def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:

@@ -329,6 +329,11 @@ class GossipState:
 
     # ------------------------------------------------------------------ driving calls
 
+    def restarted(self, now: float) -> None:
+        """The actor that drives this state restarted: the time it was down is not the
+        members' silence, so every watched member's silence counts from `now`."""
+        self._last_advance = dict.fromkeys(self._last_advance, now)
+
     def tick(self, now: float, rng: random.Random) -> Output:
         """Once per interval: heartbeat, failure detection, and a Sync to start an exchange."""
         if self._me.status is _LEFT:

@@ -83,7 +83,10 @@ class GossipProtocol(SupervisedActor):
         config, now = self._services.config, self._clock()
         endpoint = config.endpoint
         seeds = [seed for seed in config.seeds if seed != endpoint]
-        if seeds:
+        if isinstance(self._services.gossip_state, GossipState):
+            self._state = self._services.gossip_state  # restarted: carry on
+            self._state.restarted(now)
+        elif seeds:
             self._state = GossipState.join(
                 config.name,
                 endpoint,
@@ -103,6 +106,7 @@ class GossipProtocol(SupervisedActor):
                 config=self._gossip_config,
                 incarnation=self._services.incarnation,
             )
+        self._services.gossip_state = self._state
         self._services.network.handle(GOSSIP, self._incoming)
         self._report(Output())
         threading.Thread(target=self._run_ticker, name=f"{self}-ticker", daemon=True).start()
@@ -143,11 +147,11 @@ class GossipProtocol(SupervisedActor):
         self._ticks += 1
         self._send(state.tick(self._clock(), self._rng))
         if state.holding_join and self._services.joined.is_set():
-            logger.info("every partition is handed over: joined the cluster as an owner")
+            logger.info("every partition is handed over: owning its share now")
             self._send(state.finish_joining(self._clock(), self._rng))
         if state.status is MemberStatus.JOINING and self._ticks == _PATIENCE_TICKS:
             logger.warning(
-                "no seed of %s has answered yet; serving alone until one does",
+                "no seed of %s has answered yet; taking no data requests until one does",
                 ", ".join(state.seeds),
             )
         if self._leaving_since is not None:
@@ -167,7 +171,7 @@ class GossipProtocol(SupervisedActor):
         elif was_joining and state.holding_join and not self._announced_contact:
             self._announced_contact = True
             logger.info(
-                "in contact through %s; taking over partitions before owning them",
+                "joined the cluster through %s; taking its partitions over before owning them",
                 message.sender,
             )
 

@@ -176,6 +176,19 @@ class AntiEntropy:
         self._running = _Exchange(self, name, endpoint, shared)
         self._running.start()
 
+    def exchange_now(
+        self,
+        peer: str,
+        endpoint: str,
+        partitions: list[int],
+        then: Callable[[KVActorsError | None], None],
+    ) -> None:
+        """One exchange over `partitions` with `peer`, outside the periodic schedule (a
+        joining node catching up on what its pull missed); `then` hears how it ended.
+        It compares at most `_PARTITIONS_PER_EXCHANGE` partitions and repairs at most
+        `max_keys` keys: call again for the rest."""
+        _Exchange(self, peer, endpoint, partitions, then).start()
+
     def _next_peer(self) -> tuple[str, str, list[int]] | None:
         """The next peer in turn that shares a partition with this node, and those
         partitions."""
@@ -195,6 +208,9 @@ class AntiEntropy:
         return None
 
     def _finished(self, exchange: _Exchange, error: KVActorsError | None) -> None:
+        if exchange.then is not None:
+            exchange.then(error)
+            return
         if exchange is not self._running:
             return
         self._running = None
@@ -208,8 +224,16 @@ class AntiEntropy:
 class _Exchange:
     """One exchange with one peer: the steps of the module docstring, each a callback."""
 
-    def __init__(self, owner: AntiEntropy, peer: str, endpoint: str, shared: list[int]):
+    def __init__(
+        self,
+        owner: AntiEntropy,
+        peer: str,
+        endpoint: str,
+        shared: list[int],
+        then: Callable[[KVActorsError | None], None] | None = None,
+    ):
         self._owner = owner
+        self.then = then
         self._trees = owner._trees
         self._channel = owner._channel
         self.peer = peer

@@ -10,8 +10,14 @@ spreading the work, preferring replicas that stay), `batch_keys` keys per call, 
 call for a partition only once the previous one's keys are merged here (flow control),
 at most `concurrency` partitions in flight. A pull that fails is retried after `retry`
 seconds from where it stopped (the cursor is the last key merged), from another source
-if the first is gone. When every partition is here, the node announces itself ALIVE
-and the ring switches to it.
+if the first is gone.
+
+A write coordinated by a node that has not heard of the join yet reaches the old
+replicas only, and may land behind the pull's cursor. So once every partition is pulled,
+and at least `settle` seconds after the pull began (by then gossip has told every node),
+the node runs anti-entropy exchanges over the pulled partitions with their sources:
+only keys whose hashes differ move. Rounds repeat until one repairs nothing (at most
+`_CATCH_UP_ROUNDS`). Then the node announces itself ALIVE and the ring switches to it.
 
 After the switch, the member a partition's preference list lost keeps a stale copy:
 `StaleCopies` drops it once the partition has not been this node's for `drop_delay`
@@ -51,6 +57,17 @@ PULL: Final = "pull"
 
 # Most partitions one pull call names (the source answers up to `max_keys` keys in all).
 _PARTITIONS_PER_CALL = 64
+# Catch-up rounds after the pull: under a steady load, writes in flight make some keys
+# differ in every round, so the rounds stop at this many even if the last repaired some.
+_CATCH_UP_ROUNDS = 3
+# Partitions one catch-up exchange compares (the anti-entropy exchange's own bound).
+_CATCH_UP_PARTITIONS = 512
+
+CatchUp = Callable[[str, str, list[int], Callable[[KVActorsError | None], None]], None]
+"""Runs one anti-entropy exchange: (peer, endpoint, partitions, then)."""
+
+Repairs = Callable[[], int]
+"""Keys anti-entropy has repaired so far (a counter)."""
 
 
 class PullChannel(Protocol):
@@ -143,9 +160,21 @@ class JoinHandoff:
         concurrency: int,
         batch_keys: int = 1000,
         retry: float = 1.0,
+        catch_up: tuple[CatchUp, Repairs] | None = None,
+        settle: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._me = me
+        self._catch_up = catch_up
+        self._settle = settle
+        self._began: float | None = None
+        self._pulled_from: defaultdict[str, list[int]] = defaultdict(list)
+        self._round = 0
+        self._round_running = 0  # exchanges of the current round not finished
+        self._round_failed = False
+        self._round_repairs = 0
+        self._round_at = 0.0  # not before: a failed round waits `retry`
+        self._caught_up = catch_up is None
         self._ring = ring
         self._channel = channel
         self._replicas = replicas
@@ -161,17 +190,64 @@ class JoinHandoff:
         self.stats = JoinStats()
 
     @property
-    def finished(self) -> bool:
+    def pulled(self) -> bool:
         """Every partition of the current plan is here (and a plan was made)."""
         return self._planned is not None and not self._wanted and not self._in_flight
 
+    @property
+    def finished(self) -> bool:
+        """Pulled, and caught up on what the pull may have missed."""
+        return self.pulled and self._caught_up
+
     def on_tick(self) -> None:
+        self._pump()
+
+    def _pump(self) -> None:
+        """Plan again if the ring changed, and start what the concurrency allows: from
+        the tick, and as soon as a pull settles (a partition's next batch, or the next
+        partition, need not wait for a tick)."""
         snapshot = self._ring.current
         if not _joining(snapshot, self._me):
             return
         if snapshot.version != self._planned:
             self._replan(snapshot)
         self._start_calls(snapshot)
+        if self.pulled and not self._caught_up:
+            self._run_catch_up(snapshot)
+
+    def _run_catch_up(self, snapshot: RingSnapshot) -> None:
+        assert self._catch_up is not None and self._began is not None
+        exchange, repairs = self._catch_up
+        now = self._clock()
+        if self._round_running or now < max(self._began + self._settle, self._round_at):
+            return
+        if self._round and not self._round_failed:
+            repaired = repairs() - self._round_repairs
+            logger.info("joining: catch-up round %d repaired %d keys", self._round, repaired)
+            if repaired == 0 or self._round >= _CATCH_UP_ROUNDS:
+                self._caught_up = True
+                return
+        self._round += 1
+        self._round_failed = False
+        self._round_repairs = repairs()
+        for source, partitions in sorted(self._pulled_from.items()):
+            endpoint = snapshot.endpoint_of(source)
+            if endpoint is None:
+                continue  # gone; what it alone had, anti-entropy or hints bring later
+            for start in range(0, len(partitions), _CATCH_UP_PARTITIONS):
+                self._round_running += 1
+                chunk = partitions[start : start + _CATCH_UP_PARTITIONS]
+                exchange(source, endpoint, chunk, self._exchange_ended)
+
+    def _exchange_ended(self, error: KVActorsError | None) -> None:
+        self._round_running -= 1
+        if error is not None:
+            self._round_failed = True
+            self._round -= 1  # the round is run again
+            self._round_at = self._clock() + self._retry
+            logger.warning("joining: a catch-up exchange failed, again soon: %s", error)
+        if not self._round_running:
+            self._pump()
 
     def _replan(self, snapshot: RingSnapshot) -> None:
         assert snapshot.next_ring is not None
@@ -185,6 +261,8 @@ class JoinHandoff:
         sources = {t.partition: t.source for t in plan.transfers if t.target == self._me}
         first = self._planned is None
         self._planned = snapshot.version
+        if first:
+            self._began = self._clock()
         for partition, source in sources.items():
             if partition in self._done:
                 continue
@@ -262,6 +340,7 @@ class JoinHandoff:
             for key, state in states:
                 tag = (progress, last, done, len(key))
                 self._channel.to_local(progress.partition, MergeKey(key, state), self, tag)
+        self._pump()
 
     def _failed(self, source: str, chosen: list[_Progress], error: KVActorsError) -> None:
         self.stats.failed_calls += 1
@@ -287,6 +366,7 @@ class JoinHandoff:
         progress.merging -= 1
         if progress.merging == 0 and not progress.failed:
             self._settled(progress, last, done)
+            self._pump()
         elif progress.merging == 0:
             progress.failed = False
             self._in_flight.discard(progress.partition)  # again from the old cursor
@@ -308,6 +388,7 @@ class JoinHandoff:
             return
         if self._wanted.pop(progress.partition, None) is not None:
             self._done.add(progress.partition)
+            self._pulled_from[progress.source].append(progress.partition)
             self.stats.done += 1
             if not self._wanted and not self._in_flight:
                 logger.info(
@@ -326,6 +407,8 @@ class JoinHandoff:
             "keys_received": self.stats.keys_received,
             "bytes_received": self.stats.bytes_received,
             "failed_calls": self.stats.failed_calls,
+            "catch_up_rounds": self._round,
+            "caught_up": self._caught_up,
             "running": [_report(p, self._me, now) for p in running],
         }
 

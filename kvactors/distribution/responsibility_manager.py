@@ -70,6 +70,11 @@ class RingSnapshot:
     """Per partition, while members join: the joining members that will be among its
     replicas (its next owners), who take its writes already."""
 
+    detached: bool = False
+    """This node is joining and no member of the cluster has answered it yet: it knows
+    nobody to replicate to, so it takes no data requests (a write acknowledged by it
+    alone could vanish once it learns where the key's replicas really are)."""
+
     @property
     def joining(self) -> tuple[str, ...]:
         """The members joining now, by name."""
@@ -149,6 +154,7 @@ def build_snapshot(
         _stand_ins(known.values(), owners, replica_sets, n_val=n_val, replicas=replicas),
         next_ring,
         pending,
+        detached=known[me.name].status is MemberStatus.JOINING and len(known) == 1,
     )
 
 

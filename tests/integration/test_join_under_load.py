@@ -71,7 +71,18 @@ def join_under_load(
                 endpoint: sum(1 for k in every_key if f"node-{i + 1}" in _replicas(ring, k))
                 for i, endpoint in enumerate(endpoints)
             }
-            wait_until(lambda: {e: stored_keys(e) for e in endpoints} == expected, bound, 0.5)
+            seen: list[dict[str, int]] = []
+
+            def every_node_holds_its_share() -> bool:
+                seen.append({e: stored_keys(e) for e in endpoints})
+                return seen[-1] == expected
+
+            wait_until(
+                every_node_holds_its_share,
+                bound,
+                0.5,
+                lambda: f"stored {seen[-1]}, replicated {expected}",
+            )
             for key in random.Random(4).sample(share, 200):
                 assert stored_values(newcomer.endpoint, key) == [key], key
         finally:
