@@ -399,17 +399,47 @@ def _recovery_lines(status: dict[str, Any]) -> list[str]:
             f"partition transfers done, {handoff.get('waiting')} waiting, "
             f"{handoff.get('keys_sent')} keys sent"
         )
+        me = status.get("node")
         lines += [
-            f"  partition {t['partition']} to {t['to']}: {t['keys_sent']} of {t['keys']} keys, "
+            f"  partition {t['partition']} from {me} to {t['to']}: {t['keys_sent']} of "
+            f"{t['keys']} keys, {_human_bytes(t['bytes_sent'])}, "
             f"{t['keys_per_second']} keys/s, ETA {t['eta_seconds']} s"
             for t in handoff.get("running", [])
         ]
+    lines += _join_lines(status)
     entropy = status.get("anti_entropy")
     if isinstance(entropy, dict):
         lines.append(
             f"anti-entropy: {entropy.get('exchanges')} exchanges, "
             f"{entropy.get('keys_repaired')} keys repaired, "
             f"{entropy.get('keys_deferred')} deferred"
+        )
+    return lines
+
+
+def _join_lines(status: dict[str, Any]) -> list[str]:
+    """A joining node's pulls, and the copies a node dropped after a switch."""
+    lines = []
+    join = status.get("join")
+    if isinstance(join, dict) and join.get("partitions"):
+        state = "owner now" if join.get("caught_up") else "next owner"
+        lines.append(
+            f"joined ({state}): {join.get('done')} of {join.get('partitions')} partitions "
+            f"pulled, {join.get('waiting')} waiting, {join.get('keys_received')} keys "
+            f"({_human_bytes(join.get('bytes_received') or 0)}) received, catch-up rounds "
+            f"{join.get('catch_up_rounds')}"
+        )
+        lines += [
+            f"  partition {t['partition']} from {t['from']} to {t['to']}: "
+            f"{t['keys_sent']} keys, {_human_bytes(t['bytes_sent'])}, "
+            f"{t['keys_per_second']} keys/s, ETA {t['eta_seconds']} s"
+            for t in join.get("running", [])
+        ]
+    dropped = status.get("dropped")
+    if isinstance(dropped, dict) and dropped.get("keys"):
+        lines.append(
+            f"dropped copies no longer replicated here: {dropped['keys']} keys "
+            f"of {dropped['partitions']} partitions"
         )
     return lines
 

@@ -106,6 +106,7 @@ def test_a_leaving_node_shows_its_handoff() -> None:
         "to": "node-2",
         "keys_sent": 40,
         "keys": 100,
+        "bytes_sent": 4096,
         "keys_per_second": 20.0,
         "eta_seconds": 3.0,
     }
@@ -121,4 +122,37 @@ def test_a_leaving_node_shows_its_handoff() -> None:
         )
     )
     assert "leaving, handing over: 4 of 10 partition transfers done, 5 waiting" in text
-    assert "partition 7 to node-2: 40 of 100 keys, 20.0 keys/s, ETA 3.0 s" in text
+    me = status()["node"]
+    assert (
+        f"partition 7 from {me} to node-2: 40 of 100 keys, 4.0 KiB, 20.0 keys/s, ETA 3.0 s" in text
+    )
+
+
+def test_a_joining_node_shows_its_pulls_and_a_node_its_dropped_copies() -> None:
+    running = {
+        "partition": 9,
+        "from": "node-1",
+        "to": "node-4",
+        "keys_sent": 300,
+        "bytes_sent": 3 * 1024 * 1024,
+        "keys_per_second": 150.0,
+        "eta_seconds": 2,
+    }
+    join = {
+        "partitions": 1581,
+        "done": 1200,
+        "waiting": 365,
+        "keys_received": 61000,
+        "bytes_received": 5 * 1024 * 1024,
+        "failed_calls": 0,
+        "catch_up_rounds": 0,
+        "caught_up": False,
+        "running": [running],
+    }
+    text = format_status(status(join=join, dropped={"partitions": 3, "keys": 120}))
+    assert "joined (next owner): 1200 of 1581 partitions pulled, 365 waiting" in text
+    assert "61000 keys (5.0 MiB) received" in text
+    assert "partition 9 from node-1 to node-4: 300 keys, 3.0 MiB, 150.0 keys/s, ETA 2 s" in text
+    assert "dropped copies no longer replicated here: 120 keys of 3 partitions" in text
+    founder = format_status(status(join={**join, "partitions": 0}, dropped={"keys": 0}))
+    assert "joined" not in founder and "dropped" not in founder

@@ -1,0 +1,270 @@
+"""Join handoff: the pull a joining node runs, its serving side, and dropping old copies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from kvactors.cluster.membership import Member, MemberStatus
+from kvactors.distribution.join_handoff import JoinHandoff, StaleCopies, serve_pull
+from kvactors.distribution.responsibility_manager import RingHolder, build_snapshot
+from kvactors.distribution.versions import EMPTY_STATE, HlcStamp, blind_write, state_from_wire
+from kvactors.errors import BadRequestError, KVActorsError, RequestTimeoutError
+from kvactors.storage.backends import MemoryBackend
+from kvactors.storage.records import encode_state
+from kvactors.storage.store_server import Forget
+
+PARTITIONS = 32
+
+
+def record(value: bytes) -> bytes:
+    return encode_state(blind_write(EMPTY_STATE.obsolete, "a", value, HlcStamp(1_000, 0, "a"), 1))
+
+
+def filled_backend(keys_per_partition: dict[int, int]) -> MemoryBackend:
+    backend = MemoryBackend()
+    for partition, count in keys_per_partition.items():
+        writes = [(f"k{partition}-{i:03}".encode(), record(b"v%d" % i)) for i in range(count)]
+        backend.open_table(partition).apply(writes)
+    return backend
+
+
+# -- serving a pull -----------------------------------------------------------------------
+
+
+def test_a_pull_pages_through_a_partition_in_key_order() -> None:
+    backend = filled_backend({3: 5, 4: 2})
+    first = serve_pull(backend, PARTITIONS, {"partitions": [[3, b""], [4, b""]], "max_keys": 3})
+    (p3, items3, left3), (p4, items4, left4) = first["parts"]
+    assert (p3, left3) == (3, 2) and [k for k, _ in items3] == [b"k3-000", b"k3-001", b"k3-002"]
+    assert (p4, items4, left4) == (4, [], 2)  # the budget is for the whole call
+    assert state_from_wire(items3[0][1]).winner.value == b"v0"  # type: ignore[union-attr]
+    rest = serve_pull(backend, PARTITIONS, {"partitions": [[3, b"k3-002"]], "max_keys": 3})
+    ((_, items, left),) = rest["parts"]
+    assert [k for k, _ in items] == [b"k3-003", b"k3-004"] and left == 0
+    empty = serve_pull(backend, PARTITIONS, {"partitions": [[9, b""]], "max_keys": 3})
+    assert empty["parts"] == [[9, [], 0]]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"partitions": [[3, b""]]},
+        {"partitions": [[3, b""]], "max_keys": 0},
+        {"partitions": [[PARTITIONS, b""]], "max_keys": 5},
+        {"partitions": [[3, "text"]], "max_keys": 5},
+        {"partitions": "all", "max_keys": 5},
+        {"partitions": [[p, b""] for p in range(65)], "max_keys": 5},
+    ],
+)
+def test_a_malformed_pull_is_refused(args: dict[str, Any]) -> None:
+    with pytest.raises(BadRequestError):
+        serve_pull(MemoryBackend(), PARTITIONS, args)
+
+
+# -- the joining side -----------------------------------------------------------------------
+
+
+def member(name: str, status: MemberStatus = MemberStatus.ALIVE) -> Member:
+    return Member(name, f"tcp://{name}:1", status, 0, 0)
+
+
+def joining_ring(*, joined: bool = False, dead: str | None = None) -> RingHolder:
+    me = member("d", MemberStatus.ALIVE if joined else MemberStatus.JOINING)
+    others = [member(n, MemberStatus.DEAD if n == dead else MemberStatus.ALIVE) for n in "abc"]
+    return RingHolder(build_snapshot(1, me, [*others, me], PARTITIONS, replicas=2))
+
+
+@dataclass
+class FakeChannel:
+    calls: list[tuple[str, dict[str, Any], Callable[[Any, KVActorsError | None], None]]] = field(
+        default_factory=list
+    )
+    merges: list[tuple[int, Any, Any, Any]] = field(default_factory=list)
+
+    def to_local(self, partition: int, op: Any, target: Any, tag: Any) -> None:
+        self.merges.append((partition, op, target, tag))
+
+    def call_peer(self, endpoint: str, op: str, args: dict[str, Any], settle: Any) -> None:
+        assert op == "pull"
+        self.calls.append((endpoint, args, settle))
+
+    def serve(self, backends: dict[str, MemoryBackend]) -> int:
+        """Answer every call from the named source's backend, then ack every merge."""
+        calls, self.calls = self.calls, []
+        for endpoint, args, settle in calls:
+            source = endpoint.removeprefix("tcp://").removesuffix(":1")
+            settle(serve_pull(backends[source], PARTITIONS, args), None)
+        self.ack_merges()
+        return len(calls)
+
+    def ack_merges(self) -> None:
+        merges, self.merges = self.merges, []
+        for _, _, target, tag in merges:
+            target.replica_done(tag, None)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 10.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def handoff(ring: RingHolder, channel: FakeChannel, **options: Any) -> JoinHandoff:
+    options.setdefault("concurrency", 4)
+    options.setdefault("batch_keys", 3)
+    return JoinHandoff("d", ring, channel, replicas=2, **options)
+
+
+def test_the_joiner_pulls_exactly_its_share_in_batches_with_at_most_concurrency_in_flight() -> None:
+    ring = joining_ring()
+    snapshot = ring.current
+    share = [p for p in range(PARTITIONS) if snapshot.next_owners(p) == ("d",)]
+    assert share
+    source_data = {p: 4 for p in range(PARTITIONS)}
+    backends = {name: filled_backend(source_data) for name in "abc"}
+    channel = FakeChannel()
+    join = handoff(ring, channel)
+    join.on_tick()
+    rounds = 0
+    while not join.finished:
+        in_flight = sum(len(args["partitions"]) for _, args, _ in channel.calls)
+        assert in_flight <= 4
+        assert all(args["max_keys"] == 3 for _, args, _ in channel.calls)
+        assert channel.serve(backends) or join.finished
+        rounds += 1
+        assert rounds < 1_000
+    status = join.status()
+    assert status["partitions"] == status["done"] == len(share)
+    assert status["keys_received"] == 4 * len(share)  # each key once, none of other partitions
+    merged = {(p, op.key) for p, op, _, _ in channel.merges}
+    assert not merged  # every merge acknowledged
+
+
+def test_merges_land_in_the_pulled_partition_and_a_failed_pull_resumes_at_its_cursor() -> None:
+    ring = joining_ring()
+    backends = {name: filled_backend(dict.fromkeys(range(PARTITIONS), 5)) for name in "abc"}
+    channel = FakeChannel()
+    clock = Clock()
+    join = handoff(ring, channel, concurrency=1, clock=clock, retry=1.0)
+    join.on_tick()
+    endpoint, args, settle = channel.calls.pop()
+    ((partition, cursor),) = args["partitions"]
+    assert cursor == b""
+    source = endpoint.removeprefix("tcp://").removesuffix(":1")
+    settle(serve_pull(backends[source], PARTITIONS, args), None)  # 3 of its 5 keys
+    assert [(p, op.key) for p, op, _, _ in channel.merges] == [
+        (partition, b"k%d-%03d" % (partition, i)) for i in range(3)
+    ]
+    assert not channel.calls  # the next batch waits for the merges (flow control)
+    channel.ack_merges()
+    _, again, settle = channel.calls.pop()
+    assert again["partitions"] == [[partition, b"k%d-002" % partition]]
+    settle(None, RequestTimeoutError("no answer"))
+    assert join.status()["failed_calls"] == 1
+    join.on_tick()
+    assert all(e != endpoint for e, _, _ in channel.calls)  # that source waits `retry`
+    for _ in range(3):  # the other sources fail too, until every source waits
+        failing, channel.calls = channel.calls, []
+        for _, _, other in failing:
+            other(None, RequestTimeoutError("no answer"))
+        join.on_tick()
+    assert not channel.calls
+    clock.now += 1.5
+    join.on_tick()
+    resumed = [a for e, a, _ in channel.calls if e == endpoint]
+    assert [[partition, b"k%d-002" % partition]] in [a["partitions"] for a in resumed]
+
+
+def test_a_dead_source_is_replaced_by_another_replica() -> None:
+    ring = joining_ring()
+    channel = FakeChannel()
+    join = handoff(ring, channel, concurrency=64)
+    join.on_tick()
+    asked_of = {endpoint for endpoint, _, _ in channel.calls}
+    gone = sorted(asked_of)[0].removeprefix("tcp://").removesuffix(":1")
+    channel.calls.clear()  # the calls to it never answer... and it is declared dead
+    ring.publish(joining_ring(dead=gone).current)
+    join2 = handoff(ring, channel, concurrency=64)
+    join2.on_tick()
+    assert all(f"tcp://{gone}:1" != endpoint for endpoint, _, _ in channel.calls)
+
+
+def test_catch_up_runs_after_the_settle_time_and_until_a_round_repairs_nothing() -> None:
+    ring = joining_ring()
+    backends = {name: MemoryBackend() for name in "abc"}  # empty partitions: pulled at once
+    channel = FakeChannel()
+    clock = Clock()
+    exchanges: list[tuple[str, list[int], Callable[[KVActorsError | None], None]]] = []
+    repaired = [0]
+
+    def exchange(peer: str, _endpoint: str, partitions: list[int], then: Any) -> None:
+        exchanges.append((peer, partitions, then))
+
+    join = handoff(ring, channel, clock=clock, catch_up=(exchange, lambda: repaired[0]), settle=2.0)
+    join.on_tick()
+    while channel.serve(backends):
+        pass
+    assert join.pulled and not join.finished
+    assert not exchanges  # not before `settle`
+    clock.now += 2.5
+    join.on_tick()
+    pulled = {p for _, partitions, _ in exchanges for p in partitions}
+    assert pulled == {p for p in range(PARTITIONS) if ring.current.next_owners(p)}
+    repaired[0] = 3  # round 1 repairs three keys: another round
+    round_1, exchanges[:] = list(exchanges), []
+    for _, _, then in round_1:
+        then(None)
+    assert exchanges and not join.finished
+    round_2, exchanges[:] = list(exchanges), []
+    for _, _, then in round_2:
+        then(None)  # round 2 repairs nothing
+    assert join.finished and not exchanges
+
+
+# -- dropping old copies --------------------------------------------------------------------
+
+
+def test_copies_are_dropped_only_once_settled_for_the_delay_and_only_if_unchanged() -> None:
+    me = member("d")
+    members = [member("a"), member("b"), member("c"), me]
+    ring = RingHolder(build_snapshot(1, me, members, PARTITIONS, replicas=2))
+    mine = {p for p in range(PARTITIONS) if "d" in ring.current.replicas(p)}
+    backend = filled_backend(dict.fromkeys(range(PARTITIONS), 2))
+    channel = FakeChannel()
+    clock = Clock()
+    stale = StaleCopies("d", ring, backend, channel, delay=5.0, clock=clock)
+    stale.on_tick()
+    clock.now += 4.0
+    stale.on_tick()
+    assert not channel.merges  # not settled for 5 s yet
+    clock.now += 1.5
+    stale.on_tick()
+    dropped = {p for p, op, _, _ in channel.merges}
+    assert dropped == set(range(PARTITIONS)) - mine
+    assert all(isinstance(op, Forget) for _, op, _, _ in channel.merges)
+
+    joining = [*members, member("e", MemberStatus.JOINING)]
+    ring.publish(build_snapshot(2, me, joining, PARTITIONS, replicas=2))
+    channel.merges.clear()
+    clock.now += 60
+    stale.on_tick()
+    stale.on_tick()
+    assert not channel.merges  # never while somebody joins
+
+
+def test_never_dropped_with_a_negative_delay() -> None:
+    ring = joining_ring(joined=True)
+    backend = filled_backend(dict.fromkeys(range(PARTITIONS), 1))
+    channel = FakeChannel()
+    clock = Clock()
+    stale = StaleCopies("d", ring, backend, channel, delay=-1, clock=clock)
+    for _ in range(3):
+        clock.now += 100
+        stale.on_tick()
+    assert not channel.merges
