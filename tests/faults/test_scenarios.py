@@ -69,7 +69,16 @@ SCENARIOS = [
     Scenario("isolate", IsolateNemesis, seed=13, majority_floor=MAJORITY_AVAILABILITY),
     Scenario("split", SplitNemesis, seed=14),
     Scenario("netem", LinkNemesis, seed=15),
-    Scenario("store-crash", CrashNemesis, seed=16, crash_wrapper=True),
+    Scenario(
+        "store-crash",
+        lambda duration: CrashNemesis(
+            duration,
+            every=float(os.environ.get("KVA_FAULTS_CRASH_EVERY", "1.0")),
+            spacing=float(os.environ.get("KVA_FAULTS_CRASH_SPACING", "2.5")),
+        ),
+        seed=16,
+        crash_wrapper=True,
+    ),
     Scenario("lmdb-kill-all", KillAllNemesis, seed=17, lmdb=True),
 ]
 CONTROL = Scenario(
@@ -96,7 +105,7 @@ def make_cluster(scenario: Scenario, directory: Path, seed: int) -> NetCluster:
     if scenario.crash_wrapper:
         env = {
             "KVA_FAULTS_SEED": str(seed),
-            "KVA_FAULTS_CRASHES": "16",
+            "KVA_FAULTS_CRASHES": os.environ.get("KVA_FAULTS_CRASHES", "4"),
             "KVA_FAULTS_CRASH_KEYS": ",".join(hot_key(i) for i in range(HOT_KEYS)),
         }
     return NetCluster(
