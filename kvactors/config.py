@@ -86,7 +86,8 @@ class NodeConfig:
     dropped and counted."""
 
     handoff_concurrency: int = 16
-    """Partition transfers a joining or leaving node runs at once."""
+    """Transfers at once: a leaving node streams this many partitions at a time; a joining
+    node keeps this many pull calls open (each for up to 64 partitions and 1,000 keys)."""
 
     join_handoff: bool = True
     """A node new to the cluster pulls every partition it will replicate before it owns

@@ -58,6 +58,10 @@ class NodeServices:
     """The GossipState of this node's gossip protocol, kept here so that a restarted
     GossipProtocol carries on with the member table instead of starting alone (a node
     that forgot its cluster would take writes it cannot replicate)."""
+    remembered: tuple[Any, ...] = ()
+    """The members (`Member` records, alive at incarnation 0) a node restarted on its
+    data knew: it starts with them in its member table, so its ring places keys as the
+    cluster does from the first request on, not on the few members gossip has reached."""
     incarnation: int = 0
     """The incarnation this node starts at: one above the last it had, when it restarts
     on a durable data directory (so that its news outranks what others remember)."""

@@ -269,10 +269,17 @@ class ActorSystem:
             if seeds:
                 self.config = services.config = config.replace(seeds=seeds)
                 logger.info("rejoining the members this node knew: %s", ", ".join(seeds))
-        me = Member(
-            config.name, config.endpoint, _first_status(self.config), services.incarnation, 0
+        services.remembered = tuple(
+            Member(name, endpoint, MemberStatus.ALIVE, 0, 0)
+            for name, endpoint in (known.members if known is not None else ())
+            if name != config.name
         )
-        services.ring.publish(build_snapshot(0, me, [me], config.partitions, config.replicas))
+        # A node restarted on its data is a member already: alive, with the ring it knew.
+        status = MemberStatus.ALIVE if services.remembered else _first_status(self.config)
+        me = Member(config.name, config.endpoint, status, services.incarnation, 0)
+        services.ring.publish(
+            build_snapshot(0, me, [me, *services.remembered], config.partitions, config.replicas)
+        )
         self._remembered = None
         self._remember(backend, services.ring.current)
 

@@ -394,8 +394,9 @@ class RequestService:
                 replicas=config.replicas,
                 concurrency=config.handoff_concurrency,
                 catch_up=self._catch_up(),
-                # By then gossip has told every node of the join (several rounds).
-                settle=max(2.0, 8 * config.gossip_interval),
+                # The joiner told every member of itself at contact (`sync_everyone`);
+                # two gossip rounds more cover a lost message.
+                settle=2 * config.gossip_interval,
             )
             if config.join_handoff and services.incarnation == 0
             else None
@@ -665,6 +666,8 @@ class RequestService:
     ) -> None:
         partition = partition_of(key, self._partitions)
         replicas = snapshot.replicas(partition)
+        if self.me not in replicas:
+            replicas = snapshot.forward_order(partition)
         next_owners = snapshot.next_owners(partition)
         if w == 1 and replicas == self._alone and not next_owners:
             write = WriteKey(key, value, None if clock is None else clock[0])

@@ -263,14 +263,20 @@ class GossipState:
         config: GossipConfig | None = None,
         incarnation: int = 0,
         hold_joining: bool = False,
+        remembered: Iterable[Member] = (),
     ) -> GossipState:
         """A node about to join a cluster through any of `seeds` (endpoints; its own is
         skipped). It stays JOINING until another node sends it a table; with
         `hold_joining`, a node new to the cluster stays JOINING after that, until
         `finish_joining`. A node restarted on its data passes the incarnation after the
-        one it last had."""
-        me = Member(name, endpoint, _JOINING, incarnation, 0)
-        state = cls(me, now, config=config, seeds=seeds, hold_joining=hold_joining)
+        one it last had and the members it `remembered`: it is ALIVE at once (a member
+        already, it must not look like a newcomer that owns nothing yet), and starts
+        with them in its table."""
+        remembered = [m for m in remembered if m.name != name]
+        status = _ALIVE if remembered else _JOINING
+        me = Member(name, endpoint, status, incarnation, 0)
+        table = MemberTable(remembered)
+        state = cls(me, now, config=config, table=table, seeds=seeds, hold_joining=hold_joining)
         if not state.seeds:
             raise ValueError("joining a cluster needs the endpoint of another node")
         return state
@@ -377,6 +383,13 @@ class GossipState:
             return _NOTHING
         self._hold_joining = False
         return self._announce(_ALIVE, self._me.incarnation, rng)
+
+    def sync_everyone(self) -> Output:
+        """A Sync to every reachable peer at once: a joining node tells the whole cluster
+        of itself as soon as it knows it, instead of in log(n) gossip rounds, so that
+        every coordinator sends it the writes of its partitions (it pulls them meanwhile)."""
+        reachable, _ = self._peers()
+        return Output(tuple(self._sync_to(name) for name in reachable))
 
     @property
     def holding_join(self) -> bool:

@@ -97,6 +97,7 @@ class GossipProtocol(SupervisedActor):
                 # A node new to the cluster owns nothing until its partitions are handed
                 # to it; one restarted on its data rejoins as the owner it was.
                 hold_joining=config.join_handoff and self._services.incarnation == 0,
+                remembered=self._services.remembered,
             )
         else:
             self._state = GossipState.found_cluster(
@@ -174,6 +175,7 @@ class GossipProtocol(SupervisedActor):
                 "joined the cluster through %s; taking its partitions over before owning them",
                 message.sender,
             )
+            self._send(state.sync_everyone())
 
     def _start_leaving(self) -> None:
         state = self._live_state()

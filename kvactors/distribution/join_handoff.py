@@ -6,15 +6,16 @@ the owners, and `RingSnapshot.next_ring` the ring with it (riak_core keeps a "ne
 owner" per partition the same way). Writes reach it already (the coordinators send them
 to the next owners too, without counting them towards W). Meanwhile it pulls every
 partition it will replicate from a current replica (`plan_transfers` picks the source,
-spreading the work, preferring replicas that stay), `batch_keys` keys per call, the next
-call for a partition only once the previous one's keys are merged here (flow control),
-at most `concurrency` partitions in flight. A pull that fails is retried after `retry`
-seconds from where it stopped (the cursor is the last key merged), from another source
-if the first is gone.
+spreading the work, preferring replicas that stay), up to 64 partitions and `batch_keys`
+keys per call, the next call for a partition only once the previous one's keys are
+merged here (flow control), at most `concurrency` calls open at a time. A pull that
+fails is retried after `retry` seconds from where it stopped (the cursor is the last key
+merged), from another source if the first is gone.
 
 A write coordinated by a node that has not heard of the join yet reaches the old
 replicas only, and may land behind the pull's cursor. So once every partition is pulled,
-and at least `settle` seconds after the pull began (by then gossip has told every node),
+and at least `settle` seconds after the pull began (the joiner told every member of
+itself when it made contact; the wait covers a lost message),
 the node runs anti-entropy exchanges over the pulled partitions with their sources:
 only keys whose hashes differ move. Rounds repeat until one repairs nothing (at most
 `_CATCH_UP_ROUNDS`). Then the node announces itself ALIVE and the ring switches to it.
@@ -32,6 +33,7 @@ serving side (`serve_pull`, RPC op ``pull``) reads the partition's table there t
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import time
 from collections import defaultdict
@@ -134,6 +136,7 @@ class _Progress:
     bytes: int = 0
     started: float = 0.0
     left: int | None = None  # keys the source had left after the last answer
+    call: list[int] | None = None  # [partitions of its pull call still in flight]
     merging: int = 0  # merges of the last answer not acknowledged yet
     failed: bool = False
 
@@ -186,6 +189,7 @@ class JoinHandoff:
         self._wanted: dict[int, _Progress] = {}  # partitions still to pull
         self._done: set[int] = set()
         self._in_flight: set[int] = set()
+        self._open_calls = 0  # pull calls whose partitions are not all settled yet
         self._retry_at: dict[str, float] = {}
         self.stats = JoinStats()
 
@@ -282,28 +286,39 @@ class JoinHandoff:
             )
 
     def _start_calls(self, snapshot: RingSnapshot) -> None:
+        """Up to `concurrency` pull calls open at once, each for up to 64 partitions of
+        one source, taking the sources in turn."""
+        if self._open_calls >= self._concurrency:
+            return
         now = self._clock()
         by_source: defaultdict[str, list[_Progress]] = defaultdict(list)
-        room = self._concurrency - len(self._in_flight)
         for progress in self._wanted.values():
-            if room <= 0:
-                break
             if progress.partition in self._in_flight:
                 continue
             if self._retry_at.get(progress.source, 0.0) > now:
                 continue
             by_source[progress.source].append(progress)
-            room -= 1
-        for source, chosen in by_source.items():
+        chunks = [
+            [
+                (source, chosen[start : start + _PARTITIONS_PER_CALL])
+                for start in range(0, len(chosen), _PARTITIONS_PER_CALL)
+            ]
+            for source, chosen in by_source.items()
+            if snapshot.endpoint_of(source) is not None  # gone: the next plan picks another
+        ]
+        for source, chunk in _in_turn(chunks):
+            if self._open_calls >= self._concurrency:
+                return
             endpoint = snapshot.endpoint_of(source)
-            if endpoint is None:
-                continue  # gone: the next plan picks another source
-            for start in range(0, len(chosen), _PARTITIONS_PER_CALL):
-                self._call(source, endpoint, chosen[start : start + _PARTITIONS_PER_CALL], now)
+            assert endpoint is not None
+            self._call(source, endpoint, chunk, now)
 
     def _call(self, source: str, endpoint: str, chosen: list[_Progress], now: float) -> None:
+        self._open_calls += 1
+        call = [len(chosen)]
         for progress in chosen:
             self._in_flight.add(progress.partition)
+            progress.call = call
             if not progress.started:
                 progress.started = now
         args = {
@@ -346,7 +361,7 @@ class JoinHandoff:
         self.stats.failed_calls += 1
         self._retry_at[source] = self._clock() + self._retry
         for progress in chosen:
-            self._in_flight.discard(progress.partition)
+            self._release(progress)
         logger.warning(
             "joining: pulling %d partitions from %s waits %.1f s: %s",
             len(chosen),
@@ -369,7 +384,7 @@ class JoinHandoff:
             self._pump()
         elif progress.merging == 0:
             progress.failed = False
-            self._in_flight.discard(progress.partition)  # again from the old cursor
+            self._release(progress)  # again from the old cursor
 
     def replica_failed(self, tag: Any, error: KVActorsError) -> None:
         progress = tag[0]
@@ -377,11 +392,20 @@ class JoinHandoff:
         progress.merging -= 1
         if progress.merging == 0:
             progress.failed = False
-            self._in_flight.discard(progress.partition)
+            self._release(progress)
             logger.warning("joining: partition %d waits: %s", progress.partition, error)
 
-    def _settled(self, progress: _Progress, last: bytes, done: bool) -> None:
+    def _release(self, progress: _Progress) -> None:
+        """The partition's pull is settled (done, or failed): its call may close."""
         self._in_flight.discard(progress.partition)
+        call, progress.call = progress.call, None
+        if call is not None:
+            call[0] -= 1
+            if call[0] == 0:
+                self._open_calls -= 1
+
+    def _settled(self, progress: _Progress, last: bytes, done: bool) -> None:
+        self._release(progress)
         if last:
             progress.cursor = last
         if not done:
@@ -411,6 +435,12 @@ class JoinHandoff:
             "caught_up": self._caught_up,
             "running": [_report(p, self._me, now) for p in running],
         }
+
+
+def _in_turn(chunks: list[list[tuple[str, list[_Progress]]]]) -> list[tuple[str, list[_Progress]]]:
+    """The sources' chunks interleaved: one of each source in turn."""
+    turns = itertools.zip_longest(*chunks)
+    return [chunk for turn in turns for chunk in turn if chunk is not None]
 
 
 def _report(progress: _Progress, me: str, now: float) -> dict[str, Any]:

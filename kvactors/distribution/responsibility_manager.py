@@ -70,6 +70,10 @@ class RingSnapshot:
     """Per partition, while members join: the joining members that will be among its
     replicas (its next owners), who take its writes already."""
 
+    suspects: frozenset[str] = frozenset()
+    """Owning members suspected of having failed: still replicas (suspicion is often
+    wrong), but the last a write is forwarded to."""
+
     detached: bool = False
     """This node is joining and no member of the cluster has answered it yet: it knows
     nobody to replicate to, so it takes no data requests (a write acknowledged by it
@@ -88,6 +92,15 @@ class RingSnapshot:
         """The dead members that would be replicas of `partition` if they were alive:
         writes keep hints for them (hinted handoff)."""
         return self.stand_ins[partition] if self.stand_ins else ()
+
+    def forward_order(self, partition: int) -> tuple[str, ...]:
+        """The partition's replicas in the order a non-replica forwards a write to
+        them: preferred first, suspects last (a silent replica would make the write wait
+        out its timeout)."""
+        replicas = self.replicas(partition)
+        if not self.suspects or not self.suspects.intersection(replicas):
+            return replicas
+        return tuple(sorted(replicas, key=lambda name: name in self.suspects))
 
     def replicas(self, partition: int) -> tuple[str, ...]:
         """The names of the partition's replicas, preferred first: N, or fewer when fewer
@@ -155,6 +168,7 @@ def build_snapshot(
         next_ring,
         pending,
         detached=known[me.name].status is MemberStatus.JOINING and len(known) == 1,
+        suspects=frozenset(m.name for m in owners if m.status is MemberStatus.SUSPECT),
     )
 
 

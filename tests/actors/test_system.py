@@ -230,3 +230,55 @@ def test_root_gives_up_after_repeated_storage_failures() -> None:
         assert not system.running
         with pytest.raises(UnavailableError):
             system.client.get("kept")
+
+
+def test_a_restarted_gossip_protocol_keeps_the_member_table() -> None:
+    # Fault-suite finding: a StoreSupervisor past its restart intensity makes the root
+    # restart the actors after it, GossipProtocol among them; it used to start over
+    # alone, so the node owned every key by itself (N=W=1) until gossip found the others
+    # again, and acknowledged writes that its peers could not find afterwards.
+    from kvactors.launcher import free_port_block  # noqa: PLC0415
+
+    port = free_port_block(2)
+    first, second = (f"tcp://127.0.0.1:{port + k}" for k in range(2))
+    with (
+        ActorSystem(name="a", bind=first, partitions=64) as a,
+        ActorSystem(
+            name="b", bind=second, seeds=(first,), partitions=64, max_restarts=1, max_seconds=60
+        ) as b,
+    ):
+        wait_until(lambda: len(a.ring_snapshot().ring.members) == 2, 30)
+        wait_until(lambda: len(b.ring_snapshot().ring.members) == 2, 30)
+        gossip = b._services.component("gossip_protocol")
+        owners_seen: list[int] = []
+        watching = threading.Event()
+
+        def watch() -> None:
+            while not watching.is_set():
+                owners_seen.append(len(b.ring_snapshot().ring.members))
+                watching.wait(0.002)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            store_supervisor = b.store_supervisor().actor_ref
+            first_server = b.store_server(0)
+            assert crash_store_server(b, 0) == 0
+            wait_until(lambda: b.store_server(0) not in (None, first_server))
+            assert crash_store_server(b, 0) == 0  # one too many: the subtree restarts
+            wait_until(lambda: not store_supervisor.is_alive())
+            wait_until(lambda: not gossip.is_alive())  # restarted with the rest
+            wait_until(lambda: _restarted(b, "gossip_protocol", gossip), 10)
+            wait_until(lambda: b.store_server(0) is not None, 10)
+            time_to_notice = 1.0  # a few gossip rounds: long enough to see a lone ring
+            watching.wait(time_to_notice)
+        finally:
+            watching.set()
+            watcher.join()
+        assert b.running
+        assert min(owners_seen) == 2, f"b owned alone for a while: {owners_seen.count(1)} polls"
+
+
+def _restarted(system: ActorSystem, name: str, old: object) -> bool:
+    ref = system._services.components.get(name)
+    return ref is not None and ref is not old and ref.is_alive()

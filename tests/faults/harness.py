@@ -240,6 +240,11 @@ class FaultNode:
         return f"tcp://{self.address}:{NODE_PORT}"
 
     @property
+    def skew_file(self) -> Path:
+        """Where the clock skew for the _node.py wrapper is written (read on SIGUSR2)."""
+        return self.log_path.with_suffix(".skew")
+
+    @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -256,7 +261,7 @@ class FaultNode:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env, "KVA_FAULTS_SKEW_FILE": str(self.skew_file)},
             )
 
     def wait_ready(self, timeout: float) -> None:
@@ -504,6 +509,14 @@ class NetCluster:
         assert node.wrapper, "StoreServer crashes need the nodes started through _node.py"
         node.signal(signal.SIGUSR1)
         return self.events.record("crash StoreServers", node=name)
+
+    def skew_clock(self, name: str, seconds: float) -> float:
+        """Shift node `name`'s wall clock by `seconds` (0 puts it right again)."""
+        node = self.node(name)
+        assert node.wrapper, "clock skew needs the nodes started through _node.py"
+        node.skew_file.write_text(repr(seconds))
+        node.signal(signal.SIGUSR2)
+        return self.events.record("clock skew", node=name, seconds=seconds)
 
     # -- network faults ---------------------------------------------------------------------------
 
@@ -820,6 +833,25 @@ class KillAllNemesis(Nemesis):
             node.wait_ready(60.0)
         self.windows.append(Window(start, time.monotonic()))
         cluster.wait_all_alive(60.0)
+        self.hold(deadline, self.gap)
+
+
+@dataclass
+class SkewNemesis(Nemesis):
+    """Shift one node's wall clock for `skewed` seconds: ahead or behind, by seconds to
+    an hour (a clock that jumped, or an NTP step); then put it right."""
+
+    skewed: float = 8.0
+    gap: float = 2.0
+    name = "clock-skew"
+
+    def cycle(self, cluster: NetCluster, rng: Any, deadline: float) -> None:
+        victim = rng.choice(cluster.names)
+        self.faulty.add(victim)
+        seconds = rng.choice([-1, 1]) * rng.choice([2.0, 30.0, 600.0, 3600.0])
+        start = cluster.skew_clock(victim, seconds)
+        self.hold(deadline, self.skewed)
+        self.windows.append(Window(start, cluster.skew_clock(victim, 0.0)))
         self.hold(deadline, self.gap)
 
 

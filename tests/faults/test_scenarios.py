@@ -35,6 +35,7 @@ from harness import (
     Nemesis,
     NetCluster,
     PauseNemesis,
+    SkewNemesis,
     SplitNemesis,
     wait_for,
 )
@@ -56,7 +57,8 @@ class Scenario:
     seed: int
     node_args: tuple[str, ...] = ("--replicas", "3", "--write-quorum", "2", "--read-quorum", "2")
     lmdb: bool = False
-    crash_wrapper: bool = False
+    wrapped: bool = False
+    """Nodes run through _node.py, which injects StoreServer crashes and clock skew."""
     control: bool = False
     """Replication deliberately broken: the run must report losses."""
     majority_floor: float | None = None
@@ -77,9 +79,10 @@ SCENARIOS = [
             spacing=float(os.environ.get("KVA_FAULTS_CRASH_SPACING", "2.5")),
         ),
         seed=16,
-        crash_wrapper=True,
+        wrapped=True,
     ),
     Scenario("lmdb-kill-all", KillAllNemesis, seed=17, lmdb=True),
+    Scenario("clock-skew", SkewNemesis, seed=19, wrapped=True),
 ]
 CONTROL = Scenario(
     "control-n1-kill9",
@@ -102,7 +105,7 @@ def make_cluster(scenario: Scenario, directory: Path, seed: int) -> NetCluster:
         return ["--storage", "lmdb", "--data-dir", str(data), "--fsync", "always"]
 
     env = {}
-    if scenario.crash_wrapper:
+    if scenario.wrapped:
         env = {
             "KVA_FAULTS_SEED": str(seed),
             "KVA_FAULTS_CRASHES": os.environ.get("KVA_FAULTS_CRASHES", "4"),
@@ -113,7 +116,7 @@ def make_cluster(scenario: Scenario, directory: Path, seed: int) -> NetCluster:
         node_args=scenario.node_args,
         per_node_args=storage,
         rejoin=not scenario.lmdb,  # an lmdb node rejoins through the members it knew
-        wrapper=scenario.crash_wrapper,
+        wrapper=scenario.wrapped,
         env=env,
     )
 

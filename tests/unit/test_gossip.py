@@ -703,3 +703,26 @@ def test_a_held_join_of_a_node_the_cluster_knew_is_alive_at_once() -> None:
     (answer,) = a.on_message(hello.message, 1.3).messages
     restarted.on_message(answer.message, 1.3)
     assert restarted.status is ALIVE and not restarted.holding_join
+
+
+def test_a_node_restarted_on_its_data_is_alive_at_once_with_the_members_it_knew() -> None:
+    # Not JOINING: at a higher incarnation that would outrank its ALIVE record elsewhere
+    # and make it look like a newcomer that owns nothing, moving its keys for a moment.
+    known = [Member(n, endpoint_of(n), ALIVE, 0, 0) for n in ("a", "b", "me")]
+    state = GossipState.join(
+        "me", endpoint_of("me"), [endpoint_of("a")], 0.0, incarnation=3, remembered=known
+    )
+    assert state.status is ALIVE and state.me.incarnation == 3
+    assert set(state.table) == {"a", "b", "me"}
+    (sync,) = state.tick(0.25, random.Random(1)).messages
+    assert sync.destination in {"a", "b"}  # by name: they are members
+
+
+def test_a_joining_node_syncs_everyone_once_in_contact() -> None:
+    a, b = pair()
+    joiner = GossipState.join("new", endpoint_of("new"), [a.endpoint], 0.0, hold_joining=True)
+    (hello,) = joiner.tick(0.25, random.Random(2)).messages
+    (answer,) = a.on_message(hello.message, 0.3).messages
+    joiner.on_message(answer.message, 0.3)
+    everyone = joiner.sync_everyone()
+    assert {m.destination for m in everyone.messages} == {a.name, b.name}

@@ -84,3 +84,17 @@ def test_a_joining_node_alone_owns_everything() -> None:
     snapshot = build_snapshot(1, me, [me], Q)
     assert snapshot.ring.members == ("a",)
     assert snapshot.next_ring is None
+
+
+def test_a_write_is_forwarded_to_suspects_last() -> None:
+    me = member("z")
+    members = [member("a"), member("b", MemberStatus.SUSPECT), member("c"), member("d"), me]
+    snapshot = build_snapshot(1, me, members, Q, replicas=3)
+    with_b = [p for p in range(Q) if "b" in snapshot.replicas(p)]
+    assert with_b
+    for partition in with_b:
+        order = snapshot.forward_order(partition)
+        assert sorted(order) == sorted(snapshot.replicas(partition))
+        assert order[-1] == "b"
+    without_b = next(p for p in range(Q) if "b" not in snapshot.replicas(p))
+    assert snapshot.forward_order(without_b) == snapshot.replicas(without_b)
