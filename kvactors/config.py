@@ -89,6 +89,12 @@ class NodeConfig:
     """Transfers at once: a leaving node streams this many partitions at a time; a joining
     node keeps this many pull calls open (each for up to 64 partitions and 1,000 keys)."""
 
+    handoff_rate: float = 4000.0
+    """Most keys a second a joining node pulls (0: as fast as it can). The bound keeps
+    the transfer from taking the machine from the clients, at the cost of a longer join
+    (benchmarks/rebalance.py: unbounded, 100,000 keys moved in 5.7 s while the clients
+    got 0.28 of their rate before; at 4,000 a second, 22.6 s and 0.63)."""
+
     join_handoff: bool = True
     """A node new to the cluster pulls every partition it will replicate before it owns
     any (it is their next owner meanwhile, and takes their writes). Off: it owns its share

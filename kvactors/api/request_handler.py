@@ -397,6 +397,7 @@ class RequestService:
                 # The joiner told every member of itself at contact (`sync_everyone`);
                 # two gossip rounds more cover a lost message.
                 settle=2 * config.gossip_interval,
+                rate=config.handoff_rate,
             )
             if config.join_handoff and services.incarnation == 0
             else None

@@ -165,9 +165,15 @@ class JoinHandoff:
         retry: float = 1.0,
         catch_up: tuple[CatchUp, Repairs] | None = None,
         settle: float = 2.0,
+        rate: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._me = me
+        # A token bucket of keys: the pull takes at most `rate` keys a second (0: no
+        # bound), so that it leaves the clients most of the machine.
+        self._rate = rate
+        self._tokens = float(batch_keys)
+        self._refilled = clock()
         self._catch_up = catch_up
         self._settle = settle
         self._began: float | None = None
@@ -287,10 +293,13 @@ class JoinHandoff:
 
     def _start_calls(self, snapshot: RingSnapshot) -> None:
         """Up to `concurrency` pull calls open at once, each for up to 64 partitions of
-        one source, taking the sources in turn."""
+        one source, taking the sources in turn, while the rate allows."""
         if self._open_calls >= self._concurrency:
             return
         now = self._clock()
+        if self._rate > 0:
+            elapsed, self._refilled = now - self._refilled, now
+            self._tokens = min(self._tokens + elapsed * self._rate, float(self._batch_keys))
         by_source: defaultdict[str, list[_Progress]] = defaultdict(list)
         for progress in self._wanted.values():
             if progress.partition in self._in_flight:
@@ -307,7 +316,7 @@ class JoinHandoff:
             if snapshot.endpoint_of(source) is not None  # gone: the next plan picks another
         ]
         for source, chunk in _in_turn(chunks):
-            if self._open_calls >= self._concurrency:
+            if self._open_calls >= self._concurrency or (self._rate > 0 and self._tokens <= 0):
                 return
             endpoint = snapshot.endpoint_of(source)
             assert endpoint is not None
@@ -346,6 +355,8 @@ class JoinHandoff:
             decoded.append((progress, states, left == 0))
             if left >= 0:
                 progress.left = left
+        if self._rate > 0:
+            self._tokens -= sum(len(states) for _, states, _ in decoded)
         for progress, states, done in decoded:
             if not states:
                 self._settled(progress, b"", done)
