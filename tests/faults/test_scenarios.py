@@ -42,8 +42,8 @@ from harness import (
 from workloads import Workers, final_reads, hot_key, read_history, written_keys
 
 SHORT, FULL = 10.0, 60.0
-WARM_UP = 1.5  # seconds of load before the first fault
-AFTER_HEAL = 1.5  # seconds of load after the last heal
+WARM_UP = 1.0  # seconds of load before the first fault
+AFTER_HEAL = 1.0  # seconds of load after the last heal
 CONVERGENCE_PATIENCE = 120.0
 MAJORITY_AVAILABILITY = 0.95
 HOT_KEYS = 4

@@ -172,8 +172,8 @@ def kill_loop(tmp_path: Path, cycles: int, seed: int) -> None:
 
 @pytest.mark.timeout(300)
 def test_kill_loop_loses_no_acknowledged_write(tmp_path: Path) -> None:
-    """10 cycles of kill -9 at a random moment under pipelined writes (CI's short run)."""
-    kill_loop(tmp_path, cycles=10, seed=7)
+    """6 cycles of kill -9 at a random moment under pipelined writes (CI's short run)."""
+    kill_loop(tmp_path, cycles=6, seed=7)
 
 
 @pytest.mark.slow
