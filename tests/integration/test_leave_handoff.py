@@ -29,12 +29,17 @@ BATCH = 2_000
 
 
 @pytest.mark.timeout(300)
-def test_a_node_leaves_under_load_and_every_key_keeps_n_replicas(tmp_path: Path) -> None:
-    names = [f"key-{number}" for number in range(PRELOADED)]
+@pytest.mark.parametrize(
+    "preloaded", [10_000, pytest.param(PRELOADED, marks=pytest.mark.slow)], ids=str
+)
+def test_a_node_leaves_under_load_and_every_key_keeps_n_replicas(
+    tmp_path: Path, preloaded: int
+) -> None:
+    names = [f"key-{number}" for number in range(preloaded)]
     with LocalCluster(4, base_port=free_port_block(4), log_dir=tmp_path) as cluster:
         staying, leaver = cluster.nodes[:3], cluster.nodes[3]
         with Client(staying[0].endpoint, timeout=30.0) as client:
-            for start in range(0, PRELOADED, BATCH):
+            for start in range(0, preloaded, BATCH):
                 client.put_many({name: name for name in names[start : start + BATCH]})
         handoff: dict[str, Any] = {}
         with Load([node.endpoint for node in staying], names) as load:
