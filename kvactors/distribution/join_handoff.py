@@ -318,6 +318,8 @@ class JoinHandoff:
         for source, chunk in _in_turn(chunks):
             if self._open_calls >= self._concurrency or (self._rate > 0 and self._tokens <= 0):
                 return
+            if self._rate > 0:
+                self._tokens -= self._batch_keys  # reserved; what is not used comes back
             endpoint = snapshot.endpoint_of(source)
             assert endpoint is not None
             self._call(source, endpoint, chunk, now)
@@ -356,7 +358,7 @@ class JoinHandoff:
             if left >= 0:
                 progress.left = left
         if self._rate > 0:
-            self._tokens -= sum(len(states) for _, states, _ in decoded)
+            self._tokens += self._batch_keys - sum(len(states) for _, states, _ in decoded)
         for progress, states, done in decoded:
             if not states:
                 self._settled(progress, b"", done)
@@ -364,12 +366,15 @@ class JoinHandoff:
             progress.merging = len(states)
             last = states[-1][0]
             for key, state in states:
-                tag = (progress, last, done, len(key))
+                size = len(key) + sum(len(v.value or b"") for v in state.versions)
+                tag = (progress, last, done, size)
                 self._channel.to_local(progress.partition, MergeKey(key, state), self, tag)
         self._pump()
 
     def _failed(self, source: str, chosen: list[_Progress], error: KVActorsError) -> None:
         self.stats.failed_calls += 1
+        if self._rate > 0:
+            self._tokens += self._batch_keys  # nothing came: the reservation comes back
         self._retry_at[source] = self._clock() + self._retry
         for progress in chosen:
             self._release(progress)

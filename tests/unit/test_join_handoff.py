@@ -268,3 +268,21 @@ def test_never_dropped_with_a_negative_delay() -> None:
         clock.now += 100
         stale.on_tick()
     assert not channel.merges
+
+
+def test_the_pull_keeps_to_its_rate() -> None:
+    ring = joining_ring()
+    backends = {name: filled_backend(dict.fromkeys(range(PARTITIONS), 400)) for name in "abc"}
+    channel = FakeChannel()
+    clock = Clock()
+    join = handoff(ring, channel, concurrency=16, batch_keys=100, rate=200.0, clock=clock)
+    received = []
+    for _ in range(40):  # 20 s at 0.5 s a tick
+        join.on_tick()
+        channel.serve(backends)
+        received.append(join.status()["keys_received"])
+        clock.now += 0.5
+    # 200 keys a second, plus at most one batch of burst: never ahead of the rate.
+    for tick, keys in enumerate(received):
+        assert keys <= 200 * 0.5 * tick + 100, (tick, keys)
+    assert received[-1] >= 200 * 15  # and it keeps going at about that rate
