@@ -93,7 +93,7 @@ class NodeConfig:
     """Most keys a second a joining node pulls (0: as fast as it can). The bound keeps
     the transfer from taking the machine from the clients, at the cost of a longer join
     (benchmarks/rebalance.py: unbounded, 100,000 keys moved in 5.7 s while the clients
-    got 0.28 of their rate before; at 4,000 a second, 22.6 s and 0.63)."""
+    got 0.28 of their rate before; at 4,000 a second, 23.7 s and 0.68)."""
 
     join_handoff: bool = True
     """A node new to the cluster pulls every partition it will replicate before it owns
