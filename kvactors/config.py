@@ -102,8 +102,8 @@ class NodeConfig:
 
     handoff_drop_delay: float = 10.0
     """Seconds the cluster must stay settled (nobody joining, leaving, suspect or dead)
-    before a node drops the copies of partitions it no longer replicates; negative: keep
-    them."""
+    before a node drops the copies of partitions it no longer replicates (never while it
+    has hints to deliver: their delivery reads those copies); negative: keep them."""
 
     gossip_interval: float = 0.25
     """Seconds between gossip rounds."""

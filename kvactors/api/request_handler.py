@@ -369,7 +369,12 @@ class RequestService:
             None
             if storage is None
             else StaleCopies(
-                config.name, services.ring, storage, self, delay=config.handoff_drop_delay
+                config.name,
+                services.ring,
+                storage,
+                self,
+                delay=config.handoff_drop_delay,
+                holding=self._hints_waiting,
             )
         )
         trees = services.trees
@@ -402,6 +407,9 @@ class RequestService:
             if config.join_handoff and services.incarnation == 0
             else None
         )
+
+    def _hints_waiting(self) -> bool:
+        return self.hints is not None and bool(self.hints.pending())
 
     def _catch_up(self) -> tuple[CatchUp, Repairs] | None:
         anti_entropy = self.anti_entropy

@@ -22,9 +22,9 @@ only keys whose hashes differ move. Rounds repeat until one repairs nothing (at 
 
 After the switch, the member a partition's preference list lost keeps a stale copy:
 `StaleCopies` drops it once the partition has not been this node's for `drop_delay`
-seconds, with no member joining or dead (then hints and anti-entropy have whatever only
-it held). A record is only dropped if it is still the one that was read, so a write
-that reaches the old copy meanwhile survives until the next round.
+seconds, with no member joining or dead and no hint of this node's waiting (hint
+delivery reads this node's copies). A record is only dropped if it is still the one that
+was read, so a write that reaches the old copy meanwhile survives until the next round.
 
 Everything runs on the transport thread, from its tick; every step is a callback. The
 serving side (`serve_pull`, RPC op ``pull``) reads the partition's table there too.
@@ -497,10 +497,12 @@ class StaleCopies:
         channel: PullChannel,
         *,
         delay: float,
+        holding: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._me = me
         self._ring = ring
+        self._holding = holding
         self._storage = storage
         self._channel = channel
         self._delay = delay
@@ -514,7 +516,8 @@ class StaleCopies:
         if self._delay < 0:
             return
         snapshot, now = self._ring.current, self._clock()
-        if not _settled(snapshot):
+        if not _settled(snapshot) or self._holding():
+            # Hints still to deliver read this node's copies: they go first.
             self._settled_since = None
             return
         if self._settled_since is None or self._settled_since[0] != snapshot.version:

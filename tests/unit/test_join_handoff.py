@@ -286,3 +286,25 @@ def test_the_pull_keeps_to_its_rate() -> None:
     for tick, keys in enumerate(received):
         assert keys <= 200 * 0.5 * tick + 100, (tick, keys)
     assert received[-1] >= 200 * 15  # and it keeps going at about that rate
+
+
+def test_copies_are_kept_while_this_node_has_hints_to_deliver() -> None:
+    me = member("d")
+    members = [member("a"), member("b"), member("c"), me]
+    ring = RingHolder(build_snapshot(1, me, members, PARTITIONS, replicas=2))
+    backend = filled_backend(dict.fromkeys(range(PARTITIONS), 2))
+    channel = FakeChannel()
+    clock = Clock()
+    hints = [True]
+    stale = StaleCopies(
+        "d", ring, backend, channel, delay=5.0, holding=lambda: hints[0], clock=clock
+    )
+    for _ in range(5):
+        stale.on_tick()
+        clock.now += 3.0
+    assert not channel.merges  # hint delivery reads these copies: they stay
+    hints[0] = False
+    stale.on_tick()
+    clock.now += 5.5
+    stale.on_tick()
+    assert channel.merges
