@@ -686,6 +686,30 @@ class Nemesis:
         """The fault's timed wait: until `deadline` or `longest` seconds, whichever first."""
         time.sleep(max(0.0, min(longest, deadline - time.monotonic())))
 
+    def fault_one_node(
+        self,
+        cluster: NetCluster,
+        rng: Any,
+        deadline: float,
+        *,
+        inject: Callable[[str], float],
+        undo: Callable[[str], float],
+        length: float,
+        gap: float,
+        settle: bool = True,
+    ) -> None:
+        """One cycle on one node drawn by `rng`: `inject` the fault (its start time), hold
+        it `length` seconds, `undo` it (its end time), wait until every node sees every
+        node alive again if `settle`, then `gap` seconds before the next cycle."""
+        victim = rng.choice(cluster.names)
+        self.faulty.add(victim)
+        start = inject(victim)
+        self.hold(deadline, length)
+        self.windows.append(Window(start, undo(victim)))
+        if settle:
+            cluster.wait_all_alive(60.0)
+        self.hold(deadline, gap)
+
 
 @dataclass
 class KillNemesis(Nemesis):
@@ -735,13 +759,15 @@ class IsolateNemesis(Nemesis):
     name = "isolate"
 
     def cycle(self, cluster: NetCluster, rng: Any, deadline: float) -> None:
-        victim = rng.choice(cluster.names)
-        self.faulty.add(victim)
-        start = cluster.isolate(victim)
-        self.hold(deadline, self.cut)
-        self.windows.append(Window(start, cluster.heal()))
-        cluster.wait_all_alive(60.0)
-        self.hold(deadline, self.gap)
+        self.fault_one_node(
+            cluster,
+            rng,
+            deadline,
+            inject=cluster.isolate,
+            undo=lambda _victim: cluster.heal(),
+            length=self.cut,
+            gap=self.gap,
+        )
 
 
 @dataclass
@@ -774,12 +800,16 @@ class LinkNemesis(Nemesis):
     name = "netem"
 
     def cycle(self, cluster: NetCluster, rng: Any, deadline: float) -> None:
-        victim = rng.choice(cluster.names)
-        self.faulty.add(victim)
-        start = cluster.degrade(victim, self.faults)
-        self.hold(deadline, self.bad)
-        self.windows.append(Window(start, cluster.heal()))
-        self.hold(deadline, self.gap)
+        self.fault_one_node(
+            cluster,
+            rng,
+            deadline,
+            inject=lambda victim: cluster.degrade(victim, self.faults),
+            undo=lambda _victim: cluster.heal(),
+            length=self.bad,
+            gap=self.gap,
+            settle=False,
+        )
 
 
 @dataclass
@@ -846,13 +876,20 @@ class SkewNemesis(Nemesis):
     name = "clock-skew"
 
     def cycle(self, cluster: NetCluster, rng: Any, deadline: float) -> None:
-        victim = rng.choice(cluster.names)
-        self.faulty.add(victim)
-        seconds = rng.choice([-1, 1]) * rng.choice([2.0, 30.0, 600.0, 3600.0])
-        start = cluster.skew_clock(victim, seconds)
-        self.hold(deadline, self.skewed)
-        self.windows.append(Window(start, cluster.skew_clock(victim, 0.0)))
-        self.hold(deadline, self.gap)
+        def skew(victim: str) -> float:  # drawn after the victim, as the seed expects
+            seconds = rng.choice([-1, 1]) * rng.choice([2.0, 30.0, 600.0, 3600.0])
+            return cluster.skew_clock(victim, seconds)
+
+        self.fault_one_node(
+            cluster,
+            rng,
+            deadline,
+            inject=skew,
+            undo=lambda victim: cluster.skew_clock(victim, 0.0),
+            length=self.skewed,
+            gap=self.gap,
+            settle=False,
+        )
 
 
 @contextlib.contextmanager
