@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pykka
 
 from kvactors.api.rpc import PeerNetwork
+from kvactors.cluster.membership import Member
 from kvactors.config import NodeConfig
 from kvactors.dispatch import NodeDispatcher
 from kvactors.distribution.hashtree import PartitionTrees
@@ -28,6 +29,7 @@ from kvactors.storage.store_supervisor import PartitionDirectory
 
 if TYPE_CHECKING:
     from kvactors.api.protocol import Reply, Request
+    from kvactors.cluster.gossip import GossipState
 
 __all__ = ["NodeServices", "RequestGateway"]
 
@@ -54,11 +56,11 @@ class NodeServices:
     joined: threading.Event = field(default_factory=threading.Event)
     """Set once a joining node holds every partition it will own (the gossip protocol
     then announces it alive, and the ring gives it its share)."""
-    gossip_state: Any = None
+    gossip_state: GossipState | None = None
     """The GossipState of this node's gossip protocol, kept here so that a restarted
     GossipProtocol carries on with the member table instead of starting alone (a node
     that forgot its cluster would take writes it cannot replicate)."""
-    remembered: tuple[Any, ...] = ()
+    remembered: tuple[Member, ...] = ()
     """The members (`Member` records, alive at incarnation 0) a node restarted on its
     data knew: it starts with them in its member table, so its ring places keys as the
     cluster does from the first request on, not on the few members gossip has reached."""

@@ -83,7 +83,7 @@ class GossipProtocol(SupervisedActor):
         config, now = self._services.config, self._clock()
         endpoint = config.endpoint
         seeds = [seed for seed in config.seeds if seed != endpoint]
-        if isinstance(self._services.gossip_state, GossipState):
+        if self._services.gossip_state is not None:
             self._state = self._services.gossip_state  # restarted: carry on
             self._state.restarted(now)
         elif seeds:

@@ -41,6 +41,7 @@ __all__ = [
     "AAE",
     "AntiEntropy",
     "AntiEntropyStats",
+    "BackgroundChannel",
     "ExchangeChannel",
     "answer",
 ]
@@ -111,13 +112,12 @@ def _bucket_keys(trees: PartitionTrees, item: object) -> list[list[bytes]] | Non
 # -- the initiating side ------------------------------------------------------------------
 
 
-class ExchangeChannel(Protocol):
-    """How an exchange reaches the stores and the peer (the RequestService provides it).
-    Each callback runs on the transport thread."""
+class BackgroundChannel(Protocol):
+    """How a background task (an exchange, a join's pull) reaches this node's stores and
+    its peers' RPC ops (the RequestService provides it). Each callback runs on the
+    transport thread."""
 
     def to_local(self, partition: int, op: StoreOp, target: Any, tag: Any) -> None: ...
-
-    def to_peer(self, name: str, wire_op: list[Any], target: Any, tag: Any) -> None: ...
 
     def call_peer(
         self,
@@ -126,6 +126,12 @@ class ExchangeChannel(Protocol):
         args: dict[str, Any],
         settle: Callable[[Any, KVActorsError | None], None],
     ) -> None: ...
+
+
+class ExchangeChannel(BackgroundChannel, Protocol):
+    """An exchange's channel: also the replicas' ordinary ops on a peer, for repairs."""
+
+    def to_peer(self, name: str, wire_op: list[Any], target: Any, tag: Any) -> None: ...
 
 
 @dataclass(slots=True)

@@ -39,18 +39,19 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from kvactors.cluster.membership import MemberStatus
+from kvactors.distribution.anti_entropy import BackgroundChannel
 from kvactors.distribution.handoff import plan_transfers
 from kvactors.distribution.responsibility_manager import RingHolder, RingSnapshot
 from kvactors.distribution.versions import state_from_wire, state_to_wire
 from kvactors.errors import BadRequestError, KVActorsError
 from kvactors.storage.backends import StorageBackend
 from kvactors.storage.records import decode_trusted_state
-from kvactors.storage.store_server import Forget, MergeKey, StoreOp
+from kvactors.storage.store_server import Forget, MergeKey
 
-__all__ = ["PULL", "JoinHandoff", "PullChannel", "StaleCopies", "serve_pull"]
+__all__ = ["PULL", "JoinHandoff", "StaleCopies", "serve_pull"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +71,6 @@ CatchUp = Callable[[str, str, list[int], Callable[[KVActorsError | None], None]]
 
 Repairs = Callable[[], int]
 """Keys anti-entropy has repaired so far (a counter)."""
-
-
-class PullChannel(Protocol):
-    """How the handoff reaches its stores and peers (the RequestService provides it)."""
-
-    def to_local(self, partition: int, op: StoreOp, target: Any, tag: Any) -> None: ...
-
-    def call_peer(
-        self,
-        endpoint: str,
-        op: str,
-        args: dict[str, Any],
-        settle: Callable[[Any, KVActorsError | None], None],
-    ) -> None: ...
 
 
 # -- the serving side -----------------------------------------------------------------------
@@ -157,7 +144,7 @@ class JoinHandoff:
         self,
         me: str,
         ring: RingHolder,
-        channel: PullChannel,
+        channel: BackgroundChannel,
         *,
         replicas: int,
         concurrency: int,
@@ -494,7 +481,7 @@ class StaleCopies:
         me: str,
         ring: RingHolder,
         storage: StorageBackend,
-        channel: PullChannel,
+        channel: BackgroundChannel,
         *,
         delay: float,
         holding: Callable[[], bool] = lambda: False,
