@@ -503,12 +503,6 @@ class RequestService:
     def _take_over_if_joining(self) -> None:
         if self.join is None or self._services.joined.is_set():
             return
-        snapshot = self._ring.current
-        if snapshot.ring.members == (self.me,) and not snapshot.detached:
-            # In contact, but nobody owns anything yet (every member is joining): there
-            # is nothing to pull, and somebody must own the keys.
-            self._services.joined.set()
-            return
         self.join.on_tick()
         if self.join.finished:
             self._services.joined.set()

@@ -193,7 +193,12 @@ class JoinHandoff:
 
     @property
     def finished(self) -> bool:
-        """Pulled, and caught up on what the pull may have missed."""
+        """Pulled, and caught up on what the pull may have missed; or nothing to pull."""
+        snapshot = self._ring.current
+        if snapshot.ring.members == (self._me,) and not snapshot.detached:
+            # In contact, but nobody owns anything yet (every member is joining): there
+            # is nothing to pull, and somebody must own the keys.
+            return True
         return self.pulled and self._caught_up
 
     def on_tick(self) -> None:

@@ -308,3 +308,12 @@ def test_copies_are_kept_while_this_node_has_hints_to_deliver() -> None:
     clock.now += 5.5
     stale.on_tick()
     assert channel.merges
+
+
+def test_nothing_to_pull_when_every_member_is_joining() -> None:
+    me = member("d", MemberStatus.JOINING)
+    ring = RingHolder(build_snapshot(1, me, [me, member("e", MemberStatus.JOINING)], PARTITIONS))
+    join = handoff(ring, FakeChannel())
+    assert join.finished  # somebody must own the keys: the joiner does, at once
+    alone = RingHolder(build_snapshot(1, me, [me], PARTITIONS))
+    assert not handoff(alone, FakeChannel()).finished  # nobody answered yet: not a join
