@@ -45,10 +45,10 @@ from kvactors.cluster.membership import MemberStatus
 from kvactors.distribution.anti_entropy import BackgroundChannel
 from kvactors.distribution.handoff import plan_transfers
 from kvactors.distribution.responsibility_manager import RingHolder, RingSnapshot
-from kvactors.distribution.versions import state_from_wire, state_to_wire
+from kvactors.distribution.versions import state_from_wire
 from kvactors.errors import BadRequestError, KVActorsError
 from kvactors.storage.backends import StorageBackend
-from kvactors.storage.records import decode_trusted_state
+from kvactors.storage.records import read_wire_state
 from kvactors.storage.store_server import Forget, MergeKey
 
 __all__ = ["PULL", "JoinHandoff", "StaleCopies", "serve_pull"]
@@ -101,11 +101,15 @@ def serve_pull(storage: StorageBackend, partitions: int, args: dict[str, Any]) -
 def _keys_after(
     storage: StorageBackend, partition: int, after: bytes, budget: int
 ) -> tuple[list[list[Any]], int]:
-    records = dict(storage.open_table(partition).items())
+    table = storage.open_table(partition)
+    if budget <= 0 and not after:
+        return [], len(table)  # the call's budget is spent: only the count is asked
+    records = dict(table.items())
     keys = sorted(records)
     start = bisect.bisect_right(keys, after) if after else 0
     chosen = keys[start : start + max(budget, 0)]
-    items = [[key, state_to_wire(decode_trusted_state(records[key]))] for key in chosen]
+    # The record holds the state in wire form already: no state is built to send it.
+    items = [[key, read_wire_state(records[key])] for key in chosen]
     return items, len(keys) - start - len(chosen)
 
 
@@ -292,6 +296,8 @@ class JoinHandoff:
         if self._rate > 0:
             elapsed, self._refilled = now - self._refilled, now
             self._tokens = min(self._tokens + elapsed * self._rate, float(self._batch_keys))
+            if self._tokens <= 0:
+                return  # called for every settled partition: no scan while the rate waits
         by_source: defaultdict[str, list[_Progress]] = defaultdict(list)
         for progress in self._wanted.values():
             if progress.partition in self._in_flight:

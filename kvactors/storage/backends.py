@@ -217,27 +217,32 @@ class StorageBackend(Protocol):
 class MemoryTable:
     """A partition held in a dict: the seed's map."""
 
-    __slots__ = ("_data",)
+    __slots__ = ("_bytes", "_data")
 
     def __init__(self) -> None:
         self._data: dict[bytes, bytes] = {}
+        self._bytes = 0  # of keys and records: kept as it changes, since status asks often
 
     def get(self, key: bytes) -> bytes | None:
         return self._data.get(key)
 
     def apply(self, writes: Sequence[Write]) -> None:
         data = self._data
+        size = self._bytes
         for key, value in writes:
-            if value is None:
-                data.pop(key, None)
-            else:
+            old = data.pop(key, None) if value is None else data.get(key)
+            if old is not None:
+                size -= len(key) + len(old)
+            if value is not None:
                 data[key] = value
+                size += len(key) + len(value)
+        self._bytes = size
 
     def __len__(self) -> int:
         return len(self._data)
 
     def size(self) -> int:
-        return sum(len(key) + len(record) for key, record in self._data.items())
+        return self._bytes
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(list(self._data.items()))

@@ -50,6 +50,7 @@ __all__ = [
     "encode_state",
     "read_blind_base",
     "read_winner",
+    "read_wire_state",
 ]
 
 RECORD_FORMAT = 1
@@ -126,6 +127,12 @@ def read_blind_base(data: bytes) -> tuple[bool, VectorClock]:
     wrote: all a write without a client context needs (`blind_write`)."""
     fields = _unpack(data)
     return fields[0] is not None, trusted_clock_from_flat(fields[2])
+
+
+def read_wire_state(data: bytes) -> list[Any]:
+    """The state of a record this process wrote, in `state_to_wire` form, without
+    building it: what a peer is sent. (The receiver checks it: `state_from_wire`.)"""
+    return _unpack(data)[3:]
 
 
 # Below the size, copying a record's body costs less than a memoryview of it.

@@ -193,6 +193,17 @@ def test_lmdb_table_behaves_like_a_dict(
         assert table.get(key) == model.get(key)
 
 
+@given(batches=BATCHES)
+def test_memory_table_keeps_its_size_as_it_changes(
+    batches: list[list[tuple[bytes, bytes | None]]],
+) -> None:
+    # Counted on each write instead of over the table on each status call.
+    table = MemoryBackend().open_table(0)
+    for batch in batches:
+        table.apply(batch)
+        assert table.size() == sum(len(key) + len(record) for key, record in table.items())
+
+
 # -- lmdb: durability and layout ---------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from kvactors.distribution.versions import (
     Version,
     coordinate_write,
     encode_context,
+    state_from_wire,
     state_to_wire,
 )
 from kvactors.storage.records import (
@@ -27,6 +28,7 @@ from kvactors.storage.records import (
     encode_state,
     read_blind_base,
     read_winner,
+    read_wire_state,
 )
 
 names = st.sampled_from(("a", "b", "node-1")) | st.text(min_size=1, max_size=6)
@@ -144,7 +146,8 @@ def test_corrupted_records_decode_or_raise_record_format_error(
 
 # The trusted readers against the checked decoder: `read_winner` reads the two leading
 # fields in place, whatever msgpack size class (bin 8, 16 or 32) each was packed in, and
-# `decode_trusted_state` hands on the record's encoded context.
+# `decode_trusted_state` hands on the record's encoded context; `read_wire_state` is the
+# state in the form a peer decodes.
 
 
 @given(states)
@@ -164,6 +167,7 @@ def test_trusted_readers_agree_with_the_checked_decoder(state: KeyState) -> None
     trusted = decode_trusted_state(record)
     assert trusted == checked
     assert trusted.encoded_context() == encode_context(checked.context)
+    assert state_from_wire(read_wire_state(record)) == checked
 
 
 @pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 70000])
