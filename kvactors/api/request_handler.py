@@ -306,6 +306,23 @@ _Entry = tuple[ReplicaTarget, Any, StoreOp]
 _PeerEntry = tuple[ReplicaTarget, Any, list[Any]]
 
 
+# Most merges `to_peer_later` holds for one member before it sends them without the tick.
+_LATER_OPS = 512
+
+
+class _Unheard:
+    """The target of merges nobody waits for: their answers go nowhere."""
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        pass
+
+    def replica_failed(self, tag: Any, error: KVActorsError) -> None:
+        pass
+
+
+_UNHEARD = _Unheard()
+
+
 class RequestService:
     """The transport's handler: decodes, coordinates, batches, answers. Thread: transport."""
 
@@ -329,6 +346,8 @@ class RequestService:
         self._inflight = 0
         self._queued: defaultdict[int, list[_Entry]] = defaultdict(list)
         self._to_peers: defaultdict[str, list[_PeerEntry]] = defaultdict(list)
+        # Merges nobody waits for (to joining next owners), sent on the tick in bulk.
+        self._later: defaultdict[str, list[_PeerEntry]] = defaultdict(list)
         self._to_coordinators: defaultdict[str, list[_PeerEntry]] = defaultdict(list)
         self._parked: list[tuple[int, _Entry]] = []
         # Group commit: with a storage sync, applied batches wait here until one sync
@@ -537,6 +556,8 @@ class RequestService:
                 self._batch_failed(partition, entries, error, handled=True)
 
     def on_tick(self, now: float) -> None:
+        if self._later:
+            self._send_later()
         self.rpc.on_tick(now)
         self._expire(now)
         if self.anti_entropy is not None:
@@ -823,6 +844,20 @@ class RequestService:
 
     def to_peer(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
         self._queue_for(self._to_peers, name, (target, tag, wire_op))
+
+    def to_peer_later(self, name: str, wire_op: list[Any]) -> None:
+        endpoint = self._ring.current.endpoint_of(name)
+        if endpoint is None:
+            return  # not a member any more: nobody to tell
+        entries = self._later[endpoint]
+        entries.append((_UNHEARD, None, wire_op))
+        if len(entries) >= _LATER_OPS:
+            self._call_replicas(endpoint, self._later.pop(endpoint))
+
+    def _send_later(self) -> None:
+        later, self._later = self._later, defaultdict(list)
+        for endpoint, entries in later.items():
+            self._call_replicas(endpoint, entries)
 
     def coordinate_at(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
         self._queue_for(self._to_coordinators, name, (target, tag, wire_op))

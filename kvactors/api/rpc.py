@@ -39,7 +39,10 @@ from kvactors.errors import (
     UnavailableError,
     error_for_code,
 )
-from kvactors.storage.store_server import Delete, Get, MergeKey, Put, ReadKey, StoreOp
+from kvactors.storage.store_server import Delete, Get, MergeKey, Put, ReadKey
+
+KeyOp = Get | Put | Delete | ReadKey | MergeKey
+"""A store call's operations: each names one key."""
 
 __all__ = [
     "GOSSIP",
@@ -119,7 +122,7 @@ def decode_call(body: list[bytes]) -> Call | BadCall:
         return BadCall(call_id, BadRequestError(f"malformed RPC call: {exc}"))
 
 
-def store_ops(call: Call, max_key_bytes: int, max_value_bytes: int) -> list[StoreOp]:
+def store_ops(call: Call, max_key_bytes: int, max_value_bytes: int) -> list[KeyOp]:
     """The StoreServer operations of a `store` call, held to the client limits.
 
     The RPC channel shares the node's port with clients, so a store call gets the same
@@ -129,7 +132,7 @@ def store_ops(call: Call, max_key_bytes: int, max_value_bytes: int) -> list[Stor
     raw_ops = call.args.get("ops")
     if not isinstance(raw_ops, list) or not 0 < len(raw_ops) <= MAX_CALL_OPS:
         raise BadRequestError("a store call needs a list of ops")
-    ops: list[StoreOp] = []
+    ops: list[KeyOp] = []
     for raw in raw_ops:
         match raw:
             case ["get", bytes(key)] if len(key) <= max_key_bytes:

@@ -86,6 +86,10 @@ class ReplicaChannel(Protocol):
         """Send a replica op (``["read", key]`` or ``["merge", key, state]``) to member
         `name`; its result (a wire state for reads) comes back."""
 
+    def to_peer_later(self, name: str, wire_op: list[Any]) -> None:
+        """Send ``["merge", key, state]`` to member `name` when it suits: nobody waits for
+        it, so it may wait (up to a tick) to share one message with others."""
+
     def coordinate_at(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
         """Have member `name` coordinate ``["write", key, value, context, w]``; the result
         is ``[existed, siblings]``."""
@@ -316,12 +320,12 @@ class WriteOperation:
 
     def _to_next_owners(self, state: KeyState) -> None:
         """The write to the joining members that will own the key; nobody waits for
-        them (a merge lost here is caught by the join's pull or by anti-entropy)."""
+        them (a merge lost here is caught by the join's catch-up), so they travel in
+        bulk: one message per member for the many writes of a tick, not one each."""
         me = self._channel.me
         for name in self._next_owners:
             if name != me:
-                wire_op = ["merge", self._key, state_to_wire(state)]
-                self._channel.to_peer(name, wire_op, _IGNORE, name)
+                self._channel.to_peer_later(name, ["merge", self._key, state_to_wire(state)])
 
     def _settle(self, decision: Decision) -> None:
         if not decision.is_new:

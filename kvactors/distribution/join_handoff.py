@@ -49,7 +49,7 @@ from kvactors.distribution.versions import state_from_wire
 from kvactors.errors import BadRequestError, KVActorsError
 from kvactors.storage.backends import StorageBackend
 from kvactors.storage.records import read_wire_state
-from kvactors.storage.store_server import Forget, MergeKey
+from kvactors.storage.store_server import Forget, MergeMany
 
 __all__ = ["PULL", "JoinHandoff", "StaleCopies", "serve_pull"]
 
@@ -361,12 +361,13 @@ class JoinHandoff:
             if not states:
                 self._settled(progress, b"", done)
                 continue
-            progress.merging = len(states)
-            last = states[-1][0]
-            for key, state in states:
-                size = len(key) + sum(len(v.value or b"") for v in state.versions)
-                tag = (progress, last, done, size)
-                self._channel.to_local(progress.partition, MergeKey(key, state), self, tag)
+            # One local merge for the partition's whole answer: its keys settle together.
+            progress.merging = 1
+            size = sum(len(key) for key, _ in states) + sum(
+                len(v.value) for _, state in states for v in state.versions if v.value
+            )
+            tag = (progress, states[-1][0], done, len(states), size)
+            self._channel.to_local(progress.partition, MergeMany(states), self, tag)
         self._pump()
 
     def _failed(self, source: str, chosen: list[_Progress], error: KVActorsError) -> None:
@@ -387,10 +388,10 @@ class JoinHandoff:
     # -- the local merges' answers (ReplicaTarget) ------------------------------------
 
     def replica_done(self, tag: Any, result: Any) -> None:
-        progress, last, done, size = tag
-        progress.keys += 1
+        progress, last, done, keys, size = tag
+        progress.keys += keys
         progress.bytes += size
-        self.stats.keys_received += 1
+        self.stats.keys_received += keys
         self.stats.bytes_received += size
         progress.merging -= 1
         if progress.merging == 0 and not progress.failed:

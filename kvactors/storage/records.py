@@ -132,7 +132,8 @@ def read_blind_base(data: bytes) -> tuple[bool, VectorClock]:
 def read_wire_state(data: bytes) -> list[Any]:
     """The state of a record this process wrote, in `state_to_wire` form, without
     building it: what a peer is sent. (The receiver checks it: `state_from_wire`.)"""
-    return _unpack(data)[3:]
+    wire: list[Any] = _unpack(data)[3:]
+    return wire
 
 
 # Below the size, copying a record's body costs less than a memoryview of it.

@@ -65,6 +65,7 @@ __all__ = [
     "GetMany",
     "InjectedCrashError",
     "MergeKey",
+    "MergeMany",
     "Put",
     "PutMany",
     "ReadKey",
@@ -144,6 +145,13 @@ class MergeKey(NamedTuple):
     state: KeyState
 
 
+class MergeMany(NamedTuple):
+    """`MergeKey` for each (key, state) of `items`, as one operation: a bulk transfer's
+    batch costs one message and one answer (None), not one per key."""
+
+    items: Sequence[tuple[bytes, KeyState]]
+
+
 class Forget(NamedTuple):
     """Delete the key's record outright (no tombstone) if it is still `record`: a copy
     this node no longer replicates. Answers whether it was deleted."""
@@ -159,7 +167,7 @@ class Written(NamedTuple):
     existed: bool
 
 
-StoreOp = Get | Put | Delete | ReadKey | ReadWinner | WriteKey | MergeKey | Forget
+StoreOp = Get | Put | Delete | ReadKey | ReadWinner | WriteKey | MergeKey | MergeMany | Forget
 
 
 class BatchSink(Protocol):
@@ -356,7 +364,10 @@ class StoreServer(DispatchedActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case Get() | Put() | Delete() | ReadKey() | ReadWinner() | WriteKey() | MergeKey():
+            case (
+                Get() | Put() | Delete() | ReadKey() | ReadWinner() | WriteKey()
+                | MergeKey() | MergeMany()
+            ):  # fmt: skip
                 return self._apply_synced((message,))[0]
             case GetMany(keys):
                 return self._apply([Get(key) for key in keys])
@@ -399,6 +410,13 @@ class StoreServer(DispatchedActor):
             if merged is not current:  # a state sent again changes nothing: no rewrite
                 batch.store(op.key, merged)
             return None  # nobody needs the result, and a peer would pay to receive it
+        if kind is MergeMany:
+            for key, state in op.items:
+                current = batch.state(key)
+                merged = merge_states(current, state)
+                if merged is not current:
+                    batch.store(key, merged)
+            return None
         if kind is Forget:
             return batch.forget(op.key, op.record)
         if kind is Get:

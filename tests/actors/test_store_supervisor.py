@@ -9,9 +9,18 @@ from collections.abc import Iterator
 import pykka
 import pytest
 
+from kvactors.distribution.versions import EMPTY_STATE, HlcStamp, coordinate_write
 from kvactors.storage.backends import MemoryBackend
 from kvactors.storage.records import decode_state
-from kvactors.storage.store_server import CrashNow, Delete, Get, GetMany, Put, PutMany
+from kvactors.storage.store_server import (
+    CrashNow,
+    Delete,
+    Get,
+    GetMany,
+    MergeMany,
+    Put,
+    PutMany,
+)
 from kvactors.storage.store_supervisor import PartitionDirectory, StoreSupervisor
 from kvactors.supervision import ChildExited, start_supervised
 from kvactors.testing import wait_until
@@ -61,6 +70,28 @@ def test_store_server_operations(
     assert ref.ask(GetMany((b"k", b"a", b"zz"))) == [b"v2", b"1", None]
     assert ref.ask(Delete(b"k")) is True
     assert ref.ask(Delete(b"k")) is False
+
+
+def test_merge_many_merges_each_key_as_merge_key_would(
+    supervisor: pykka.ActorProxy[StoreSupervisor],
+    directory: PartitionDirectory,
+    backend: MemoryBackend,
+) -> None:
+    ref = directory.current(4)
+    assert ref is not None
+    ref.ask(Put(b"held", b"here"))
+    # Written elsewhere, not knowing of the local write: concurrent with it.
+    elsewhere = coordinate_write(
+        EMPTY_STATE, "peer", EMPTY_STATE.context, b"there", HlcStamp(1, 0, "peer")
+    )
+    assert ref.ask(MergeMany([(b"held", elsewhere), (b"new", elsewhere)])) is None
+    held = decode_state(backend.open_table(4).get(b"held") or b"")
+    assert sorted(v.value for v in held.versions) == [b"here", b"there"]  # siblings
+    assert decode_state(backend.open_table(4).get(b"new") or b"") == elsewhere
+    # Merging the same states again changes nothing.
+    before = dict(backend.open_table(4).items())
+    ref.ask(MergeMany([(b"held", elsewhere), (b"new", elsewhere)]))
+    assert dict(backend.open_table(4).items()) == before
 
 
 def stored_value(backend: MemoryBackend, partition: int, key: bytes) -> bytes | None:

@@ -150,3 +150,47 @@ def test_a_node_joins_100000_keys_under_load(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     join_under_load(tmp_path, monkeypatch, preloaded=100_000, bound=600.0)
+
+
+@pytest.mark.timeout(120)
+def test_writes_during_a_join_reach_the_newcomer_before_it_owns_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port_block(4)
+    with LocalCluster(3, base_port=port, log_dir=tmp_path) as cluster:
+        with Client(cluster.endpoints[0], timeout=30.0) as client:
+            client.put_many({f"old-{n}": n for n in range(3_000)})
+        # A pull of a key a second cannot finish here: the newcomer stays the next owner.
+        monkeypatch.setenv("KVACTORS_HANDOFF_RATE", "1")
+        newcomer = NodeProcess(
+            "node-4",
+            f"tcp://127.0.0.1:{port + 3}",
+            ["--join", cluster.endpoints[0]],
+            log=(tmp_path / "node-4.log").open("ab"),
+        ).start(timeout=60)
+        try:
+            wait_until(lambda: _join_planned(newcomer.endpoint), 30, 0.1)
+            ring = Ring.build([f"node-{k}" for k in range(1, 5)], partitions=2048, replicas=3)
+            new = {f"new-{n}": n for n in range(300)}
+            with Client(cluster.endpoints[0], timeout=30.0) as client:
+                client.put_many(new)
+            # The writes of its share reach it as they are made (in bulk, within a tick).
+            waiting = {key for key in new if _held_by(ring, key)}
+            assert len(waiting) > 150
+
+            def every_write_arrived() -> bool:
+                for key in list(waiting):
+                    if stored_values(newcomer.endpoint, key) == [new[key]]:
+                        waiting.discard(key)
+                return not waiting
+
+            wait_until(every_write_arrived, 10, 0.1, lambda: f"{len(waiting)} not there")
+            assert _owners(newcomer.endpoint) == 3  # still joining: it owns none of them
+        finally:
+            newcomer.stop()
+
+
+def _join_planned(endpoint: str) -> bool:
+    with Client(endpoint, timeout=10.0, retries=0) as client:
+        join = client.status()["join"]
+    return bool(join and join["partitions"] > 0)

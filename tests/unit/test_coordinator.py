@@ -79,6 +79,7 @@ class FakeChannel:
     sent: list[Sent] = field(default_factory=list)
     read_repairs: int = 0
     hints: list[tuple[int, bytes, str]] = field(default_factory=list)
+    later: list[tuple[str, list[Any]]] = field(default_factory=list)  # to_peer_later
 
     @property
     def me(self) -> str:
@@ -90,6 +91,10 @@ class FakeChannel:
     def to_peer(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
         assert name != self.name, "a replica op for this node went to the network"
         self.sent.append(Sent("peer", name, wire_op, target, tag))
+
+    def to_peer_later(self, name: str, wire_op: list[Any]) -> None:
+        assert name != self.name, "a replica op for this node went to the network"
+        self.later.append((name, wire_op))
 
     def coordinate_at(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
         self.sent.append(Sent("coordinate", name, wire_op, target, tag))
@@ -496,6 +501,7 @@ def start_write(
     requested_w: int | None = None,
     coordinate_here: bool = False,
     hint_for: tuple[str, ...] = (),
+    next_owners: tuple[str, ...] = (),
 ) -> tuple[FakeChannel, Outcomes]:
     channel, outcomes = FakeChannel(me), Outcomes()
     WriteOperation(
@@ -510,6 +516,7 @@ def start_write(
         requested_w=requested_w,
         coordinate_here=coordinate_here,
         hint_for=hint_for,
+        next_owners=next_owners,
     ).start()
     return channel, outcomes
 
@@ -540,6 +547,24 @@ def test_write_starts_with_the_local_write_alone(
     assert sent.partition == PARTITION
     assert sent.op == WriteKey(KEY, value, None if context is None else context[0])
     assert outcomes == []
+
+
+@pytest.mark.parametrize("required", [1, 2])
+def test_a_write_reaches_the_next_owners_unhurried_and_does_not_wait_for_them(
+    required: int,
+) -> None:
+    channel, outcomes = start_write("a", required=required, next_owners=("d", "e"))
+    (local,) = channel.sent
+    local.done(WRITTEN)
+    # Sent in bulk (`to_peer_later`), with the state the replicas get, to each next owner.
+    wire = state_to_wire(WRITTEN.state)
+    assert channel.later == [("d", ["merge", KEY, wire]), ("e", ["merge", KEY, wire])]
+    assert {sent.name for sent in channel.merges()} == {"b", "c"}  # the replicas, as usual
+    if required == 2:
+        assert outcomes == []
+        peer_merges(channel)["b"].done(None)
+    # The replicas W needs decide: no answer from a next owner is awaited.
+    assert outcomes == [WriteResult(True, distinct_live_values(WRITTEN.state))]
 
 
 @pytest.mark.parametrize(
