@@ -27,6 +27,7 @@ kvactors p99 at most 5 ms at half of its peak put rate.
     python benchmarks/replicated.py [--runs 3] [--seconds 3] [--inflight 32]
                                     [--kvactors-inflight 256] [--no-redis]
     python benchmarks/replicated.py --quick     # one short run, about 20 s
+    python benchmarks/replicated.py --latency-at 1000,2000 --seconds 5   # kvactors only
 """
 
 from __future__ import annotations
@@ -282,6 +283,23 @@ def measure_kvactors(
         finally:
             load.close()
     return KvactorsRun(put, put_same, get, half_load, half_rate, floor, probe)
+
+
+def latency_curve(rates: list[float], seconds: float) -> None:
+    """Open-loop puts at each rate on one fresh 3-node cluster: latency against load."""
+    print(f"kvactors, 3 nodes (N=3, R=W=2), open-loop puts, {seconds:g} s per rate")
+    with LocalCluster(3, base_port=free_port_block(3)) as cluster:
+        load = DealerLoad(cluster.endpoints)
+        try:
+            load.closed_loop("put", 32, 0.5, 1.0)  # warm up
+            for rate in rates:
+                m = load.open_loop("put", rate, seconds)
+                print(
+                    f"{rate:>8,.0f} puts/s: answered {m.rate:>7,.0f}/s, failed {m.failed}, "
+                    f"p50 {m.p50_ms:.1f} ms, p99 {m.p99_ms:.1f} ms"
+                )
+        finally:
+            load.close()
 
 
 # --- PySyncObj ----------------------------------------------------------------------------
@@ -638,9 +656,17 @@ def main() -> None:
     )
     parser.add_argument("--no-redis", action="store_true", help="leave the Redis row out")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (~20 s)")
+    parser.add_argument(
+        "--latency-at",
+        metavar="RATE,...",
+        help="only kvactors: open-loop puts at each rate a second (where the tail begins)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.runs, args.seconds, args.warmup = 1, 1.5, 0.25
+    if args.latency_at:
+        latency_curve([float(rate) for rate in args.latency_at.split(",")], args.seconds)
+        return
 
     if importlib.util.find_spec("pysyncobj") is None:
         sys.exit("PySyncObj is not installed: pip install pysyncobj (or the bench extra)")
