@@ -308,6 +308,38 @@ _PeerEntry = tuple[ReplicaTarget, Any, list[Any]]
 
 # Most merges `to_peer_later` holds for one member before it sends them without the tick.
 _LATER_OPS = 512
+# Most ops in one call to a peer: its answer (values read) must fit the DEALER's limit,
+# `SocketOptions.reply_frames` frames.
+_CALL_OPS = 64
+
+
+def _call_bounds(entries: list[_PeerEntry], max_bytes: int) -> list[tuple[int, int]]:
+    """Where to cut `entries` into calls of at most _CALL_OPS ops and about `max_bytes`
+    (the peer's ROUTER disconnects a larger frame); one op alone is always a call."""
+    if len(entries) <= 1:
+        return [(0, 1)] if entries else []
+    bounds = []
+    start = size = 0
+    for index, (_, _, wire_op) in enumerate(entries):
+        op_size = _wire_op_bytes(wire_op)
+        if index > start and (index - start >= _CALL_OPS or size + op_size > max_bytes):
+            bounds.append((start, index))
+            start, size = index, 0
+        size += op_size
+    bounds.append((start, len(entries)))
+    return bounds
+
+
+def _wire_op_bytes(wire_op: list[Any]) -> int:
+    """About the encoded size of a replica or coordinate op: its key and values."""
+    verb, key = wire_op[0], wire_op[1]
+    if verb == "merge":
+        versions = wire_op[2][1]
+        return len(key) + sum(len(v[0]) + 64 for v in versions if v[0]) + 64 * len(versions)
+    if verb == "write":
+        value, context = wire_op[2], wire_op[3]
+        return len(key) + len(value or b"") + len(context or b"") + 16
+    return len(key) + 16
 
 
 class _Unheard:
@@ -342,6 +374,8 @@ class RequestService:
         self._codec = Codec.from_config(config)
         self._partitions = config.partitions
         self._timeout = config.request_timeout
+        # A call to a peer stays well under the frame its ROUTER accepts.
+        self._call_bytes = self._codec.max_frame_bytes // 2
         self._max_inflight = config.max_inflight
         self._inflight = 0
         self._queued: defaultdict[int, list[_Entry]] = defaultdict(list)
@@ -807,7 +841,8 @@ class RequestService:
         storage = self._services.storage
         if storage is None:
             raise UnavailableError(f"{self._config.name} has no storage open")
-        result = rpc.encode_result(call.call_id, serve_pull(storage, self._partitions, call.args))
+        answer = serve_pull(storage, self._partitions, call.args, self._call_bytes)
+        result = rpc.encode_result(call.call_id, answer)
         self._transport.send_to_client([peer, rpc.MARKER, result])
 
     def _serve_registered_rpc(self, peer: bytes, call: rpc.Call) -> None:
@@ -933,6 +968,16 @@ class RequestService:
         """One RPC carrying `entries`' ops; each entry hears its own answer, or the error
         of the call as a whole."""
 
+        for start, end in _call_bounds(entries, self._call_bytes):
+            self._call_peer_once(endpoint, op, entries[start:end], answered)
+
+    def _call_peer_once(
+        self,
+        endpoint: str,
+        op: str,
+        entries: list[_PeerEntry],
+        answered: Callable[[ReplicaTarget, Any, list[Any], Any], None],
+    ) -> None:
         def settle(result: Any, error: KVActorsError | None) -> None:
             results = result.get("results") if isinstance(result, dict) else None
             if error is None and (not isinstance(results, list) or len(results) != len(entries)):

@@ -70,7 +70,11 @@ class SocketOptions:
     """ZeroMQ options set on purpose (docs/protocol.md explains each)."""
 
     max_message_bytes: int
-    """MAXMSGSIZE: a peer sending a larger frame is disconnected by libzmq."""
+    """MAXMSGSIZE on the ROUTER: a client or peer sending a larger frame is disconnected
+    by libzmq."""
+    reply_frames: int = 64
+    """MAXMSGSIZE on the DEALERs to peers is this many times `max_message_bytes`: a
+    peer's answer to a batched call (reads, a pull) may carry many values."""
     high_water_mark: int = 10_000
     """SNDHWM and RCVHWM: messages queued per peer before ZeroMQ pushes back."""
     linger_ms: int = 500
@@ -321,6 +325,8 @@ class Transport:
         assert self._context is not None
         dealer = self._context.socket(zmq.DEALER)
         self._apply_common_options(dealer)
+        options = self._options
+        dealer.setsockopt(zmq.MAXMSGSIZE, options.max_message_bytes * options.reply_frames)
         # Queue nothing for a peer with no live connection: a send fails at once and the
         # RPC layer reports it, instead of messages piling up for a dead node.
         dealer.setsockopt(zmq.IMMEDIATE, 1)

@@ -76,10 +76,13 @@ Repairs = Callable[[], int]
 # -- the serving side -----------------------------------------------------------------------
 
 
-def serve_pull(storage: StorageBackend, partitions: int, args: dict[str, Any]) -> dict[str, Any]:
+def serve_pull(
+    storage: StorageBackend, partitions: int, args: dict[str, Any], max_bytes: int = 1 << 20
+) -> dict[str, Any]:
     """A joining node's pull: for each [partition, after] asked, the keys after `after`
-    (in byte order) with their states, up to `max_keys` keys in all, and how many keys
-    are left after them (0: the partition is done). BadRequestError on a malformed call."""
+    (in byte order) with their states, up to `max_keys` keys and about `max_bytes` of
+    records in all (at least one key), and how many keys are left after them (0: the
+    partition is done). BadRequestError on a malformed call."""
     asked = args.get("partitions")
     budget = args.get("max_keys")
     if type(budget) is not int or budget <= 0:
@@ -87,30 +90,52 @@ def serve_pull(storage: StorageBackend, partitions: int, args: dict[str, Any]) -
     if not isinstance(asked, list) or len(asked) > _PARTITIONS_PER_CALL:
         raise BadRequestError(f"a pull needs partitions: at most {_PARTITIONS_PER_CALL} pairs")
     parts = []
+    room = _Room(budget, max_bytes)
     for item in asked:
         match item:
             case [int(partition), bytes(after)] if 0 <= partition < partitions:
-                items, left = _keys_after(storage, partition, after, budget)
-                budget -= len(items)
+                items, left = _keys_after(storage, partition, after, room)
                 parts.append([partition, items, left])
             case _:
                 raise BadRequestError(f"a pull asks for [partition, after-key], got {item!r:.80}")
     return {"parts": parts}
 
 
+@dataclass(slots=True)
+class _Room:
+    """What is left of a pull answer's budget: keys, and bytes of records."""
+
+    keys: int
+    size: int
+    taken: int = 0
+
+    def takes(self, record: bytes) -> bool:
+        """Whether the answer has room for `record` (the first always fits); takes it."""
+        if self.keys <= 0 or (self.taken and len(record) > self.size):
+            return False
+        self.keys -= 1
+        self.size -= len(record)
+        self.taken += 1
+        return True
+
+
 def _keys_after(
-    storage: StorageBackend, partition: int, after: bytes, budget: int
+    storage: StorageBackend, partition: int, after: bytes, room: _Room
 ) -> tuple[list[list[Any]], int]:
     table = storage.open_table(partition)
-    if budget <= 0 and not after:
+    if room.keys <= 0 and not after:
         return [], len(table)  # the call's budget is spent: only the count is asked
     records = dict(table.items())
     keys = sorted(records)
     start = bisect.bisect_right(keys, after) if after else 0
-    chosen = keys[start : start + max(budget, 0)]
-    # The record holds the state in wire form already: no state is built to send it.
-    items = [[key, read_wire_state(records[key])] for key in chosen]
-    return items, len(keys) - start - len(chosen)
+    items = []
+    for key in keys[start:]:
+        record = records[key]
+        if not room.takes(record):
+            break
+        # The record holds the state in wire form already: no state is built to send it.
+        items.append([key, read_wire_state(record)])
+    return items, len(keys) - start - len(items)
 
 
 # -- the joining side -----------------------------------------------------------------------
@@ -265,6 +290,14 @@ class JoinHandoff:
         n_next = max(1, min(self._replicas, len(snapshot.next_ring.members)))
         plan = plan_transfers(snapshot.ring, snapshot.next_ring, n_next, alive=alive)
         sources = {t.partition: t.source for t in plan.transfers if t.target == self._me}
+        if plan.unrecoverable:
+            # No replica of these is alive now. They stay wanted, from a replica that may
+            # come back (a later plan picks a live one): owning them empty would leave
+            # them a copy short once the old owners drop theirs.
+            anyone = plan_transfers(snapshot.ring, snapshot.next_ring, n_next)
+            for transfer in anyone.transfers:
+                if transfer.target == self._me:
+                    sources.setdefault(transfer.partition, transfer.source)
         first = self._planned is None
         self._planned = snapshot.version
         if first:

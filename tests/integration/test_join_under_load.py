@@ -23,7 +23,7 @@ from kvactors import Client
 from kvactors.cli import format_plan
 from kvactors.distribution.ring import Ring
 from kvactors.launcher import LocalCluster, NodeProcess, free_port_block
-from kvactors.testing import stored_values, wait_until
+from kvactors.testing import replica_state, stored_values, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -194,3 +194,39 @@ def _join_planned(endpoint: str) -> bool:
     with Client(endpoint, timeout=10.0, retries=0) as client:
         join = client.status()["join"]
     return bool(join and join["partitions"] > 0)
+
+
+@pytest.mark.timeout(120)
+def test_a_node_joins_a_cluster_of_large_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 150 values of 300 KB: a pull of 1,000 keys would answer 45 MB (more than a node
+    # accepts in one frame). Each answer is held to about a frame's worth, so the pulls
+    # succeed, and the newcomer owns its share only once it holds it.
+    monkeypatch.setenv("KVACTORS_ANTI_ENTROPY_INTERVAL", "0")  # the handoff alone moves data
+    value = b"x" * 300_000
+    names = [f"big-{n}" for n in range(150)]
+    port = free_port_block(4)
+    with LocalCluster(3, base_port=port, log_dir=tmp_path) as cluster:
+        with Client(cluster.endpoints[0], timeout=30.0) as client:
+            for name in names:
+                client.put(name, value)
+        newcomer = NodeProcess(
+            "node-4",
+            f"tcp://127.0.0.1:{port + 3}",
+            ["--join", cluster.endpoints[0]],
+            log=(tmp_path / "node-4.log").open("ab"),
+        ).start(timeout=60)
+        try:
+            endpoints = [*cluster.endpoints, newcomer.endpoint]
+            wait_until(lambda: all(_owners(e) == 4 for e in endpoints), 60, 0.25)
+            ring = Ring.build([f"node-{k}" for k in range(1, 5)], partitions=2048, replicas=3)
+            share = [name for name in names if _held_by(ring, name)]
+            with Client(newcomer.endpoint, timeout=10.0, retries=0) as client:
+                join = client.status()["join"]
+            assert join["failed_calls"] == 0
+            assert join["keys_received"] >= len(share)
+            for name in share[:10]:
+                assert len(replica_state(newcomer.endpoint, name).live) == 1, name
+        finally:
+            newcomer.stop()

@@ -537,3 +537,36 @@ def test_an_update_keeps_a_write_made_between_its_read_and_its_write(
         f"after both updates the set is {sorted(held)}: the write made between our read "
         f"and our write was superseded"
     )
+
+
+@pytest.mark.timeout(90)
+def test_pipelined_large_values_replicate_in_calls_a_peer_accepts(tmp_path: Path) -> None:
+    # 30 puts of 300 KB in flight at once: one pass holds about 9 MB of merges for each
+    # peer, more than the 2.3 MiB frame a node accepts. Sent as one call, the peer drops
+    # the connection and every put times out; cut by size, all succeed.
+    import msgpack  # noqa: PLC0415
+    import zmq  # noqa: PLC0415
+
+    value = b"x" * 300_000
+    with three_node_cluster(tmp_path) as cluster:
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        with context.socket(zmq.DEALER) as sock:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(cluster.endpoints[0])
+            for n in range(30):
+                request = {"op": "put", "key": f"big-{n}", "value": value, "id": n}
+                sock.send(msgpack.packb(request))
+            replies = []
+            while len(replies) < 30 and sock.poll(int(REPLY_TIMEOUT * 1000)):
+                replies.append(msgpack.unpackb(sock.recv()))
+        assert [r.get("error") for r in replies if not r.get("ok")] == []
+        assert len(replies) == 30
+        # Every replica holds every value (W=2 answered; the third gets it too).
+        for node in cluster.endpoints:
+            wait_until(
+                lambda node=node: all(
+                    len(replica_state(node, f"big-{n}").live) == 1 for n in range(0, 30, 7)
+                ),
+                10,
+                0.1,
+            )

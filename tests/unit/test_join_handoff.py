@@ -49,6 +49,22 @@ def test_a_pull_pages_through_a_partition_in_key_order() -> None:
     assert empty["parts"] == [[9, [], 0]]
 
 
+def test_a_pull_answer_stays_within_its_byte_budget_but_always_carries_a_key() -> None:
+    backend = MemoryBackend()
+    table = backend.open_table(3)
+    for index in range(3):
+        state = blind_write(EMPTY_STATE.obsolete, "a", b"v" * 400_000, HlcStamp(1, 0, "a"), 1)
+        table.apply([(b"k3-%03d" % index, encode_state(state))])
+    args = {"partitions": [[3, b""]], "max_keys": 100}
+    # A record holds its value twice (the winner up front): 800 KB a key.
+    ((_, items, left),) = serve_pull(backend, PARTITIONS, args, max_bytes=1_000_000)["parts"]
+    assert [key for key, _ in items] == [b"k3-000"] and left == 2
+    ((_, items, left),) = serve_pull(backend, PARTITIONS, args, max_bytes=100)["parts"]
+    assert len(items) == 1 and left == 2  # bigger than the budget, and still sent
+    ((_, items, left),) = serve_pull(backend, PARTITIONS, args, max_bytes=3_000_000)["parts"]
+    assert len(items) == 3 and left == 0
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -194,6 +210,32 @@ def test_a_dead_source_is_replaced_by_another_replica() -> None:
     join2 = handoff(ring, channel, concurrency=64)
     join2.on_tick()
     assert all(f"tcp://{gone}:1" != endpoint for endpoint, _, _ in channel.calls)
+
+
+def test_partitions_whose_every_source_is_down_stay_wanted_until_one_answers() -> None:
+    # Both old replicas of some of its partitions are suspected (they still own them):
+    # those must still be pulled, from a replica once it answers, never owned empty.
+    me = member("d", MemberStatus.JOINING)
+    members = [
+        member("a", MemberStatus.SUSPECT),
+        member("b", MemberStatus.SUSPECT),
+        member("c"),
+        me,
+    ]
+    ring = RingHolder(build_snapshot(1, me, members, PARTITIONS, replicas=2))
+    share = [p for p in range(PARTITIONS) if ring.current.next_owners(p) == ("d",)]
+    channel = FakeChannel()
+    join = handoff(ring, channel, concurrency=64)
+    join.on_tick()
+    assert join.status()["partitions"] == len(share)
+    asked = {pair[0]: e for e, args, _ in channel.calls for pair in args["partitions"]}
+    assert set(asked) == set(share)
+    stranded = [p for p, e in asked.items() if e != "tcp://c:1"]
+    assert stranded, "the ring here has partitions only suspects replicate"
+    backends = {name: filled_backend(dict.fromkeys(range(PARTITIONS), 2)) for name in "abc"}
+    while channel.serve(backends):  # the suspects answer: everything arrives
+        join.on_tick()
+    assert join.pulled
 
 
 def test_catch_up_runs_after_the_settle_time_and_until_a_round_repairs_nothing() -> None:
