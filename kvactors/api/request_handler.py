@@ -306,11 +306,12 @@ _Entry = tuple[ReplicaTarget, Any, StoreOp]
 _PeerEntry = tuple[ReplicaTarget, Any, list[Any]]
 
 
-# Most merges `to_peer_later` holds for one member before it sends them without the tick.
-_LATER_OPS = 512
 # Most ops in one call to a peer: its answer (values read) must fit the DEALER's limit,
 # `SocketOptions.reply_frames` frames.
 _CALL_OPS = 64
+# Most merges `to_peer_later` holds for one member before it sends them without the
+# tick: a call's worth.
+_LATER_OPS = _CALL_OPS
 
 
 def _call_bounds(entries: list[_PeerEntry], max_bytes: int) -> list[tuple[int, int]]:
