@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kvactors.distribution.ring import Ring
-from kvactors.distribution.versions import state_to_wire
 from kvactors.errors import KVActorsError
 from kvactors.storage.backends import StorageBackend
-from kvactors.storage.records import decode_trusted_state
+from kvactors.storage.records import read_wire_state
 
 __all__ = ["LeaveHandoff", "TransferChannel", "leave_transfers"]
 
@@ -110,6 +109,7 @@ class LeaveHandoff:
         self._retry = retry
         self._clock = clock
         self._running: list[_Transfer] = []
+        self._starting = False
         self.total = len(pairs)
         self.done = 0
         self.keys_sent = 0
@@ -121,14 +121,8 @@ class LeaveHandoff:
         return not self._queue and not self._running
 
     def on_tick(self) -> None:
+        self._start_queued()
         now = self._clock()
-        while self._queue and len(self._running) < self._concurrency:
-            transfer = self._queue.popleft()
-            table = self._storage.open_table(transfer.partition)
-            transfer.items = list(table.items())
-            transfer.started = now
-            self._running.append(transfer)
-            self._send_batch(transfer)
         for transfer in self._running:
             if transfer.failed is not None and transfer.waiting == 0 and now >= transfer.retry_at:
                 transfer.failed = None
@@ -145,6 +139,24 @@ class LeaveHandoff:
             "running": [transfer.report(now) for transfer in self._running],
         }
 
+    def _start_queued(self) -> None:
+        """Start transfers while the concurrency allows: from the tick, and as soon as
+        one finishes (most partitions are a batch or two, over well within a tick)."""
+        if self._starting:
+            return  # an empty partition finished at once, inside the loop below
+        self._starting = True
+        try:
+            now = self._clock()
+            while self._queue and len(self._running) < self._concurrency:
+                transfer = self._queue.popleft()
+                table = self._storage.open_table(transfer.partition)
+                transfer.items = list(table.items())
+                transfer.started = now
+                self._running.append(transfer)
+                self._send_batch(transfer)
+        finally:
+            self._starting = False
+
     def _send_batch(self, transfer: _Transfer) -> None:
         transfer.batch_start = transfer.sent_keys
         batch = transfer.items[transfer.sent_keys : transfer.sent_keys + self._batch]
@@ -153,12 +165,13 @@ class LeaveHandoff:
             return
         transfer.waiting = len(batch)
         for key, record in batch:
-            wire = ["merge", key, state_to_wire(decode_trusted_state(record))]
+            wire = ["merge", key, read_wire_state(record)]  # the record's state as stored
             self._channel.to_peer(transfer.target, wire, self, (transfer, len(record)))
 
     def _finish(self, transfer: _Transfer) -> None:
         self._running.remove(transfer)
         self.done += 1
+        self._start_queued()
         if self.finished:
             logger.info(
                 "leaving: every partition handed over (%d transfers, %d keys)",

@@ -136,3 +136,18 @@ def test_the_running_transfers_report_rate_and_eta() -> None:
     )
     assert running["keys_per_second"] == pytest.approx(5.0)
     assert running["eta_seconds"] == pytest.approx(4.0)
+
+
+def test_a_finished_transfer_starts_the_next_at_once_not_on_the_next_tick() -> None:
+    # 3,000 partitions, empty but the last few: they all finish in one tick (no
+    # recursion per empty partition), and a finished one is followed at once.
+    pairs = [(partition, "a") for partition in range(3_000)]
+    driver, channel, _ = handoff(pairs, {2_997: 3, 2_998: 3, 2_999: 3}, concurrency=1)
+    driver.on_tick()
+    assert driver.status()["done"] == 2_997
+    assert len(channel.sent) == 3  # partition 2,997 runs; 2,998 and 2,999 wait their turn
+    channel.answer_all()  # 2,997's batch is acknowledged: its transfer ends, 2,998 starts
+    assert driver.status()["done"] == 2_998 and len(channel.sent) == 3
+    channel.answer_all()
+    channel.answer_all()
+    assert driver.finished  # without a single tick more
