@@ -26,16 +26,21 @@ from kvactors.api.protocol import (
     Op,
     WireFormat,
     decode_reply,
+    default_max_frame_bytes,
     encode_request,
     reply_error,
 )
 from kvactors.api.versioned import Versioned, VersionedWrites
 from kvactors.codec import Key
-from kvactors.errors import ConfigError, RequestTimeoutError
+from kvactors.errors import ConfigError, RequestTimeoutError, TooLargeError
 
 __all__ = ["Client"]
 
 K = TypeVar("K", bound=Key)
+
+# The largest frame a node with the default key and value limits accepts: a larger one
+# is dropped by its socket with the connection, unanswered (docs/protocol.md, limits).
+DEFAULT_MAX_FRAME_BYTES = default_max_frame_bytes(64 * 1024, 1024 * 1024)
 
 
 class Client(VersionedWrites):
@@ -53,14 +58,20 @@ class Client(VersionedWrites):
         timeout: float = 5.0,
         retries: int = 2,
         fmt: WireFormat = WireFormat.MSGPACK,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         self._endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not self._endpoints:
             raise ConfigError("a Client needs at least one endpoint")
-        if timeout <= 0 or retries < 0:
-            raise ConfigError("timeout must be positive and retries zero or more")
+        if timeout <= 0 or retries < 0 or max_frame_bytes <= 0:
+            raise ConfigError(
+                "timeout and max_frame_bytes must be positive and retries zero or more"
+            )
         self._timeout = timeout
         self._retries = retries
+        # The nodes' frame limit: a batch is cut to fit it, and a request that cannot
+        # fit is refused here with a clear error instead of timing out there.
+        self._max_frame_bytes = max_frame_bytes
         self._fmt = fmt
         self._ids = itertools.count(1)
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
@@ -136,8 +147,10 @@ class Client(VersionedWrites):
     ) -> dict[K, Any]:
         """The found keys among `keys`, mapped to their values."""
         wanted = list(keys)
-        chunks = _chunks(wanted)
-        frames = [self._encode(Op.GET_MANY, next(self._ids), keys=chunk, r=r) for chunk in chunks]
+        chunks: list[list[K]] = []
+        frames: list[tuple[int, bytes]] = []
+        for chunk in _chunks(wanted):
+            self._fitting(Op.GET_MANY, "keys", chunk, chunks, frames, r=r)
         found: dict[K, Any] = {}
         for chunk, reply in zip(chunks, self._exchange(frames, timeout), strict=True):
             for key, item in zip(chunk, reply["results"], strict=True):
@@ -155,9 +168,9 @@ class Client(VersionedWrites):
     ) -> None:
         """Store many pairs; raises the first error any item met."""
         pairs = list(items.items() if isinstance(items, Mapping) else items)
-        frames = [
-            self._encode(Op.PUT_MANY, next(self._ids), items=chunk, w=w) for chunk in _chunks(pairs)
-        ]
+        frames: list[tuple[int, bytes]] = []
+        for chunk in _chunks(pairs):
+            self._fitting(Op.PUT_MANY, "items", chunk, [], frames, w=w)
         for reply in self._exchange(frames, timeout):
             for item in reply["results"]:
                 _raise_for(item)
@@ -184,8 +197,40 @@ class Client(VersionedWrites):
         return self._exchange([self._encode(op, next(self._ids), **fields)], timeout)[0]
 
     def _encode(self, op: Op, request_id: int, **fields: Any) -> tuple[int, bytes]:
+        request_id, frame = self._encode_any_size(op, request_id, **fields)
+        if len(frame) > self._max_frame_bytes:
+            raise TooLargeError(
+                f"the request is {len(frame)} bytes encoded; a node takes frames of at "
+                f"most {self._max_frame_bytes} (its max_value_bytes and max_key_bytes set "
+                "that limit; a Client for a node with larger ones needs max_frame_bytes)"
+            )
+        return request_id, frame
+
+    def _encode_any_size(self, op: Op, request_id: int, **fields: Any) -> tuple[int, bytes]:
         fields = {name: value for name, value in fields.items() if value is not None}
         return request_id, encode_request(op, request_id=request_id, fmt=self._fmt, **fields)
+
+    def _fitting(
+        self,
+        op: Op,
+        field: str,
+        chunk: list[Any],
+        chunks: list[Any],
+        frames: list[tuple[int, bytes]],
+        **options: Any,
+    ) -> None:
+        """Append the requests for `chunk` (a batch's keys or items) to `frames`, halved
+        until each fits a frame; `chunks` gets each request's part of the batch."""
+        request = self._encode_any_size(op, next(self._ids), **{field: chunk}, **options)
+        if len(request[1]) > self._max_frame_bytes and len(chunk) > 1:
+            half = len(chunk) // 2
+            self._fitting(op, field, chunk[:half], chunks, frames, **options)
+            self._fitting(op, field, chunk[half:], chunks, frames, **options)
+            return
+        if len(request[1]) > self._max_frame_bytes:
+            request = self._encode(op, request[0], **{field: chunk}, **options)  # raises
+        chunks.append(chunk)
+        frames.append(request)
 
     def _exchange(
         self, requests: list[tuple[int, bytes]], timeout: float | None

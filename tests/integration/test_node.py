@@ -164,6 +164,21 @@ def test_client_batches_span_several_frames(node: Node) -> None:
         }
 
 
+def test_client_cuts_batches_of_large_values_to_frames_a_node_accepts(node: Node) -> None:
+    # 20 values of 500 KB: 10 MB, more than the 2.3 MiB frame a node takes. Sent whole,
+    # the node's socket would drop it with the connection and the client time out.
+    items = {f"large:{i}": bytes([i]) * 500_000 for i in range(20)}
+    with Client(node.endpoint, timeout=REPLY_TIMEOUT, retries=0) as client:
+        client.put_many(items)
+        assert client.get_many(list(items)) == items
+        # A single request no frame can hold is refused here, at once, not timed out.
+        started = time.monotonic()
+        with pytest.raises(TooLargeError, match="max_frame_bytes"):
+            client.put("huge", b"x" * 3_000_000)
+        assert time.monotonic() - started < 1.0
+        assert client.get("large:3") == items["large:3"]  # the node still serves
+
+
 def test_client_errors_are_typed(node: Node) -> None:
     with Client(node.endpoint, timeout=REPLY_TIMEOUT) as client:
         with pytest.raises(TooLargeError) as too_large:
