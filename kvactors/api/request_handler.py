@@ -70,6 +70,7 @@ from kvactors.cluster.membership import MemberStatus
 from kvactors.distribution.anti_entropy import AAE, AntiEntropy
 from kvactors.distribution.anti_entropy import answer as answer_anti_entropy
 from kvactors.distribution.coordinator import (
+    IGNORE_ANSWERS,
     KeyOutcome,
     ReadOperation,
     ReadResult,
@@ -341,19 +342,6 @@ def _wire_op_bytes(wire_op: list[Any]) -> int:
         value, context = wire_op[2], wire_op[3]
         return len(key) + len(value or b"") + len(context or b"") + 16
     return len(key) + 16
-
-
-class _Unheard:
-    """The target of merges nobody waits for: their answers go nowhere."""
-
-    def replica_done(self, tag: Any, result: Any) -> None:
-        pass
-
-    def replica_failed(self, tag: Any, error: KVActorsError) -> None:
-        pass
-
-
-_UNHEARD = _Unheard()
 
 
 class RequestService:
@@ -886,7 +874,7 @@ class RequestService:
         if endpoint is None:
             return  # not a member any more: nobody to tell
         entries = self._later[endpoint]
-        entries.append((_UNHEARD, None, wire_op))
+        entries.append((IGNORE_ANSWERS, None, wire_op))
         if len(entries) >= _LATER_OPS:
             self._call_replicas(endpoint, self._later.pop(endpoint))
 
@@ -966,9 +954,8 @@ class RequestService:
         entries: list[_PeerEntry],
         answered: Callable[[ReplicaTarget, Any, list[Any], Any], None],
     ) -> None:
-        """One RPC carrying `entries`' ops; each entry hears its own answer, or the error
-        of the call as a whole."""
-
+        """`entries`' ops in as few RPCs as fit a frame (`_call_bounds`); each entry hears
+        its own answer, or the error of its call as a whole."""
         for start, end in _call_bounds(entries, self._call_bytes):
             self._call_peer_once(endpoint, op, entries[start:end], answered)
 

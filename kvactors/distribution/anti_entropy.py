@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from kvactors.distribution.coordinator import IGNORE_ANSWERS
 from kvactors.distribution.hashtree import HashTree, PartitionTrees
 from kvactors.distribution.responsibility_manager import RingHolder
 from kvactors.distribution.versions import KeyState, state_to_wire
@@ -342,9 +343,10 @@ class _Exchange:
     def replica_done(self, tag: Any, result: Any) -> None:
         kind, partition, key = tag
         if kind == "theirs" and isinstance(result, KeyState) and not result.is_empty:
-            self._channel.to_local(partition, MergeKey(key, result), _IGNORE, None)
+            self._channel.to_local(partition, MergeKey(key, result), IGNORE_ANSWERS, None)
         elif kind == "mine" and isinstance(result, KeyState) and not result.is_empty:
-            self._channel.to_peer(self.peer, ["merge", key, state_to_wire(result)], _IGNORE, None)
+            merge = ["merge", key, state_to_wire(result)]  # a lost one: the next exchange
+            self._channel.to_peer(self.peer, merge, IGNORE_ANSWERS, None)
         self._settled()
 
     def replica_failed(self, tag: Any, error: KVActorsError) -> None:
@@ -359,17 +361,3 @@ class _Exchange:
             self._owner._finished(self, self._failed)
         else:
             self._next_slice()
-
-
-class _Ignore:
-    """The target of the repair's merges: nobody waits for them (a lost one is found
-    again by the next exchange)."""
-
-    def replica_done(self, tag: Any, result: Any) -> None:
-        pass
-
-    def replica_failed(self, tag: Any, error: KVActorsError) -> None:
-        pass
-
-
-_IGNORE: Final = _Ignore()

@@ -31,6 +31,7 @@ from kvactors.errors import InternalError, KVActorsError, UnavailableError
 from kvactors.storage.store_server import MergeKey, ReadKey, StoreOp, WriteKey, Written
 
 __all__ = [
+    "IGNORE_ANSWERS",
     "KeyOutcome",
     "ReadOperation",
     "ReadResult",
@@ -101,8 +102,9 @@ class ReplicaChannel(Protocol):
         ...
 
 
-class _Ignore:
-    """The target of read-repair writes: nobody waits for them."""
+class _IgnoreAnswers:
+    """The target of replica ops nobody waits for (read repair, anti-entropy repairs,
+    merges to next owners): their answers, and their failures, go nowhere."""
 
     def replica_done(self, tag: Any, result: Any) -> None:
         pass
@@ -111,7 +113,7 @@ class _Ignore:
         pass
 
 
-_IGNORE = _Ignore()
+IGNORE_ANSWERS: ReplicaTarget = _IgnoreAnswers()
 
 
 def _unavailable(tracker: QuorumTracker) -> UnavailableError:
@@ -196,10 +198,10 @@ class ReadOperation:
                 continue
             channel.count_read_repair()
             if name == channel.me:
-                channel.to_local(self._partition, MergeKey(key, state), _IGNORE, name)
+                channel.to_local(self._partition, MergeKey(key, state), IGNORE_ANSWERS, name)
             else:
                 wire = state_to_wire(state) if wire is None else wire
-                channel.to_peer(name, ["merge", key, wire], _IGNORE, name)
+                channel.to_peer(name, ["merge", key, wire], IGNORE_ANSWERS, name)
 
 
 class WriteOperation:

@@ -258,6 +258,13 @@ class _Batch:
         self._states[key] = state
         self._changed[key] = state
 
+    def merge(self, key: bytes, state: KeyState) -> None:
+        """Join `state` into the key's; a state sent again changes nothing: no rewrite."""
+        current = self.state(key)
+        merged = merge_states(current, state)
+        if merged is not current:
+            self.store(key, merged)
+
     def forget(self, key: bytes, record: bytes) -> bool:
         """Delete the key if this message has not touched it and its record is `record`."""
         if key in self._states or self._table.get(key) != record:
@@ -405,17 +412,11 @@ class StoreServer(DispatchedActor):
         if kind is WriteKey:
             return self._write(batch, op.key, op.value, op.context, now_ms)
         if kind is MergeKey:
-            current = batch.state(op.key)
-            merged = merge_states(current, op.state)
-            if merged is not current:  # a state sent again changes nothing: no rewrite
-                batch.store(op.key, merged)
+            batch.merge(op.key, op.state)
             return None  # nobody needs the result, and a peer would pay to receive it
         if kind is MergeMany:
             for key, state in op.items:
-                current = batch.state(key)
-                merged = merge_states(current, state)
-                if merged is not current:
-                    batch.store(key, merged)
+                batch.merge(key, state)
             return None
         if kind is Forget:
             return batch.forget(op.key, op.record)

@@ -45,12 +45,7 @@ def join_under_load(
             # What `kvactors status --plan` predicts a fourth node would take.
             (join_line,) = [line for line in format_plan(client.status()) if "joins" in line]
             planned = int(join_line.split(": ", 1)[1].split()[0])
-        newcomer = NodeProcess(
-            "node-4",
-            f"tcp://127.0.0.1:{port + 3}",
-            ["--join", cluster.endpoints[0]],
-            log=(tmp_path / "node-4.log").open("ab"),
-        )
+        newcomer = fourth_node(cluster, port, tmp_path)
         endpoints = [*cluster.endpoints, newcomer.endpoint]
         ring = Ring.build([f"node-{k}" for k in range(1, 5)], partitions=2048, replicas=3)
         share = [name for name in names if _held_by(ring, name)]
@@ -120,6 +115,16 @@ def join_under_load(
     assert abs(join["partitions"] - planned) <= 0.10 * planned
 
 
+def fourth_node(cluster: LocalCluster, port: int, log_dir: Path) -> NodeProcess:
+    """node-4, on the port after the cluster's three, joining through node-1 (not started)."""
+    return NodeProcess(
+        "node-4",
+        f"tcp://127.0.0.1:{port + 3}",
+        ["--join", cluster.endpoints[0]],
+        log=(log_dir / "node-4.log").open("ab"),
+    )
+
+
 def _owners(endpoint: str) -> int:
     with Client(endpoint, timeout=10.0, retries=0) as client:
         return int(client.status()["ring"]["owners"])
@@ -162,12 +167,7 @@ def test_writes_during_a_join_reach_the_newcomer_before_it_owns_them(
             client.put_many({f"old-{n}": n for n in range(3_000)})
         # A pull of a key a second cannot finish here: the newcomer stays the next owner.
         monkeypatch.setenv("KVACTORS_HANDOFF_RATE", "1")
-        newcomer = NodeProcess(
-            "node-4",
-            f"tcp://127.0.0.1:{port + 3}",
-            ["--join", cluster.endpoints[0]],
-            log=(tmp_path / "node-4.log").open("ab"),
-        ).start(timeout=60)
+        newcomer = fourth_node(cluster, port, tmp_path).start(timeout=60)
         try:
             wait_until(lambda: _join_planned(newcomer.endpoint), 30, 0.1)
             ring = Ring.build([f"node-{k}" for k in range(1, 5)], partitions=2048, replicas=3)
@@ -211,12 +211,7 @@ def test_a_node_joins_a_cluster_of_large_values(
         with Client(cluster.endpoints[0], timeout=30.0) as client:
             for name in names:
                 client.put(name, value)
-        newcomer = NodeProcess(
-            "node-4",
-            f"tcp://127.0.0.1:{port + 3}",
-            ["--join", cluster.endpoints[0]],
-            log=(tmp_path / "node-4.log").open("ab"),
-        ).start(timeout=60)
+        newcomer = fourth_node(cluster, port, tmp_path).start(timeout=60)
         try:
             endpoints = [*cluster.endpoints, newcomer.endpoint]
             wait_until(lambda: all(_owners(e) == 4 for e in endpoints), 60, 0.25)
