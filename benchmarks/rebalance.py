@@ -26,8 +26,8 @@ import msgpack
 import zmq
 
 from kvactors import Client
-from kvactors.distribution.hashing import partition_of
-from kvactors.distribution.ring import Ring
+from kvactors.core.hashing import partition_of
+from kvactors.core.ring import Ring
 from kvactors.errors import KVActorsError
 from kvactors.launcher import LocalCluster, NodeProcess, free_port_block
 

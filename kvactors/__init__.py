@@ -6,8 +6,8 @@ unless its own docs say otherwise.
 
 from __future__ import annotations
 
-from kvactors.api.client import Client
-from kvactors.api.local_client import LocalClient
+from kvactors.client.client import Client
+from kvactors.client.local_client import LocalClient
 from kvactors.config import NodeConfig
 from kvactors.errors import (
     ActorCrashedError,
@@ -23,7 +23,7 @@ from kvactors.errors import (
     TooLargeError,
     UnavailableError,
 )
-from kvactors.supervision import (
+from kvactors.runtime.supervision import (
     ChildExited,
     ChildInfo,
     ChildSpec,

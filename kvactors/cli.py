@@ -224,7 +224,7 @@ def _run_node(args: argparse.Namespace) -> int:
 
 
 def _client_command(args: argparse.Namespace) -> int:
-    from kvactors.api.client import Client  # noqa: PLC0415
+    from kvactors.client.client import Client  # noqa: PLC0415
     from kvactors.errors import KVActorsError  # noqa: PLC0415
 
     try:
@@ -314,7 +314,7 @@ def format_plan(status: dict[str, Any]) -> list[str]:
     """What one more node, or each owning member's leave, would move: computed here from
     the status (members, partitions, replicas) with the node's own ring rules, so asking
     costs the node nothing. Bytes are estimated from what the node asked stores."""
-    from kvactors.distribution.ring import Ring  # noqa: PLC0415 - keep --help fast
+    from kvactors.core.ring import Ring  # noqa: PLC0415 - keep --help fast
 
     partitions = int(status["partitions"])
     replication = status.get("replication", {})

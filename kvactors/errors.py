@@ -19,6 +19,7 @@ __all__ = [
     "InternalError",
     "KVActorsError",
     "OverloadedError",
+    "PeerUnreachableError",
     "RequestTimeoutError",
     "RestartIntensityError",
     "StorageError",
@@ -58,6 +59,10 @@ class UnavailableError(KVActorsError):
     """Not enough replicas (or no live actor) to serve the request."""
 
     code = "unavailable"
+
+
+class PeerUnreachableError(UnavailableError):
+    """A peer node did not answer an RPC: it is down, unreachable or too slow."""
 
 
 class RequestTimeoutError(KVActorsError, TimeoutError):

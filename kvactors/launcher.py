@@ -212,7 +212,7 @@ class LocalCluster:
     def wait_converged(self, timeout: float = 30.0) -> None:
         """Wait until every node lists every node as alive: until then a joiner that is
         still alone thinks it owns every key."""
-        from kvactors.api.client import Client  # noqa: PLC0415 - the launcher needs it here only
+        from kvactors.client.client import Client  # noqa: PLC0415 - the launcher needs it here only
 
         names = {node.name for node in self.nodes}
         deadline = time.monotonic() + timeout

@@ -21,26 +21,20 @@ from typing import Any, Self
 
 import pykka
 
-from kvactors.api.local_client import LocalClient
-from kvactors.api.request_handler import RequestHandler
-from kvactors.api.rpc import PeerNetwork
-from kvactors.cluster.gossip_protocol import GossipProtocol, Leave
-from kvactors.cluster.membership import Member, MemberStatus
+from kvactors.client.local_client import LocalClient
+from kvactors.cluster.gossip_protocol import GossipProtocol
 from kvactors.cluster.membership_manager import MembershipManager, Subscribe
+from kvactors.cluster.responsibility_manager import ResponsibilityManager
 from kvactors.config import NodeConfig
-from kvactors.dispatch import NodeDispatcher
-from kvactors.distribution.hashtree import PartitionTrees
-from kvactors.distribution.responsibility_manager import (
-    ResponsibilityManager,
-    RingHolder,
-    RingSnapshot,
-    build_snapshot,
-)
+from kvactors.core.hashtree import PartitionTrees
+from kvactors.core.membership import Leave, Member, MemberStatus
+from kvactors.core.placement import RingHolder, RingSnapshot, build_snapshot
 from kvactors.errors import ConfigError, KVActorsError, UnavailableError
-from kvactors.services import NodeServices
-from kvactors.storage.backends import NodeIdentity, StorageBackend, open_backend
-from kvactors.storage.store_supervisor import PartitionDirectory, StoreSupervisor
-from kvactors.supervision import (
+from kvactors.net.rpc import PeerNetwork
+from kvactors.node.request_handler import RequestHandler
+from kvactors.node.services import NodeServices
+from kvactors.runtime.dispatch import NodeDispatcher
+from kvactors.runtime.supervision import (
     ChildExited,
     ChildSpec,
     ExitReason,
@@ -48,6 +42,8 @@ from kvactors.supervision import (
     Supervisor,
     start_supervised,
 )
+from kvactors.storage.backends import NodeIdentity, StorageBackend, open_backend
+from kvactors.storage.store_supervisor import PartitionDirectory, StoreSupervisor
 
 __all__ = ["ActorSystem"]
 
@@ -184,7 +180,7 @@ class ActorSystem:
         as bytes and values as their msgpack encoding, and the result is
         ``{"results": [...]}``, one per op. `timeout` is in seconds (default: the
         config's `request_timeout`). Returns at once; the Future then holds the result
-        or a typed error: `kvactors.api.rpc.PeerUnreachableError` when nothing could be
+        or a typed error: `kvactors.net.rpc.PeerUnreachableError` when nothing could be
         sent, `RequestTimeoutError` when the peer did not answer in time, or the error
         the peer answered with. Needs `bind` (else `UnavailableError`).
         """

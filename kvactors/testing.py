@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kvactors.distribution.versions import KeyState
+    from kvactors.core.versions import KeyState
     from kvactors.system import ActorSystem
 
 __all__ = ["FakeClock", "crash_store_server", "replica_state", "stored_values", "wait_until"]
@@ -93,8 +93,8 @@ def replica_state(endpoint: str, key: str | bytes, timeout: float = 5.0) -> KeyS
     import msgpack  # noqa: PLC0415 - kept out of the import of this module
     import zmq  # noqa: PLC0415
 
-    from kvactors.api.rpc import MARKER, STORE, encode_call  # noqa: PLC0415
-    from kvactors.distribution.versions import state_from_wire  # noqa: PLC0415
+    from kvactors.core.versions import state_from_wire  # noqa: PLC0415
+    from kvactors.net.rpc import MARKER, STORE, encode_call  # noqa: PLC0415
 
     raw = key.encode("utf-8") if isinstance(key, str) else key
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()

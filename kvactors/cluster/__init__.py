@@ -1,1 +1,1 @@
-"""Cluster: the member table, gossip and failure detection, and the actors that run them."""
+"""The cluster actors: MembershipManager, GossipProtocol, ResponsibilityManager."""

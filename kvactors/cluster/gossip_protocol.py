@@ -1,4 +1,4 @@
-"""GossipProtocol: runs this node's gossip (kvactors.cluster.gossip) over RPC.
+"""GossipProtocol: runs this node's gossip (kvactors.core.gossip) over RPC.
 
 Every gossip interval a ticker tells the actor to tick: the pure `GossipState` bumps the
 heartbeat, detects failures and picks a peer to exchange tables with. Messages travel as
@@ -17,15 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kvactors.api.rpc import GOSSIP
-from kvactors.cluster.gossip import GossipConfig, GossipState, Output, message_from_wire
-from kvactors.cluster.membership import MemberStatus
 from kvactors.cluster.membership_manager import TableUpdate
+from kvactors.core.gossip import GossipConfig, GossipState, Output, message_from_wire
+from kvactors.core.membership import Leave, MemberStatus
 from kvactors.errors import BadRequestError
-from kvactors.services import NodeServices
-from kvactors.supervision import SupervisedActor
+from kvactors.net.rpc import GOSSIP
+from kvactors.node.services import NodeServices
+from kvactors.runtime.supervision import SupervisedActor
 
-__all__ = ["GossipProtocol", "Leave"]
+__all__ = ["GossipProtocol"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +45,6 @@ class _Tick:
 @dataclass(frozen=True, slots=True)
 class _Incoming:
     message: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Leave:
-    """Leave the cluster: announce LEAVING, then LEFT, then stop the node."""
 
 
 class GossipProtocol(SupervisedActor):

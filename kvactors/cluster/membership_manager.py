@@ -13,10 +13,9 @@ from typing import Any
 
 import pykka
 
-from kvactors.cluster.membership import Member, MemberChange
-from kvactors.distribution.responsibility_manager import MembersChanged
-from kvactors.services import NodeServices
-from kvactors.supervision import SupervisedActor
+from kvactors.core.membership import Member, MemberChange, MembersChanged
+from kvactors.node.services import NodeServices
+from kvactors.runtime.supervision import SupervisedActor
 
 __all__ = ["MembershipManager", "Subscribe", "TableUpdate"]
 

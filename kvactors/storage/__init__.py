@@ -1,1 +1,3 @@
-"""Storage layer: per-partition StoreServers, their supervisor and the backends."""
+"""Tables (memory, lmdb), records, the replica logic over a table and the
+StoreServer actors that serve it.
+"""

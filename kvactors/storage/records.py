@@ -33,7 +33,7 @@ from typing import Any
 
 import msgpack
 
-from kvactors.distribution.versions import (
+from kvactors.core.versions import (
     KeyState,
     VectorClock,
     state_from_wire,

@@ -2,7 +2,7 @@
 
 It is the only writer of its table while it runs. Each key's entry is the record of a
 `KeyState`: its surviving versions (siblings) with their dots and causal pasts, and the
-clock of what is known to be superseded (kvactors.distribution.versions).
+clock of what is known to be superseded (kvactors.core.versions).
 
 Two kinds of messages:
 
@@ -28,14 +28,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from kvactors.dispatch import DispatchedActor, Dispatcher
-from kvactors.distribution.hashtree import (
+from kvactors.core.hashtree import (
     HashTree,
     PartitionTrees,
     new_partition_tree,
     record_digest,
 )
-from kvactors.distribution.versions import (
+from kvactors.core.ops import (
+    Delete,
+    Forget,
+    Get,
+    GetMany,
+    MergeKey,
+    MergeMany,
+    Put,
+    PutMany,
+    ReadKey,
+    ReadWinner,
+    StoreOp,
+    WriteKey,
+    Written,
+)
+from kvactors.core.versions import (
     EMPTY_STATE,
     Hlc,
     HlcStamp,
@@ -47,6 +61,7 @@ from kvactors.distribution.versions import (
     purge_tombstones,
 )
 from kvactors.errors import StorageError
+from kvactors.runtime.dispatch import DispatchedActor, Dispatcher
 from kvactors.storage.backends import Table, Write
 from kvactors.storage.records import (
     decode_trusted_state,
@@ -81,93 +96,6 @@ logger = logging.getLogger(__name__)
 # Seconds a key whose versions are all tombstones is kept, so that replicas which missed
 # the delete learn it instead of bringing the value back.
 DEFAULT_TOMBSTONE_GRACE = 600.0
-
-
-class Get(NamedTuple):
-    """The winning value's bytes, or None (missing or deleted)."""
-
-    key: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class GetMany:
-    keys: tuple[bytes, ...]
-
-
-class Put(NamedTuple):
-    """Write without a causal context: supersedes every version this replica holds."""
-
-    key: bytes
-    value: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PutMany:
-    items: tuple[tuple[bytes, bytes], ...]
-
-
-class Delete(NamedTuple):
-    """A tombstone without a causal context; answers whether a live value was there."""
-
-    key: bytes
-
-
-class ReadKey(NamedTuple):
-    """A replica's `KeyState` of `key` (EMPTY_STATE when it has none)."""
-
-    key: bytes
-
-
-class ReadWinner(NamedTuple):
-    """(winning value or None, encoded context) of `key`: a plain get where this replica
-    is the key's only one, answered without building its state."""
-
-    key: bytes
-
-
-class WriteKey(NamedTuple):
-    """Coordinate a client write here: make its version, store it, answer `Written`.
-
-    `value` None writes a tombstone. `context` None is a write without a context, which
-    supersedes whatever this replica holds.
-    """
-
-    key: bytes
-    value: bytes | None
-    context: VectorClock | None
-
-
-class MergeKey(NamedTuple):
-    """Join `state` into this replica's state of `key` (replication, read repair);
-    answers None."""
-
-    key: bytes
-    state: KeyState
-
-
-class MergeMany(NamedTuple):
-    """`MergeKey` for each (key, state) of `items`, as one operation: a bulk transfer's
-    batch costs one message and one answer (None), not one per key."""
-
-    items: Sequence[tuple[bytes, KeyState]]
-
-
-class Forget(NamedTuple):
-    """Delete the key's record outright (no tombstone) if it is still `record`: a copy
-    this node no longer replicates. Answers whether it was deleted."""
-
-    key: bytes
-    record: bytes
-
-
-class Written(NamedTuple):
-    """What a coordinated write left: the new state, and whether a live value preceded it."""
-
-    state: KeyState
-    existed: bool
-
-
-StoreOp = Get | Put | Delete | ReadKey | ReadWinner | WriteKey | MergeKey | MergeMany | Forget
 
 
 class BatchSink(Protocol):

@@ -15,11 +15,11 @@ from typing import Any
 
 import pykka
 
-from kvactors.dispatch import Dispatcher
-from kvactors.distribution.hashtree import PartitionTrees
+from kvactors.core.hashtree import PartitionTrees
+from kvactors.runtime.dispatch import Dispatcher
+from kvactors.runtime.supervision import ChildSpec, Restart, Strategy, Supervisor
 from kvactors.storage.backends import StorageBackend
 from kvactors.storage.store_server import DEFAULT_TOMBSTONE_GRACE, StoreServer
-from kvactors.supervision import ChildSpec, Restart, Strategy, Supervisor
 
 __all__ = ["PartitionDirectory", "StoreSupervisor"]
 

@@ -9,20 +9,13 @@ from collections.abc import Iterator
 import pykka
 import pytest
 
-from kvactors.distribution.versions import EMPTY_STATE, HlcStamp, coordinate_write
+from kvactors.core.ops import Delete, Get, GetMany, MergeMany, Put, PutMany
+from kvactors.core.versions import EMPTY_STATE, HlcStamp, coordinate_write
+from kvactors.runtime.supervision import ChildExited, start_supervised
 from kvactors.storage.backends import MemoryBackend
 from kvactors.storage.records import decode_state
-from kvactors.storage.store_server import (
-    CrashNow,
-    Delete,
-    Get,
-    GetMany,
-    MergeMany,
-    Put,
-    PutMany,
-)
+from kvactors.storage.store_server import CrashNow
 from kvactors.storage.store_supervisor import PartitionDirectory, StoreSupervisor
-from kvactors.supervision import ChildExited, start_supervised
 from kvactors.testing import wait_until
 
 PARTITIONS = 8

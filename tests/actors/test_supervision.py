@@ -21,7 +21,7 @@ import pykka
 import pytest
 
 from kvactors.errors import ActorCrashedError, ChildStartError, RestartIntensityError
-from kvactors.supervision import (
+from kvactors.runtime.supervision import (
     ChildExited,
     ChildInfo,
     ChildSpec,

@@ -16,7 +16,7 @@ from kvactors import (
     TooLargeError,
     UnavailableError,
 )
-from kvactors.distribution.hashing import partition_of
+from kvactors.core.hashing import partition_of
 from kvactors.testing import crash_store_server, wait_until
 
 MISSING = object()

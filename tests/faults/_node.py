@@ -38,7 +38,7 @@ def _skewed_time() -> float:
 time.time = _skewed_time
 
 from kvactors import cli  # noqa: E402
-from kvactors.distribution.hashing import partition_of  # noqa: E402
+from kvactors.core.hashing import partition_of  # noqa: E402
 from kvactors.system import ActorSystem  # noqa: E402
 from kvactors.testing import crash_store_server  # noqa: E402
 

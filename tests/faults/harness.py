@@ -52,10 +52,10 @@ import zmq
 from checker import Window
 
 from kvactors import Client
-from kvactors.api.rpc import MARKER, STORE, encode_call
-from kvactors.distribution.ring import Ring
-from kvactors.distribution.versions import KeyState, state_from_wire
+from kvactors.core.ring import Ring
+from kvactors.core.versions import KeyState, state_from_wire
 from kvactors.launcher import node_answers
+from kvactors.net.rpc import MARKER, STORE, encode_call
 
 PREFIX = "kva-"
 NODE_PORT = 7000

@@ -37,15 +37,15 @@ import zmq.utils.monitor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvactors.api.protocol import (
+from kvactors.config import NodeConfig
+from kvactors.net.protocol import (
     DEFAULT_MAX_BATCH_ITEMS,
     DEFAULT_MAX_CONTEXT_BYTES,
     MAX_ID_BYTES,
     Codec,
     decode_reply,
 )
-from kvactors.api.rpc import MARKER
-from kvactors.config import NodeConfig
+from kvactors.net.rpc import MARKER
 
 # The node runs on the defaults: these are its limits.
 MAX_KEY_BYTES: Final = NodeConfig().max_key_bytes

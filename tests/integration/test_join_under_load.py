@@ -21,7 +21,7 @@ from _load import Load, stored_keys  # tests/integration is on the path, as for 
 
 from kvactors import Client
 from kvactors.cli import format_plan
-from kvactors.distribution.ring import Ring
+from kvactors.core.ring import Ring
 from kvactors.launcher import LocalCluster, NodeProcess, free_port_block
 from kvactors.testing import replica_state, stored_values, wait_until
 
@@ -135,7 +135,7 @@ def _replicas(ring: Ring, key: str) -> tuple[str, ...]:
 
 
 def _partition(key: str) -> int:
-    from kvactors.distribution.hashing import partition_of  # noqa: PLC0415
+    from kvactors.core.hashing import partition_of  # noqa: PLC0415
 
     return partition_of(key.encode(), 2048)
 

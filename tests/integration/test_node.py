@@ -38,7 +38,7 @@ from kvactors import (
     TooLargeError,
     UnavailableError,
 )
-from kvactors.api.rpc import PeerUnreachableError
+from kvactors.errors import PeerUnreachableError
 
 # How long any single reply may take before a test gives up: far above the few
 # milliseconds a reply takes, so a busy shared machine does not fail a test.

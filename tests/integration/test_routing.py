@@ -11,7 +11,7 @@ import msgpack
 import pytest
 
 from kvactors import ActorSystem, Client, NodeConfig
-from kvactors.distribution.hashing import partition_of
+from kvactors.core.hashing import partition_of
 from kvactors.testing import stored_values
 
 TIMEOUT = 10.0

@@ -1,4 +1,4 @@
-"""Tests for kvactors.distribution.anti_entropy: the serving side (`answer`) against real
+"""Tests for kvactors.replication.anti_entropy: the serving side (`answer`) against real
 partition trees, and whole exchanges between two simulated nodes.
 
 A `Cluster` holds a few `Node`s, each with a dict store of `KeyState`s and the real
@@ -25,16 +25,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvactors.cluster.membership import Member, MemberStatus
-from kvactors.distribution.anti_entropy import AAE, AntiEntropy, AntiEntropyStats, answer
-from kvactors.distribution.hashtree import (
+from kvactors.core.hashtree import (
     HashTree,
     PartitionTrees,
     new_partition_tree,
     record_digest,
 )
-from kvactors.distribution.responsibility_manager import RingHolder, RingSnapshot, build_snapshot
-from kvactors.distribution.versions import (
+from kvactors.core.membership import Member, MemberStatus
+from kvactors.core.ops import MergeKey, ReadKey, StoreOp
+from kvactors.core.placement import RingHolder, RingSnapshot, build_snapshot
+from kvactors.core.versions import (
     EMPTY_STATE,
     HlcStamp,
     KeyState,
@@ -44,8 +44,8 @@ from kvactors.distribution.versions import (
     state_to_wire,
 )
 from kvactors.errors import BadRequestError, KVActorsError, UnavailableError
+from kvactors.replication.anti_entropy import AAE, AntiEntropy, AntiEntropyStats, answer
 from kvactors.storage.records import encode_state
-from kvactors.storage.store_server import MergeKey, ReadKey, StoreOp
 
 INTERVAL = 10.0
 PARTITIONS = 16

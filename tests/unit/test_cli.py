@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvactors.cli import format_plan, format_status
-from kvactors.distribution.ring import Ring
+from kvactors.core.ring import Ring
 
 FIELDS = ("name", "endpoint", "status", "incarnation", "partitions")
 MEMBERS = [

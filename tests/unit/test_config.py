@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kvactors import ConfigError, NodeConfig
-from kvactors.distribution import ring
+from kvactors.core import ring
 
 
 def test_defaults_match_the_design() -> None:

@@ -1,4 +1,4 @@
-"""Tests for kvactors.distribution.coordinator: quorum reads with read repair, and writes
+"""Tests for kvactors.replication.coordinator: quorum reads with read repair, and writes
 coordinated here or forwarded to a replica.
 
 The operations only talk to a `ReplicaChannel`; here that is `FakeChannel`, an in-memory
@@ -16,17 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvactors.api.rpc import PeerUnreachableError
-from kvactors.distribution.coordinator import (
-    KeyOutcome,
-    ReadOperation,
-    ReadResult,
-    ReplicaTarget,
-    WriteOperation,
-    WriteResult,
-    distinct_live_values,
-)
-from kvactors.distribution.versions import (
+from kvactors.core.ops import MergeKey, ReadKey, StoreOp, WriteKey, Written
+from kvactors.core.versions import (
     EMPTY_STATE,
     HlcStamp,
     KeyState,
@@ -41,10 +32,19 @@ from kvactors.errors import (
     InternalError,
     KVActorsError,
     OverloadedError,
+    PeerUnreachableError,
     RequestTimeoutError,
     UnavailableError,
 )
-from kvactors.storage.store_server import MergeKey, ReadKey, StoreOp, WriteKey, Written
+from kvactors.replication.coordinator import (
+    KeyOutcome,
+    ReadOperation,
+    ReadResult,
+    ReplicaTarget,
+    WriteOperation,
+    WriteResult,
+    distinct_live_values,
+)
 
 KEY = b"user:42"
 PARTITION = 7

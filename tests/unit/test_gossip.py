@@ -1,4 +1,4 @@
-"""Tests for kvactors.cluster.gossip: the exchange, joining, failure detection, refutation,
+"""Tests for kvactors.core.gossip: the exchange, joining, failure detection, refutation,
 leaving, the wire form, and whole clusters of up to 1,000 nodes on a simulated network.
 
 The simulation (``Network`` below) is a fake clock plus a fake network: each round every
@@ -35,7 +35,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvactors.cluster.gossip import (
+from kvactors.core.gossip import (
     GossipConfig,
     GossipMessage,
     GossipState,
@@ -46,7 +46,7 @@ from kvactors.cluster.gossip import (
     WireValue,
     message_from_wire,
 )
-from kvactors.cluster.membership import Member, MemberChange, MemberStatus, MemberTable
+from kvactors.core.membership import Member, MemberChange, MemberStatus, MemberTable
 
 ALIVE, SUSPECT, DEAD = MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD
 JOINING, LEAVING, LEFT = MemberStatus.JOINING, MemberStatus.LEAVING, MemberStatus.LEFT

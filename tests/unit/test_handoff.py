@@ -1,4 +1,4 @@
-"""Tests for kvactors.distribution.handoff: transfer plans, source spread, scheduling."""
+"""Tests for kvactors.core.handoff: transfer plans, source spread, scheduling."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvactors.distribution.handoff import Plan, Transfer, plan_transfers, schedule
-from kvactors.distribution.ring import (
+from kvactors.core.handoff import Plan, Transfer, plan_transfers, schedule
+from kvactors.core.ring import (
     DEFAULT_PARTITIONS,
     DEFAULT_REPLICAS,
     LOAD_LIMIT,

@@ -1,4 +1,4 @@
-"""Tests for kvactors.distribution.hashtree: order independence, incremental updates, exact
+"""Tests for kvactors.core.hashtree: order independence, incremental updates, exact
 and cheap diffs, and the top-down exchange API."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvactors.distribution.hashtree import HashTree, TreeDiff, compare_trees, diff
+from kvactors.core.hashtree import HashTree, TreeDiff, compare_trees, diff
 
 # Small shapes crowd keys into shared buckets (where cancelling bugs show); the default
 # shape is the one partitions will use.

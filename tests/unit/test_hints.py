@@ -1,4 +1,4 @@
-"""Tests for kvactors.distribution.hints: keeping hints in a table, and handing them over
+"""Tests for kvactors.replication.hints: keeping hints in a table, and handing them over
 once their target owns partitions again.
 
 `HintedHandoff` runs here over a real `MemoryTable` and a real `RingHolder` (snapshots
@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from kvactors.cluster.membership import Member, MemberStatus
-from kvactors.distribution.hints import HintedHandoff, HintStats
-from kvactors.distribution.responsibility_manager import RingHolder, RingSnapshot, build_snapshot
-from kvactors.distribution.versions import (
+from kvactors.core.membership import Member, MemberStatus
+from kvactors.core.ops import MergeKey, ReadKey, StoreOp
+from kvactors.core.placement import RingHolder, RingSnapshot, build_snapshot
+from kvactors.core.versions import (
     EMPTY_STATE,
     HlcStamp,
     KeyState,
@@ -28,8 +28,8 @@ from kvactors.distribution.versions import (
     state_to_wire,
 )
 from kvactors.errors import KVActorsError, UnavailableError
+from kvactors.replication.hints import HintedHandoff, HintStats
 from kvactors.storage.backends import MemoryTable
-from kvactors.storage.store_server import MergeKey, ReadKey, StoreOp
 from kvactors.testing import FakeClock
 
 ME = "a"

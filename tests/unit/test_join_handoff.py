@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from kvactors.cluster.membership import Member, MemberStatus
-from kvactors.distribution.join_handoff import JoinHandoff, StaleCopies, serve_pull
-from kvactors.distribution.responsibility_manager import RingHolder, build_snapshot
-from kvactors.distribution.versions import EMPTY_STATE, HlcStamp, blind_write, state_from_wire
+from kvactors.core.membership import Member, MemberStatus
+from kvactors.core.ops import Forget
+from kvactors.core.placement import RingHolder, build_snapshot
+from kvactors.core.versions import EMPTY_STATE, HlcStamp, blind_write, state_from_wire
 from kvactors.errors import BadRequestError, KVActorsError, RequestTimeoutError
+from kvactors.replication.join_handoff import JoinHandoff, StaleCopies, serve_pull
 from kvactors.storage.backends import MemoryBackend
 from kvactors.storage.records import encode_state
-from kvactors.storage.store_server import Forget
 
 PARTITIONS = 32
 

@@ -1,4 +1,4 @@
-"""Tests for kvactors.cluster.membership: records, the merge rule, the member table."""
+"""Tests for kvactors.core.membership: records, the merge rule, the member table."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvactors.cluster.membership import (
+from kvactors.core.membership import (
     MAX_NAME_LENGTH,
     Member,
     MemberChange,

@@ -1,4 +1,4 @@
-"""Tests for kvactors.api.protocol: request decoding and validation, reply encoding."""
+"""Tests for kvactors.net.protocol: request decoding and validation, reply encoding."""
 
 from __future__ import annotations
 
@@ -16,8 +16,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvactors.api import protocol
-from kvactors.api.protocol import (
+from kvactors.config import NodeConfig
+from kvactors.errors import (
+    BadRequestError,
+    InternalError,
+    KVActorsError,
+    OverloadedError,
+    RequestTimeoutError,
+    TooLargeError,
+    UnavailableError,
+)
+from kvactors.net import protocol
+from kvactors.net.protocol import (
     Codec,
     Op,
     ProtocolError,
@@ -44,16 +54,6 @@ from kvactors.api.protocol import (
     reply_error,
     siblings_reply,
     status_reply,
-)
-from kvactors.config import NodeConfig
-from kvactors.errors import (
-    BadRequestError,
-    InternalError,
-    KVActorsError,
-    OverloadedError,
-    RequestTimeoutError,
-    TooLargeError,
-    UnavailableError,
 )
 
 MSGPACK = WireFormat.MSGPACK

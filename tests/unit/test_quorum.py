@@ -1,4 +1,4 @@
-"""Tests for kvactors.distribution.quorum: decisions, late replies, stale replicas, repair."""
+"""Tests for kvactors.core.quorum: decisions, late replies, stale replicas, repair."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvactors.distribution.quorum import Decision, Outcome, QuorumKind, QuorumTracker
-from kvactors.distribution.versions import (
+from kvactors.core.quorum import Decision, Outcome, QuorumKind, QuorumTracker
+from kvactors.core.versions import (
     EMPTY_STATE,
     Dot,
     HlcStamp,

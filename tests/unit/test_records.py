@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvactors.distribution.versions import (
+from kvactors.core.versions import (
     EMPTY_STATE,
     MAX_COUNTER,
     Dot,

@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvactors.api.request_handler import _CALL_OPS, _call_bounds, _wire_op_bytes
+from kvactors.node.request_handler import _CALL_OPS, _call_bounds, _wire_op_bytes
 
 
 def merge(key: bytes, value_bytes: int) -> list[Any]:

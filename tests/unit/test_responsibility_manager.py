@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kvactors.cluster.membership import Member, MemberStatus
-from kvactors.distribution.responsibility_manager import build_snapshot
+from kvactors.core.membership import Member, MemberStatus
+from kvactors.core.placement import build_snapshot
 
 Q = 256
 

@@ -1,4 +1,4 @@
-"""Tests for kvactors.distribution.ring: key placement, balance, movement, determinism."""
+"""Tests for kvactors.core.ring: key placement, balance, movement, determinism."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvactors.distribution.ring import (
+from kvactors.core.ring import (
     DEFAULT_PARTITIONS,
     DEFAULT_REPLICAS,
     LOAD_LIMIT,

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from kvactors.distribution.ring import Ring
-from kvactors.distribution.transfers import LeaveHandoff, leave_transfers
-from kvactors.distribution.versions import HlcStamp, blind_write, state_from_wire
+from kvactors.core.ring import Ring
+from kvactors.core.versions import HlcStamp, blind_write, state_from_wire
 from kvactors.errors import RequestTimeoutError
+from kvactors.replication.leave_handoff import LeaveHandoff, leave_transfers
 from kvactors.storage.backends import MemoryBackend
 from kvactors.storage.records import encode_state
 

@@ -1,4 +1,4 @@
-"""Tests for kvactors.distribution.versions: clocks, HLC, dotted key states, encodings."""
+"""Tests for kvactors.core.versions: clocks, HLC, dotted key states, encodings."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvactors.distribution.versions import (
+from kvactors.core.versions import (
     EMPTY_STATE,
     MAX_CONTEXT_BYTES,
     MAX_CONTEXT_ENTRIES,

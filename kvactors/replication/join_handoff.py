@@ -41,15 +41,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from kvactors.cluster.membership import MemberStatus
-from kvactors.distribution.anti_entropy import BackgroundChannel
-from kvactors.distribution.handoff import plan_transfers
-from kvactors.distribution.responsibility_manager import RingHolder, RingSnapshot
-from kvactors.distribution.versions import state_from_wire
+from kvactors.core.handoff import plan_transfers
+from kvactors.core.membership import MemberStatus
+from kvactors.core.ops import Forget, MergeMany
+from kvactors.core.placement import RingHolder, RingSnapshot
+from kvactors.core.versions import state_from_wire
 from kvactors.errors import BadRequestError, KVActorsError
+from kvactors.replication.anti_entropy import BackgroundChannel
 from kvactors.storage.backends import StorageBackend
 from kvactors.storage.records import read_wire_state
-from kvactors.storage.store_server import Forget, MergeMany
 
 __all__ = ["PULL", "JoinHandoff", "StaleCopies", "serve_pull"]
 

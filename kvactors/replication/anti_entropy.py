@@ -31,12 +31,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from kvactors.distribution.coordinator import IGNORE_ANSWERS
-from kvactors.distribution.hashtree import HashTree, PartitionTrees
-from kvactors.distribution.responsibility_manager import RingHolder
-from kvactors.distribution.versions import KeyState, state_to_wire
+from kvactors.core.hashtree import HashTree, PartitionTrees
+from kvactors.core.ops import MergeKey, ReadKey, StoreOp
+from kvactors.core.placement import RingHolder
+from kvactors.core.versions import KeyState, state_to_wire
 from kvactors.errors import BadRequestError, KVActorsError
-from kvactors.storage.store_server import MergeKey, ReadKey, StoreOp
+from kvactors.replication.coordinator import IGNORE_ANSWERS
 
 __all__ = [
     "AAE",

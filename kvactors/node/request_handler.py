@@ -5,7 +5,7 @@ node's `Transport` and a `RequestService`, whose callbacks run in the transport 
 
 1. a frame arrives on the ROUTER; the service splits off the envelope, decodes and
    validates the request (`protocol.Codec`), and answers bad input at once;
-2. each key of the request becomes a quorum operation (kvactors.distribution.coordinator)
+2. each key of the request becomes a quorum operation (kvactors.replication.coordinator)
    on the key's N replicas: replica operations for this node are queued for their
    partition, those for peers are queued for that peer;
 3. when the transport has drained everything ready (`on_flush`), each partition's queue
@@ -37,9 +37,29 @@ from typing import Any
 
 import pykka
 
-from kvactors import dispatch
-from kvactors.api import rpc
-from kvactors.api.protocol import (
+from kvactors.core.hashing import partition_of
+from kvactors.core.membership import Leave, MemberStatus
+from kvactors.core.ops import ReadKey, ReadWinner, StoreOp, WriteKey, Written
+from kvactors.core.placement import RingSnapshot
+from kvactors.core.versions import (
+    KeyState,
+    VectorClock,
+    decode_context,
+    state_from_wire,
+    state_to_wire,
+)
+from kvactors.errors import (
+    BadRequestError,
+    InternalError,
+    KVActorsError,
+    OverloadedError,
+    RequestTimeoutError,
+    StorageError,
+    UnavailableError,
+    error_for_code,
+)
+from kvactors.net import rpc
+from kvactors.net.protocol import (
     Codec,
     ItemResult,
     Op,
@@ -64,12 +84,11 @@ from kvactors.api.protocol import (
     siblings_reply,
     status_reply,
 )
-from kvactors.api.transport import SocketOptions, Transport, TransportStats
-from kvactors.cluster.gossip_protocol import Leave
-from kvactors.cluster.membership import MemberStatus
-from kvactors.distribution.anti_entropy import AAE, AntiEntropy
-from kvactors.distribution.anti_entropy import answer as answer_anti_entropy
-from kvactors.distribution.coordinator import (
+from kvactors.net.transport import SocketOptions, Transport, TransportStats
+from kvactors.node.services import NodeServices
+from kvactors.replication.anti_entropy import AAE, AntiEntropy
+from kvactors.replication.anti_entropy import answer as answer_anti_entropy
+from kvactors.replication.coordinator import (
     IGNORE_ANSWERS,
     KeyOutcome,
     ReadOperation,
@@ -79,9 +98,8 @@ from kvactors.distribution.coordinator import (
     WriteResult,
     distinct_live_values,
 )
-from kvactors.distribution.hashing import partition_of
-from kvactors.distribution.hints import HintedHandoff
-from kvactors.distribution.join_handoff import (
+from kvactors.replication.hints import HintedHandoff
+from kvactors.replication.join_handoff import (
     PULL,
     CatchUp,
     JoinHandoff,
@@ -89,36 +107,11 @@ from kvactors.distribution.join_handoff import (
     StaleCopies,
     serve_pull,
 )
-from kvactors.distribution.responsibility_manager import RingSnapshot
-from kvactors.distribution.transfers import LeaveHandoff, leave_transfers
-from kvactors.distribution.versions import (
-    KeyState,
-    VectorClock,
-    decode_context,
-    state_from_wire,
-    state_to_wire,
-)
-from kvactors.errors import (
-    BadRequestError,
-    InternalError,
-    KVActorsError,
-    OverloadedError,
-    RequestTimeoutError,
-    StorageError,
-    UnavailableError,
-    error_for_code,
-)
-from kvactors.services import NodeServices
+from kvactors.replication.leave_handoff import LeaveHandoff, leave_transfers
+from kvactors.runtime import dispatch
+from kvactors.runtime.supervision import SupervisedActor
 from kvactors.storage.backends import StorageBackend
-from kvactors.storage.store_server import (
-    ReadKey,
-    ReadWinner,
-    StoreBatch,
-    StoreOp,
-    WriteKey,
-    Written,
-)
-from kvactors.supervision import SupervisedActor
+from kvactors.storage.store_server import StoreBatch
 
 __all__ = ["RequestHandler", "RequestService", "ServiceStats"]
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kvactors.distribution.ring import Ring
+from kvactors.core.ring import Ring
 from kvactors.errors import KVActorsError
 from kvactors.storage.backends import StorageBackend
 from kvactors.storage.records import read_wire_state

@@ -1,10 +1,9 @@
-"""NodeResponsibilityManager: ring + members -> which node owns a key.
+"""Placement: who replicates which partition, as one node sees it at one moment.
 
-It listens to the MembershipManager; on every change of membership it builds the
-consistent-hash ring of the members that own data (alive and suspect ones: dead, leaving
-and left members drop out until they return) and publishes an immutable `RingSnapshot`
-in a `RingHolder`. Request paths read `holder.current` without asking any actor, as
-Erlang code reads a `persistent_term`.
+`build_snapshot` turns a member table into an immutable `RingSnapshot` (the ring of the
+members that own data, the joining members' next ring, the dead members' stand-ins);
+`RingHolder` holds the current one, which request paths read without asking any actor,
+as Erlang code reads a `persistent_term`.
 
 A joining member owns nothing yet: it is the *next owner* of the partitions it will
 take (riak_core's "next" field). The snapshot carries a second ring with the joining
@@ -15,20 +14,13 @@ every partition and announces itself alive.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-import pykka
+from kvactors.core.membership import Member, MemberStatus
+from kvactors.core.ring import Ring
 
-from kvactors.cluster.membership import Member, MemberStatus
-from kvactors.distribution.ring import Ring
-from kvactors.supervision import SupervisedActor
-
-__all__ = ["ResponsibilityManager", "RingHolder", "RingSnapshot", "build_snapshot"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["RingHolder", "RingSnapshot", "build_snapshot"]
 
 # Members that own partitions. A suspect still owns its share: suspicion is often wrong.
 # A leaving member owns nothing: its slots pass to the others at once, so new writes reach
@@ -231,59 +223,3 @@ class RingHolder:
     def publish(self, snapshot: RingSnapshot) -> None:
         # A single reference assignment: readers see the old snapshot or the new one.
         self.current = snapshot
-
-
-@dataclass(frozen=True, slots=True)
-class MembersChanged:
-    """From the MembershipManager: the member table after a change."""
-
-    me: Member
-    members: tuple[Member, ...]
-
-
-class ResponsibilityManager(SupervisedActor):
-    """Rebuilds the ring on every membership change and publishes it; `on_snapshot` hears
-    of each new snapshot (a durable node remembers its members with it)."""
-
-    def __init__(
-        self,
-        holder: RingHolder,
-        partitions: int,
-        subscribe: Callable[[pykka.ActorRef[Any]], None],
-        replicas: int = 3,
-        on_snapshot: Callable[[RingSnapshot], None] | None = None,
-    ) -> None:
-        super().__init__()
-        self._on_snapshot = on_snapshot
-        self._holder = holder
-        self._partitions = partitions
-        self._replicas = replicas
-        self._subscribe = subscribe
-
-    def on_start(self) -> None:
-        self._subscribe(self.actor_ref)
-
-    def __str__(self) -> str:
-        return "ResponsibilityManager"
-
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, MembersChanged):
-            self._rebuild(message)
-            return None
-        return super().on_receive(message)
-
-    def _rebuild(self, change: MembersChanged) -> None:
-        old = self._holder.current
-        snapshot = build_snapshot(
-            old.version + 1, change.me, change.members, self._partitions, self._replicas
-        )
-        if snapshot.ring.members != old.ring.members:
-            logger.info(
-                "ring rebuilt: %d owning members (%s), balance %.3f",
-                len(snapshot.ring.members),
-                ", ".join(snapshot.ring.members),
-                snapshot.ring.balance(1),
-            )
-        self._holder.publish(snapshot)
-        if self._on_snapshot is not None:
-            self._on_snapshot(snapshot)

@@ -27,11 +27,11 @@ from typing import Any, Protocol
 
 import msgpack
 
-from kvactors.distribution.responsibility_manager import RingHolder
-from kvactors.distribution.versions import KeyState, state_to_wire
+from kvactors.core.ops import ReadKey, StoreOp
+from kvactors.core.placement import RingHolder
+from kvactors.core.versions import KeyState, state_to_wire
 from kvactors.errors import KVActorsError
 from kvactors.storage.backends import Table
-from kvactors.storage.store_server import ReadKey, StoreOp
 
 __all__ = ["HintChannel", "HintStats", "HintedHandoff"]
 

@@ -29,17 +29,18 @@ from typing import Any, Final
 
 import msgpack
 
-from kvactors.api.transport import Transport
-from kvactors.distribution.versions import KeyState, state_from_wire
+from kvactors.core.ops import Delete, Get, MergeKey, Put, ReadKey
+from kvactors.core.versions import KeyState, state_from_wire
 from kvactors.errors import (
     BadRequestError,
     KVActorsError,
+    PeerUnreachableError,
     RequestTimeoutError,
     TooLargeError,
     UnavailableError,
     error_for_code,
 )
-from kvactors.storage.store_server import Delete, Get, MergeKey, Put, ReadKey
+from kvactors.net.transport import Transport
 
 KeyOp = Get | Put | Delete | ReadKey | MergeKey
 """A store call's operations: each names one key."""
@@ -52,7 +53,6 @@ __all__ = [
     "BadCall",
     "Call",
     "PeerNetwork",
-    "PeerUnreachableError",
     "RpcClient",
     "decode_call",
     "encode_error",
@@ -68,10 +68,6 @@ STORE: Final = "store"
 GOSSIP: Final = "gossip"
 _MAX_OP_NAME = 64
 MAX_CALL_OPS: Final = 10_000
-
-
-class PeerUnreachableError(UnavailableError):
-    """A peer node did not answer an RPC: it is down, unreachable or too slow."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pykka
 
-from kvactors.api.rpc import PeerNetwork
-from kvactors.cluster.membership import Member
 from kvactors.config import NodeConfig
-from kvactors.dispatch import NodeDispatcher
-from kvactors.distribution.hashtree import PartitionTrees
-from kvactors.distribution.responsibility_manager import RingHolder
+from kvactors.core.hashtree import PartitionTrees
+from kvactors.core.membership import Member
+from kvactors.core.placement import RingHolder
 from kvactors.errors import UnavailableError
+from kvactors.net.rpc import PeerNetwork
+from kvactors.runtime.dispatch import NodeDispatcher
 from kvactors.storage.backends import StorageBackend
 from kvactors.storage.store_supervisor import PartitionDirectory
 
 if TYPE_CHECKING:
-    from kvactors.api.protocol import Reply, Request
-    from kvactors.cluster.gossip import GossipState
+    from kvactors.core.gossip import GossipState
+    from kvactors.net.protocol import Reply, Request
 
 __all__ = ["NodeServices", "RequestGateway"]
 

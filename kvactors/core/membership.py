@@ -35,10 +35,12 @@ __all__ = [
     "MAX_COUNTER",
     "MAX_ENDPOINT_LENGTH",
     "MAX_NAME_LENGTH",
+    "Leave",
     "Member",
     "MemberChange",
     "MemberStatus",
     "MemberTable",
+    "MembersChanged",
     "MergeResult",
     "is_membership_change",
     "wire_counter",
@@ -348,3 +350,16 @@ def _check_text(text: str, what: str, max_length: int) -> None:
 def _check_counter(value: int, what: str) -> None:
     if not 0 <= value <= MAX_COUNTER:
         raise ValueError(f"{what} must be in 0 ..= {MAX_COUNTER}, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class MembersChanged:
+    """From the MembershipManager: the member table after a change."""
+
+    me: Member
+    members: tuple[Member, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """To the gossip protocol: leave the cluster (announce LEAVING, then LEFT, then stop)."""

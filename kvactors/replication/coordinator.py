@@ -25,10 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
-from kvactors.distribution.quorum import Decision, Outcome, QuorumKind, QuorumTracker
-from kvactors.distribution.versions import KeyState, VectorClock, state_to_wire
-from kvactors.errors import InternalError, KVActorsError, UnavailableError
-from kvactors.storage.store_server import MergeKey, ReadKey, StoreOp, WriteKey, Written
+from kvactors.core.ops import MergeKey, ReadKey, StoreOp, WriteKey, Written
+from kvactors.core.quorum import Decision, Outcome, QuorumKind, QuorumTracker
+from kvactors.core.versions import KeyState, VectorClock, state_to_wire
+from kvactors.errors import InternalError, KVActorsError, PeerUnreachableError, UnavailableError
 
 __all__ = [
     "IGNORE_ANSWERS",
@@ -360,8 +360,6 @@ class WriteOperation:
     def _forward_failed(self, error: KVActorsError) -> None:
         # Only a replica that certainly never got the write is skipped for the next one;
         # after a timeout it may have applied it, and the client must hear that.
-        from kvactors.api.rpc import PeerUnreachableError  # noqa: PLC0415 - avoids a cycle
-
         self._attempt += 1
         if isinstance(error, PeerUnreachableError) and self._attempt < len(self._tracker.replicas):
             self._forward()

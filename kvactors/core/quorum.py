@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from kvactors.distribution.versions import EMPTY_STATE, KeyState, merge_states
+from kvactors.core.versions import EMPTY_STATE, KeyState, merge_states
 
 __all__ = ["Decision", "Outcome", "QuorumKind", "QuorumTracker"]
 

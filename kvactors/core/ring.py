@@ -9,7 +9,7 @@ Layout
 ------
 - Keys live on a 64-bit ring. Q partitions (a power of two) split it into equal arcs:
   partition p starts at p * 2**64 / Q, and a key's partition is the top log2(Q) bits of its
-  XXH3-64 point (`key_hash`, `partition_of`, from `kvactors.distribution.hashing`).
+  XXH3-64 point (`key_hash`, `partition_of`, from `kvactors.core.hashing`).
 - Each member places V tokens on the ring, at positions hashed from its name and the token
   index (`_token_positions`). A member's distance to a partition is the clockwise distance
   from the partition's point to the member's nearest token. Plain consistent hashing gives
@@ -70,7 +70,7 @@ a larger Q (the spread shrinks as 1/sqrt(Q)) or a ring that remembers its histor
 riak_core's claim does, which a function of the member set cannot.
 
 Why Q = 2048 is affordable: a node runs a StoreServer per partition, but StoreServers are
-dispatched actors (kvactors.dispatch) with no thread of their own; 2048 of them start in
+dispatched actors (kvactors.runtime.dispatch) with no thread of their own; 2048 of them start in
 about 0.4 s. Cost of the ring: 32 members at the defaults build in about ten milliseconds
 once the members' placements are memoised (they depend only on name, Q and V; about a
 millisecond each to compute the first time).
@@ -85,7 +85,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from kvactors.distribution.hashing import key_hash, partition_of
+from kvactors.core.hashing import key_hash, partition_of
 
 __all__ = [
     "DEFAULT_PARTITIONS",

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Self, TypeAlias, cast
 
-from kvactors.cluster.membership import (
+from kvactors.core.membership import (
     MAX_COUNTER,
     MAX_ENDPOINT_LENGTH,
     MAX_NAME_LENGTH,

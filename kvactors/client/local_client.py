@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 
 import pykka
 
-from kvactors.api.protocol import DEFAULT_MAX_BATCH_ITEMS, Op, PutItem, Reply, Request, WireFormat
-from kvactors.api.versioned import Versioned, VersionedWrites
+from kvactors.client.versioned import Versioned, VersionedWrites
 from kvactors.codec import Key, decode_value, encode_value, normalize_key
-from kvactors.distribution.hashing import partition_of
-from kvactors.distribution.versions import KeyState, VectorClock, decode_context
+from kvactors.core.hashing import partition_of
+from kvactors.core.ops import Get, GetMany, PutMany, ReadKey, WriteKey, Written
+from kvactors.core.versions import KeyState, VectorClock, decode_context
 from kvactors.errors import (
     BadRequestError,
     InternalError,
@@ -33,8 +33,8 @@ from kvactors.errors import (
     RequestTimeoutError,
     UnavailableError,
 )
-from kvactors.services import NodeServices, RequestGateway
-from kvactors.storage.store_server import Get, GetMany, PutMany, ReadKey, WriteKey, Written
+from kvactors.net.protocol import DEFAULT_MAX_BATCH_ITEMS, Op, PutItem, Reply, Request, WireFormat
+from kvactors.node.services import NodeServices, RequestGateway
 
 __all__ = ["LocalClient"]
 

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, Protocol
 
 import pykka
 
-from kvactors.supervision import SupervisedActor
+from kvactors.runtime.supervision import SupervisedActor
 
 __all__ = [
     "DispatchedActor",

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from kvactors.distribution.ring import Ring
+from kvactors.core.ring import Ring
 
 __all__ = ["Plan", "Transfer", "plan_transfers", "schedule"]
 

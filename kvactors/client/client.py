@@ -21,7 +21,10 @@ from typing import Any, Self, TypeVar
 
 import zmq
 
-from kvactors.api.protocol import (
+from kvactors.client.versioned import Versioned, VersionedWrites
+from kvactors.codec import Key
+from kvactors.errors import ConfigError, RequestTimeoutError, TooLargeError
+from kvactors.net.protocol import (
     DEFAULT_MAX_BATCH_ITEMS,
     Op,
     WireFormat,
@@ -30,9 +33,6 @@ from kvactors.api.protocol import (
     encode_request,
     reply_error,
 )
-from kvactors.api.versioned import Versioned, VersionedWrites
-from kvactors.codec import Key
-from kvactors.errors import ConfigError, RequestTimeoutError, TooLargeError
 
 __all__ = ["Client"]
 

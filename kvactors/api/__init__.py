@@ -1,1 +1,0 @@
-"""API layer: the wire protocol, transport, RPC, clients and the request handler."""

@@ -1,0 +1,1 @@
+"""Clients: the network Client, the embedded LocalClient, versioned writes."""

@@ -1,0 +1,1 @@
+"""The node's request path: the RequestHandler actor and the collaborators of its loop."""

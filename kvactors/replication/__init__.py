@@ -1,0 +1,3 @@
+"""What keeps a key's N replicas in step: the coordinator, hints, anti-entropy,
+join and leave handoff, stale copies.
+"""
