@@ -42,8 +42,9 @@ from kvactors.runtime.supervision import (
     Supervisor,
     start_supervised,
 )
-from kvactors.storage.backends import NodeIdentity, StorageBackend, open_backend
+from kvactors.storage.backends import open_backend
 from kvactors.storage.store_supervisor import PartitionDirectory, StoreSupervisor
+from kvactors.storage.tables import NodeIdentity, StorageBackend
 
 __all__ = ["ActorSystem"]
 
@@ -69,7 +70,7 @@ class ActorSystem:
         self._services = NodeServices(
             config=self.config,
             directory=self._directory,
-            dispatcher=NodeDispatcher(),
+            dispatcher=NodeDispatcher(name=f"{self.config.name}-dispatcher"),
             network=PeerNetwork(),
             ring=RingHolder(
                 build_snapshot(0, me, [me], self.config.partitions, self.config.replicas)
@@ -88,6 +89,7 @@ class ActorSystem:
         self._stopped = threading.Event()
         self._failure: BaseException | None = None
         self._lock = threading.Lock()
+        self._stopper: threading.Thread | None = None  # see `_stop_soon`
 
     @property
     def name(self) -> str:
@@ -118,17 +120,22 @@ class ActorSystem:
             self._services.joined.clear()
             self._backend = self._open_storage()
             children = self._components(self._backend)
-            self._root = start_supervised(
-                lambda: Supervisor.start(
-                    children,
-                    strategy=Strategy.REST_FOR_ONE,
-                    max_restarts=self.config.max_restarts,
-                    max_seconds=self.config.max_seconds,
+            try:
+                self._root = start_supervised(
+                    lambda: Supervisor.start(
+                        children,
+                        strategy=Strategy.REST_FOR_ONE,
+                        max_restarts=self.config.max_restarts,
+                        max_seconds=self.config.max_seconds,
+                        name=f"{self.name}/root",
+                    ),
+                    self._root_exited,
                     name=f"{self.name}/root",
-                ),
-                self._root_exited,
-                name=f"{self.name}/root",
-            )
+                )
+            except BaseException:
+                # The tree has stopped what it had started; what it ran on goes too.
+                self._release()
+                raise
         logger.info("node %s started (%d partitions)", self.name, self.config.partitions)
         return self
 
@@ -139,10 +146,20 @@ class ActorSystem:
             if root is not None:
                 root.stop(block=True, timeout=timeout)
                 logger.info("node %s stopped", self.name)
+            self._release()
+        self._stopped.set()
+        stopper = self._stopper
+        if stopper is not None and stopper is not threading.current_thread():
+            stopper.join(timeout)  # it has only to return: no thread outlives the node
+
+    def _release(self) -> None:
+        """Close the storage and end the dispatcher's threads, once no actor runs."""
+        try:
             if self._backend is not None:
                 self._backend.close()
                 self._backend = None
-        self._stopped.set()
+        finally:
+            self._services.dispatcher.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the node has stopped (by `stop()` or a failure); False on timeout."""
@@ -348,7 +365,8 @@ class ActorSystem:
     def _stop_soon(self) -> None:
         # Called from inside the tree (a node that has left): stopping waits for every
         # actor, the caller included, so it must happen on a thread of its own.
-        threading.Thread(target=self.stop, name=f"{self.name}-stop", daemon=True).start()
+        self._stopper = threading.Thread(target=self.stop, name=f"{self.name}-stop", daemon=True)
+        self._stopper.start()
 
     def _component(self, child_id: str) -> Any:
         root = self._root

@@ -31,7 +31,7 @@ from kvactors.core.ops import ReadKey, StoreOp
 from kvactors.core.placement import RingHolder
 from kvactors.core.versions import KeyState, state_to_wire
 from kvactors.errors import KVActorsError
-from kvactors.storage.backends import Table
+from kvactors.storage.tables import Table
 
 __all__ = ["HintChannel", "HintStats", "HintedHandoff"]
 

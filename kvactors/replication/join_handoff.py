@@ -48,8 +48,8 @@ from kvactors.core.placement import RingHolder, RingSnapshot
 from kvactors.core.versions import state_from_wire
 from kvactors.errors import BadRequestError, KVActorsError
 from kvactors.replication.anti_entropy import BackgroundChannel
-from kvactors.storage.backends import StorageBackend
 from kvactors.storage.records import read_wire_state
+from kvactors.storage.tables import StorageBackend
 
 __all__ = ["PULL", "JoinHandoff", "StaleCopies", "serve_pull"]
 

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kvactors.core.ring import Ring
+from kvactors.core.handoff import plan_change
 from kvactors.errors import KVActorsError
-from kvactors.storage.backends import StorageBackend
 from kvactors.storage.records import read_wire_state
+from kvactors.storage.tables import StorageBackend
 
 __all__ = ["LeaveHandoff", "TransferChannel", "leave_transfers"]
 
@@ -40,23 +40,12 @@ def leave_transfers(
     me: str, staying: list[str], partitions: int, replicas: int
 ) -> list[tuple[int, str]]:
     """(partition, member) pairs: each partition `me` replicates and each member that
-    enters the partition's first N once `me` is gone."""
-    if not staying:
-        return []
-    before = Ring.build([*staying, me], partitions=partitions, replicas=replicas)
-    after = Ring.build(staying, partitions=partitions, replicas=replicas)
-    n_before, n_after = min(replicas, len(staying) + 1), min(replicas, len(staying))
-    pairs = []
-    for partition in range(partitions):
-        holders = before.preference_list(partition, n_before)
-        if me not in holders:
-            continue
-        pairs += [
-            (partition, member)
-            for member in after.preference_list(partition, n_after)
-            if member not in holders
-        ]
-    return pairs
+    enters the partition's first N once `me` is gone (the plan of the change, with `me`
+    the only sender)."""
+    plan = plan_change(
+        [*staying, me], staying, partitions=partitions, replicas=replicas, senders={me}
+    )
+    return [(transfer.partition, transfer.target) for transfer in plan.transfers]
 
 
 @dataclass(slots=True)

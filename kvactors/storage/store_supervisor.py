@@ -18,8 +18,8 @@ import pykka
 from kvactors.core.hashtree import PartitionTrees
 from kvactors.runtime.dispatch import Dispatcher
 from kvactors.runtime.supervision import ChildSpec, Restart, Strategy, Supervisor
-from kvactors.storage.backends import StorageBackend
 from kvactors.storage.store_server import DEFAULT_TOMBSTONE_GRACE, StoreServer
+from kvactors.storage.tables import StorageBackend
 
 __all__ = ["PartitionDirectory", "StoreSupervisor"]
 

@@ -12,7 +12,7 @@ import pytest
 from kvactors.core.ops import Delete, Get, GetMany, MergeMany, Put, PutMany
 from kvactors.core.versions import EMPTY_STATE, HlcStamp, coordinate_write
 from kvactors.runtime.supervision import ChildExited, start_supervised
-from kvactors.storage.backends import MemoryBackend
+from kvactors.storage.memory import MemoryBackend
 from kvactors.storage.records import decode_state
 from kvactors.storage.store_server import CrashNow
 from kvactors.storage.store_supervisor import PartitionDirectory, StoreSupervisor

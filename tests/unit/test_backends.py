@@ -22,15 +22,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kvactors.errors import ConfigError, StorageError
-from kvactors.storage.backends import (
-    IDENTITY_FORMAT,
-    LmdbBackend,
-    MemoryBackend,
-    NodeIdentity,
-    StorageBackend,
-    open_backend,
-)
+from kvactors.storage.backends import open_backend
+from kvactors.storage.lmdb_store import IDENTITY_FORMAT, LmdbBackend
+from kvactors.storage.memory import MemoryBackend
 from kvactors.storage.records import RECORD_FORMAT
+from kvactors.storage.tables import NodeIdentity, StorageBackend
 
 T = TypeVar("T")
 
@@ -459,7 +455,7 @@ def test_open_backend_names(tmp_path: Path) -> None:
 # Writes batches of three keys, syncs, then prints them: a printed key is acknowledged.
 CRASH_WRITER = """
 import sys
-from kvactors.storage.backends import LmdbBackend
+from kvactors.storage.lmdb_store import LmdbBackend
 backend = LmdbBackend(sys.argv[1], fsync="always", initial_map_size=256 * 1024)
 tag = sys.argv[2]
 table = backend.open_table(int(tag))

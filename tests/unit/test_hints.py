@@ -29,7 +29,7 @@ from kvactors.core.versions import (
 )
 from kvactors.errors import KVActorsError, UnavailableError
 from kvactors.replication.hints import HintedHandoff, HintStats
-from kvactors.storage.backends import MemoryTable
+from kvactors.storage.memory import MemoryTable
 from kvactors.testing import FakeClock
 
 ME = "a"

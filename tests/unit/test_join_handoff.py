@@ -14,7 +14,7 @@ from kvactors.core.placement import RingHolder, build_snapshot
 from kvactors.core.versions import EMPTY_STATE, HlcStamp, blind_write, state_from_wire
 from kvactors.errors import BadRequestError, KVActorsError, RequestTimeoutError
 from kvactors.replication.join_handoff import JoinHandoff, StaleCopies, serve_pull
-from kvactors.storage.backends import MemoryBackend
+from kvactors.storage.memory import MemoryBackend
 from kvactors.storage.records import encode_state
 
 PARTITIONS = 32

@@ -11,7 +11,7 @@ from kvactors.core.ring import Ring
 from kvactors.core.versions import HlcStamp, blind_write, state_from_wire
 from kvactors.errors import RequestTimeoutError
 from kvactors.replication.leave_handoff import LeaveHandoff, leave_transfers
-from kvactors.storage.backends import MemoryBackend
+from kvactors.storage.memory import MemoryBackend
 from kvactors.storage.records import encode_state
 
 PARTITIONS = 64
