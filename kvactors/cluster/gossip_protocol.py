@@ -19,7 +19,7 @@ from typing import Any
 
 from kvactors.cluster.membership_manager import TableUpdate
 from kvactors.core.gossip import GossipConfig, GossipState, Output, message_from_wire
-from kvactors.core.membership import Leave, MemberStatus
+from kvactors.core.membership import HandedOver, Joined, Leave, MemberStatus
 from kvactors.errors import BadRequestError
 from kvactors.net.rpc import GOSSIP
 from kvactors.node.services import NodeServices
@@ -66,7 +66,10 @@ class GossipProtocol(SupervisedActor):
         self._announced_contact = False
         self._leaving_since: int | None = None
         self._left_at: int | None = None
+        # A node off the network has nothing to hand over when it leaves.
+        self._handed_over = config.bind is None
         self._stop_ticker = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def __str__(self) -> str:
         return f"GossipProtocol {self._services.config.name}"
@@ -74,7 +77,7 @@ class GossipProtocol(SupervisedActor):
     # -- lifecycle -------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self._services.register("gossip_protocol", self.actor_ref)
+        self._services.gossip = self.actor_ref
         config, now = self._services.config, self._clock()
         endpoint = config.endpoint
         seeds = [seed for seed in config.seeds if seed != endpoint]
@@ -105,13 +108,20 @@ class GossipProtocol(SupervisedActor):
         self._services.gossip_state = self._state
         self._services.network.handle(GOSSIP, self._incoming)
         self._report(Output())
-        threading.Thread(target=self._run_ticker, name=f"{self}-ticker", daemon=True).start()
+        self._ticker = threading.Thread(target=self._run_ticker, name=f"{self}-ticker", daemon=True)
+        self._ticker.start()
 
     def on_stop(self) -> None:
-        self._stop_ticker.set()
+        self._end_ticker()
 
     def on_failure(self, *_exc_info: Any) -> None:
+        self._end_ticker()
+
+    def _end_ticker(self) -> None:
+        # Joined, so that a stopped node leaves no thread behind; it only sleeps or tells.
         self._stop_ticker.set()
+        if self._ticker is not None:
+            self._ticker.join(5.0)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, _Tick):
@@ -120,6 +130,10 @@ class GossipProtocol(SupervisedActor):
             self._receive(message.message)
         elif isinstance(message, Leave):
             self._start_leaving()
+        elif isinstance(message, Joined):
+            self._finish_joining()
+        elif isinstance(message, HandedOver):
+            self._handed_over = True
         else:
             return super().on_receive(message)
         return None
@@ -142,9 +156,6 @@ class GossipProtocol(SupervisedActor):
         state = self._live_state()
         self._ticks += 1
         self._send(state.tick(self._clock(), self._rng))
-        if state.holding_join and self._services.joined.is_set():
-            logger.info("every partition is handed over: owning its share now")
-            self._send(state.finish_joining(self._clock(), self._rng))
         if state.status is MemberStatus.JOINING and self._ticks == _PATIENCE_TICKS:
             logger.warning(
                 "no seed of %s has answered yet; taking no data requests until one does",
@@ -152,6 +163,12 @@ class GossipProtocol(SupervisedActor):
             )
         if self._leaving_since is not None:
             self._continue_leaving(state)
+
+    def _finish_joining(self) -> None:
+        state = self._live_state()
+        if state.holding_join:
+            logger.info("every partition is handed over: owning its share now")
+            self._send(state.finish_joining(self._clock(), self._rng))
 
     def _receive(self, data: Any) -> None:
         state = self._live_state()
@@ -184,7 +201,7 @@ class GossipProtocol(SupervisedActor):
         waited = self._ticks - self._leaving_since
         if self._left_at is None:
             # LEAVING until every partition is handed over (the news has spread by then).
-            if waited >= _LEAVE_TICKS and self._services.handed_over.is_set():
+            if waited >= _LEAVE_TICKS and self._handed_over:
                 self._left_at = self._ticks
                 self._send(state.complete_leave(self._clock(), self._rng))
             elif waited % _LEAVE_LOG_TICKS == 0 and waited:
@@ -207,7 +224,7 @@ class GossipProtocol(SupervisedActor):
         if output.changes or self._ticks == 0:
             state = self._live_state()
             update = TableUpdate(state.me, tuple(state.table.members()), output.changes)
-            self._services.component("membership_manager").tell(update)
+            self._services.tell_membership(update)
 
     def _live_state(self) -> GossipState:
         if self._state is None:

@@ -25,6 +25,7 @@ import collections
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -59,7 +60,12 @@ class Dispatcher(Protocol):
 
 
 class ThreadDispatcher:
-    """A few daemon threads that run whichever dispatched actors have mail."""
+    """A few daemon threads that run whichever dispatched actors have mail.
+
+    The threads start with the first slice scheduled and end with `stop()`, which joins
+    them: a stopped node leaves no thread behind. Mail scheduled after a stop starts
+    them again, so the dispatcher of a node that is started anew works as before.
+    """
 
     def __init__(
         self, threads: int = 1, throughput: int = THROUGHPUT, name: str = "dispatcher"
@@ -67,24 +73,60 @@ class ThreadDispatcher:
         if threads < 1 or throughput < 1:
             raise ValueError("a dispatcher needs at least one thread and a positive throughput")
         self.throughput = throughput
-        self._runnable: queue.SimpleQueue[DispatchedActor] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True)
-            for n in range(threads)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._size = threads
+        self._name = name
+        # Both replaced as one under the lock: a stop leaves its sentinels in the queue
+        # its threads read, and later mail goes to a new queue with threads of its own.
+        self._lock = threading.Lock()
+        self._runnable: queue.SimpleQueue[DispatchedActor | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
 
     def schedule(self, actor: DispatchedActor) -> None:
-        self._runnable.put(actor)
+        with self._lock:
+            if not self._threads:
+                self._start_threads()
+            self._runnable.put(actor)
 
     def runs_here(self) -> bool:
         return False
 
-    def _work(self) -> None:
-        runnable = self._runnable
-        while True:
-            actor = runnable.get()
+    @property
+    def threads(self) -> tuple[threading.Thread, ...]:
+        """The threads running now (none before the first slice and after `stop()`)."""
+        return tuple(self._threads)
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """End the threads once the slices scheduled before this call have run, and join
+        them; False if one was still running at the deadline. Stop a dispatcher once
+        its actors have stopped: an actor that gets mail later starts new threads."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+            runnable, self._runnable = self._runnable, queue.SimpleQueue()
+            for _ in threads:
+                runnable.put(None)
+        deadline = time.monotonic() + timeout
+        me = threading.current_thread()
+        for thread in threads:
+            if thread is not me:  # a slice stopping its own dispatcher: it ends on return
+                thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [thread.name for thread in threads if thread is not me and thread.is_alive()]
+        if stuck:
+            logger.warning("dispatcher threads did not stop within %.1fs: %s", timeout, stuck)
+        return not stuck
+
+    def _start_threads(self) -> None:
+        """Start the threads, reading the current queue; the caller holds the lock."""
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(self._runnable,), name=f"{self._name}-{n}", daemon=True
+            )
+            for n in range(self._size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self, runnable: queue.SimpleQueue[DispatchedActor | None]) -> None:
+        while (actor := runnable.get()) is not None:
             try:
                 actor._run_slice(self.throughput)
             except BaseException:  # a bug in the slice itself; the actor's own crashes are caught
@@ -96,8 +138,12 @@ _default_lock = threading.Lock()
 
 
 def default_dispatcher() -> ThreadDispatcher:
-    """The process-wide thread dispatcher, started on first use."""
-    global _default  # noqa: PLW0603 - one lazily started pool per process
+    """The process-wide thread dispatcher, for dispatched actors given none.
+
+    Its thread starts on first use and runs until `default_dispatcher().stop()`; a node
+    (`ActorSystem`) does not use it, its `NodeDispatcher` has threads of its own.
+    """
+    global _default  # noqa: PLW0603 - one lazily created pool per process
     with _default_lock:
         if _default is None:
             _default = ThreadDispatcher(name="kvactors-dispatcher")
@@ -123,11 +169,23 @@ class NodeDispatcher:
     other threads is queued on the loop. A slice handed to a loop that has just closed is
     refused and goes to the thread dispatcher instead, so no actor is left scheduled on
     a loop that will not run it.
+
+    Without a `fallback`, the node gets a `ThreadDispatcher` of its own, named `name`,
+    whose thread `stop()` ends; a fallback given is its giver's to stop.
     """
 
-    def __init__(self, fallback: Dispatcher | None = None) -> None:
-        self._fallback = fallback or default_dispatcher()
+    def __init__(
+        self, fallback: Dispatcher | None = None, name: str = "kvactors-dispatcher"
+    ) -> None:
+        self._owned: ThreadDispatcher | None = None
+        if fallback is None:
+            fallback = self._owned = ThreadDispatcher(name=name)
+        self._fallback = fallback
         self._loop: EventLoop | None = None
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """End the threads of the node's own thread dispatcher (see `ThreadDispatcher.stop`)."""
+        return self._owned.stop(timeout) if self._owned is not None else True
 
     def attach(self, loop: EventLoop) -> None:
         self._loop = loop
