@@ -28,6 +28,13 @@ kvactors p99 at most 5 ms at half of its peak put rate.
                                     [--kvactors-inflight 256] [--no-redis]
     python benchmarks/replicated.py --quick     # one short run, about 20 s
     python benchmarks/replicated.py --latency-at 1000,2000 --seconds 5   # kvactors only
+    python benchmarks/replicated.py --baseline-ref REF [--new-ref REF] --runs 5   # two builds
+
+With `--baseline-ref REF`, each run starts a 3-node cluster of REF's tree and one of the new
+build (this checkout, or `--new-ref`'s commit), in alternating order, each through its own
+tree's `kvactors cluster` (see _builds.py), and measures peak puts and gets on each; it
+prints each build's rate per run and the median of the runs' ratios new/old. PySyncObj
+and Redis are left out.
 """
 
 from __future__ import annotations
@@ -51,12 +58,23 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import msgpack
 import zmq
+from _builds import (
+    Build,
+    add_build_options,
+    builds,
+    cluster_of,
+    free_port_block,
+    in_turn,
+    rate_row,
+    ratio_row,
+)
 
-from kvactors.launcher import LocalCluster, free_port_block
+if TYPE_CHECKING:
+    from kvactors.launcher import LocalCluster
 
 HERE = Path(__file__).resolve().parent
 VALUE_BYTES = 100
@@ -262,10 +280,19 @@ class KvactorsRun:
     probe: str
 
 
+def three_nodes() -> LocalCluster:
+    """A LocalCluster of 3 nodes of the kvactors this process imports. Imported here:
+    with --baseline-ref this process imports no kvactors at all, as the checkout may be
+    mid-edit while the builds measured are fixed commits."""
+    from kvactors.launcher import LocalCluster  # noqa: PLC0415
+
+    return LocalCluster(3, base_port=free_port_block(3))
+
+
 def measure_kvactors(
     inflight: int, baseline_inflight: int, warmup: float, seconds: float
 ) -> KvactorsRun:
-    with LocalCluster(3, base_port=free_port_block(3)) as cluster:
+    with three_nodes() as cluster:
         load = DealerLoad(cluster.endpoints)
         try:
             put_same = load.closed_loop("put", baseline_inflight, warmup, seconds)
@@ -288,7 +315,7 @@ def measure_kvactors(
 def latency_curve(rates: list[float], seconds: float) -> None:
     """Open-loop puts at each rate on one fresh 3-node cluster: latency against load."""
     print(f"kvactors, 3 nodes (N=3, R=W=2), open-loop puts, {seconds:g} s per rate")
-    with LocalCluster(3, base_port=free_port_block(3)) as cluster:
+    with three_nodes() as cluster:
         load = DealerLoad(cluster.endpoints)
         try:
             load.closed_loop("put", 32, 0.5, 1.0)  # warm up
@@ -300,6 +327,62 @@ def latency_curve(rates: list[float], seconds: float) -> None:
                 )
         finally:
             load.close()
+
+
+@dataclass(frozen=True, slots=True)
+class PeakRun:
+    put: Measurement
+    get: Measurement
+    probe: str
+
+
+def measure_peak(build: Build, inflight: int, warmup: float, seconds: float) -> PeakRun:
+    """Peak puts, then gets of the keys they wrote, on a fresh 3-node cluster of `build`."""
+    with cluster_of(build, 3, free_port_block(3)) as endpoints:
+        load = DealerLoad(endpoints)
+        try:
+            put = load.closed_loop("put", inflight, warmup, seconds)
+            if not load.written:
+                raise RuntimeError(f"{build.label}: no put succeeded")
+            get = load.closed_loop("get", inflight, warmup, seconds)
+            return PeakRun(put, get, load.copies_probe())
+        finally:
+            load.close()
+
+
+def compare_builds(args: argparse.Namespace) -> None:
+    """Each run: a cluster of the old build and one of the new, in alternating order."""
+    with builds(args) as (old, new):
+        assert old is not None
+        runs: dict[str, list[PeakRun]] = {"old": [], "new": []}
+        for run in range(args.runs):
+            for name, build in in_turn(run, ("old", old), ("new", new)):
+                runs[name].append(
+                    measure_peak(build, args.kvactors_inflight, args.warmup, args.seconds)
+                )
+            print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
+    print(
+        f"kvactors, 3 nodes on loopback (default N, R, W), {os.cpu_count()} cores; "
+        f"{args.kvactors_inflight} in flight, {VALUE_BYTES}-byte values, a new random key "
+        f"per put; {args.seconds}s per measurement after {args.warmup}s warm-up, "
+        f"{args.runs} run(s); PySyncObj and Redis not run"
+    )
+    print(f"new: {new.label}; old: {old.label}; the old build went first in runs 1, 3, ...")
+    for name in ("old", "new"):
+        print(f"replication check, {name}: {runs[name][-1].probe}")
+    print(f"{'':36}{'median':>12}   each run")
+    for op in ("put", "get"):
+        old_rates = [getattr(run, op).rate for run in runs["old"]]
+        new_rates = [getattr(run, op).rate for run in runs["new"]]
+        print(rate_row(f"{op} ops/s, old", old_rates))
+        print(rate_row(f"{op} ops/s, new", new_rates))
+        print(ratio_row(f"{op} new/old", new_rates, old_rates))
+    failed = {name: sum(r.put.failed + r.get.failed for r in runs[name]) for name in runs}
+    missing = {name: sum(r.get.missing for r in runs[name]) for name in runs}
+    print(
+        f"failed requests: old {failed['old']}, new {failed['new']}; gets that found "
+        f"no value: old {missing['old']}, new {missing['new']}"
+    )
 
 
 # --- PySyncObj ----------------------------------------------------------------------------
@@ -661,11 +744,15 @@ def main() -> None:
         metavar="RATE,...",
         help="only kvactors: open-loop puts at each rate a second (where the tail begins)",
     )
+    add_build_options(parser, only="only kvactors' peak puts and gets: ")
     args = parser.parse_args()
     if args.quick:
         args.runs, args.seconds, args.warmup = 1, 1.5, 0.25
     if args.latency_at:
         latency_curve([float(rate) for rate in args.latency_at.split(",")], args.seconds)
+        return
+    if args.baseline_ref:
+        compare_builds(args)
         return
 
     if importlib.util.find_spec("pysyncobj") is None:

@@ -5,7 +5,12 @@ load from this process: DEALER sockets keeping the same number of requests in fl
 over the same key space, with 100-byte values. Each (server, op) is measured `--runs`
 times; the medians of the rates and of the paired ratios kvactors/bare are printed.
 
+With `--baseline-ref REF`, each run also measures a node of REF's tree (see _builds.py)
+beside this tree's, the two in alternating order after the bare server, and prints each
+build's rate per run and the median of the runs' ratios new/old.
+
     python benchmarks/throughput.py [--seconds 3] [--runs 3] [--inflight 64]
+                                    [--baseline-ref REF [--new-ref REF]]
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 
 import msgpack
 import zmq
+from _builds import Build, add_build_options, builds, in_turn, rate_row, ratio_row
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,24 +56,17 @@ def wait_ready(endpoint: str, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def server(kind: str) -> Iterator[str]:
+def server(kind: str | Build) -> Iterator[str]:
+    """The bare server (kind "bare") or a kvactors node of the given build."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     if kind == "bare":
-        command = [sys.executable, str(HERE / "bare_server.py"), endpoint]
+        process = subprocess.Popen(
+            [sys.executable, str(HERE / "bare_server.py"), endpoint], stdout=subprocess.DEVNULL
+        )
     else:
-        command = [
-            sys.executable,
-            "-m",
-            "kvactors",
-            "--log-level",
-            "WARNING",
-            "node",
-            "--name",
-            "bench",
-            "--bind",
-            endpoint,
-        ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        assert isinstance(kind, Build)
+        node = ["--log-level", "WARNING", "node", "--name", "bench", "--bind", endpoint]
+        process = kind.popen(node, stdout=subprocess.DEVNULL)
     try:
         wait_ready(endpoint)
         yield endpoint
@@ -113,23 +112,46 @@ def drive(endpoint: str, op: str, seconds: float, inflight: int, keyspace: int) 
     return received / elapsed
 
 
+def measure(kind: str | Build, args: argparse.Namespace) -> dict[str, float]:
+    """Puts, then gets of the keys they wrote, on a fresh server: ops/s for each."""
+    with server(kind) as endpoint:
+        return {
+            op: drive(endpoint, op, args.seconds, args.inflight, args.keyspace)
+            for op in ("put", "get")
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     parser.add_argument("--runs", type=int, default=3, help="measurements per server and op")
     parser.add_argument("--inflight", type=int, default=64, help="requests in flight")
     parser.add_argument("--keyspace", type=int, default=10_000, help="distinct keys")
+    add_build_options(parser)
     args = parser.parse_args()
 
-    rates: dict[tuple[str, str], list[float]] = {}
-    for run in range(args.runs):
-        for kind in ("bare", "kvactors"):
-            with server(kind) as endpoint:
-                for op in ("put", "get"):
-                    rate = drive(endpoint, op, args.seconds, args.inflight, args.keyspace)
-                    rates.setdefault((kind, op), []).append(rate)
-        print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
+    with builds(args) as (old, new):
+        rates: dict[tuple[str, str], list[float]] = {}
+        for run in range(args.runs):
+            # The bare server first, as before; the two builds then in alternating order.
+            servers = (
+                [("kvactors", new)]
+                if old is None
+                else in_turn(run, ("old", old), ("kvactors", new))
+            )
+            for name, kind in [("bare", "bare"), *servers]:
+                for op, rate in measure(kind, args).items():
+                    rates.setdefault((name, op), []).append(rate)
+            print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
+        report(args, rates, new, old)
 
+
+def report(
+    args: argparse.Namespace,
+    rates: dict[tuple[str, str], list[float]],
+    new: Build,
+    old: Build | None,
+) -> None:
     print(
         f"one node, pipelined load: {args.inflight} in flight, {args.keyspace} keys, "
         f"100-byte values, {args.seconds}s x {args.runs} runs, {os.cpu_count()} cores"
@@ -144,6 +166,16 @@ def main() -> None:
             f"{op:6}{statistics.median(bare):>14,.0f}{statistics.median(kv):>16,.0f}"
             f"{statistics.median(ratios):>8.2f}   {' '.join(f'{r:.2f}' for r in ratios)}"
         )
+    if old is None:
+        return
+    print()
+    print(f"new: {new.label}; old: {old.label}; the old build went first in runs 1, 3, ...")
+    print(f"{'':36}{'median':>12}   each run")
+    for op in ("put", "get"):
+        print(rate_row(f"{op} ops/s, old", rates[("old", op)]))
+        print(rate_row(f"{op} ops/s, new", rates[("kvactors", op)]))
+        print(ratio_row(f"{op} new/old", rates[("kvactors", op)], rates[("old", op)]))
+        print(ratio_row(f"{op} old/bare", rates[("old", op)], rates[("bare", op)]))
 
 
 if __name__ == "__main__":
