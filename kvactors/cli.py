@@ -311,10 +311,10 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def format_plan(status: dict[str, Any]) -> list[str]:
-    """What one more node, or each owning member's leave, would move: computed here from
+    """What one more node, or each owning member's leave, would move: planned here from
     the status (members, partitions, replicas) with the node's own ring rules, so asking
     costs the node nothing. Bytes are estimated from what the node asked stores."""
-    from kvactors.core.ring import Ring  # noqa: PLC0415 - keep --help fast
+    from kvactors.core.handoff import plan_change  # noqa: PLC0415 - keep --help fast
 
     partitions = int(status["partitions"])
     replication = status.get("replication", {})
@@ -323,24 +323,11 @@ def format_plan(status: dict[str, Any]) -> list[str]:
     storage = status.get("storage") or {}
     per_replica = int(storage.get("bytes", 0)) / max(1, _replicated_here(status, owners))
 
-    def ring(names: list[str]) -> Ring:
-        return Ring.build(names, partitions=partitions, replicas=replicas)
-
-    before = ring(owners)
-    n_before = min(replicas, len(owners))
-
     def line(change: str, after: list[str]) -> str:
-        # A member gains a partition's data when it enters the partition's first N: the
-        # members that stay in them already hold it (N may shrink with the cluster).
-        new, n_after = ring(after), min(replicas, len(after))
-        moving = transfers = 0
-        for partition in range(partitions):
-            holders = set(before.preference_list(partition, n_before))
-            gained = [m for m in new.preference_list(partition, n_after) if m not in holders]
-            moving += bool(gained)
-            transfers += len(gained)
+        plan = plan_change(owners, after, partitions=partitions, replicas=replicas)
+        transfers = len(plan.transfers)
         return (
-            f"  {change}: {moving} partitions, {transfers} replica transfers, "
+            f"  {change}: {plan.partitions_moving} partitions, {transfers} replica transfers, "
             f"about {_human_bytes(transfers * per_replica)}"
         )
 

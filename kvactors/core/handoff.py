@@ -1,35 +1,41 @@
-"""Ownership handoff planning: which partitions stream from whom to whom, and when.
+"""Ownership handoff planning: what moves, from whom to whom, when the ring changes.
 
 When membership changes, every partition whose replica set gains a member must be copied
-to that member from one that already holds it (issue 6, DESIGN.md section 6). This module
-is the pure half of that work: it compares two rings and returns a `Plan` of `Transfer`s,
-and `schedule` picks which of them to start next under a concurrency limit. The handoff
-actors carry the plan out; `kvactors status --plan` reports it before a join or leave.
+to that member from one that already holds it. This module is the pure half of that
+work, and the one place that says what moves: `plan_transfers` compares the ring before
+and the ring after and returns a `Plan` of `Transfer`s. Its users add what each needs:
+
+- a joining node pulls what `pull_sources` names (JoinHandoff);
+- a leaving node streams what `leave_transfers` names: the plan of its leave, with
+  itself the only sender (LeaveHandoff);
+- `kvactors status --plan` counts the plans of a join and of each member's leave.
 
 Choices
 -------
 - One transfer per (partition, new replica) pair. A partition that only loses a replica
-  needs no data moved: the leaver drops its copy after the switch.
-- The source is an old replica that is alive, preferably one that stays a replica (it
-  keeps serving the partition, so a leaving node is not held up by being a source).
+  needs no data moved: the member it lost drops its copy after the switch.
+- The source is an old replica that can send (is alive), preferably one that stays a
+  replica (it keeps serving the partition, so a leaving node is not held up by being a
+  source).
 - Sources are spread by load: transfers are visited in (partition, target) order and each
   takes the least-loaded candidate so far, ties broken by a stable hash of (partition,
   target, candidate). Without that, the first member of each preference list would serve
   far more than its share.
-- A partition with a new replica but no alive old replica is reported as `unrecoverable`:
-  no transfer can rebuild it (only hints or anti-entropy from elsewhere could).
+- A partition with a new replica but no old replica that can send is reported as
+  `unrecoverable`: no transfer can rebuild it (only hints or anti-entropy from elsewhere
+  could).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Set
 from dataclasses import dataclass
 
 from kvactors.core.ring import Ring
 
-__all__ = ["Plan", "Transfer", "plan_transfers", "schedule"]
+__all__ = ["Plan", "Transfer", "leave_transfers", "plan_change", "plan_transfers", "pull_sources"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,40 +53,26 @@ class Plan:
 
     transfers: tuple[Transfer, ...]
     unrecoverable: tuple[int, ...]
-    """Partitions that gain a replica while none of their old replicas is alive, ascending."""
+    """Partitions that gain a replica while none of their old replicas can send, ascending."""
 
     @property
     def partitions_moving(self) -> int:
         """How many distinct partitions have at least one transfer."""
         return len({transfer.partition for transfer in self.transfers})
 
-    def by_target(self) -> dict[str, int]:
-        """Transfers per receiving member."""
-        return dict(sorted(Counter(t.target for t in self.transfers).items()))
-
-    def by_source(self) -> dict[str, int]:
-        """Transfers per sending member."""
-        return dict(sorted(Counter(t.source for t in self.transfers).items()))
-
-    def bytes_estimate(self, bytes_per_partition: Mapping[int, int]) -> int:
-        """Bytes the plan copies: each transfer sends its whole partition. A partition
-        missing from the mapping counts as empty (the sources report only what they hold)."""
-        return sum(bytes_per_partition.get(t.partition, 0) for t in self.transfers)
-
-    def without(self, finished: Collection[Transfer]) -> Plan:
-        """The plan left once `finished` transfers are done."""
-        done = set(finished)
-        remaining = tuple(t for t in self.transfers if t not in done)
-        return Plan(transfers=remaining, unrecoverable=self.unrecoverable)
+    def sources_for(self, target: str) -> dict[int, str]:
+        """The partitions `target` receives, each with the member that sends it."""
+        return {t.partition: t.source for t in self.transfers if t.target == target}
 
 
-def plan_transfers(old: Ring, new: Ring, n: int, *, alive: frozenset[str] | None = None) -> Plan:
+def plan_transfers(old: Ring, new: Ring, n: int, *, senders: Set[str] | None = None) -> Plan:
     """Every transfer that moving from `old` to `new` (first n replicas) needs.
 
-    `alive` limits the sources; None means every old replica can send. When both rings
-    have at least n members, the number of transfers equals `moved_replicas(old, new, n)`
-    if every old replica is alive; a ring shrinking below n loses slots without gaining
-    any, which moved_replicas counts and no transfer needs.
+    `senders` limits the sources (to the members alive, say); None means every old
+    replica can send. When both rings have at least n members, the number of transfers
+    equals `moved_replicas(old, new, n)` if every old replica can send; a ring shrinking
+    below n loses slots without gaining any, which moved_replicas counts and no transfer
+    needs.
     """
     if old.partitions != new.partitions:
         raise ValueError(f"rings differ in partitions: {old.partitions} != {new.partitions}")
@@ -95,7 +87,7 @@ def plan_transfers(old: Ring, new: Ring, n: int, *, alive: frozenset[str] | None
         targets = sorted(set(after) - set(before))
         if not targets:
             continue
-        candidates = _candidate_sources(before, after, alive)
+        candidates = _candidate_sources(before, after, senders)
         if not candidates:
             unrecoverable.append(partition)
             continue
@@ -106,38 +98,63 @@ def plan_transfers(old: Ring, new: Ring, n: int, *, alive: frozenset[str] | None
     return Plan(transfers=tuple(transfers), unrecoverable=tuple(unrecoverable))
 
 
-def schedule(plan: Plan, running: Collection[Transfer], limit: int) -> tuple[Transfer, ...]:
-    """The transfers to start now, in plan order, so that at most `limit` run at once.
+def plan_change(
+    before: Collection[str],
+    after: Collection[str],
+    *,
+    partitions: int,
+    replicas: int,
+    senders: Set[str] | None = None,
+) -> Plan:
+    """`plan_transfers` from the ring of the members `before` to the ring of those
+    `after`, each built as every node builds it. Nobody left after: nothing moves.
 
-    Transfers whose source and target are both idle come first, one per member
-    (riak_core's flow control: a node streams one partition at a time). Slots still free
-    after that go to the pending transfers on the least busy members, so a single join
-    still runs `limit` transfers into the newcomer instead of one. Transfers in `running`
-    are not started again; pass `plan.without(finished)` to leave out the finished ones.
-    """
-    if limit < 0:
-        raise ValueError(f"limit must not be negative, got {limit}")
-    busy = set(running)
-    pending = [t for t in plan.transfers if t not in busy]
-    slots = limit - len(busy)
-    if slots <= 0 or not pending:
-        return ()
-    load: Counter[str] = Counter()
-    for transfer in busy:
-        load[transfer.source] += 1
-        load[transfer.target] += 1
-    chosen = _pick_least_busy(pending, load, slots)
-    return tuple(t for t in pending if t in chosen)
+    A leaving node passes itself as the only sender: it streams what it replicated, so
+    the plan holds the partitions it held, and only those (a partition whose replica set
+    the new ring reshuffles without the leaver in it is `unrecoverable` here: another
+    member would have to send it)."""
+    if not after:
+        return Plan(transfers=(), unrecoverable=())
+    old = Ring.build(list(before), partitions=partitions, replicas=replicas)
+    new = Ring.build(list(after), partitions=partitions, replicas=replicas)
+    return plan_transfers(old, new, replicas, senders=senders)
+
+
+def pull_sources(old: Ring, new: Ring, n: int, *, joiner: str, alive: Set[str]) -> dict[int, str]:
+    """The partitions `joiner` gains from `old` to `new`, each with the member to pull it
+    from: an alive old replica, spread by load as `plan_transfers` spreads them.
+
+    A partition no alive replica holds stays wanted, from an old replica that may come
+    back (a later plan picks a live one): owning it empty would leave it a copy short
+    once the old owners drop theirs."""
+    plan = plan_transfers(old, new, n, senders=alive)
+    sources = plan.sources_for(joiner)
+    if plan.unrecoverable:
+        for partition, source in plan_transfers(old, new, n).sources_for(joiner).items():
+            sources.setdefault(partition, source)
+    return sources
+
+
+def leave_transfers(
+    me: str, staying: list[str], partitions: int, replicas: int
+) -> list[tuple[int, str]]:
+    """(partition, member) pairs: each partition `me` replicates and each member that
+    enters the partition's first N once `me` is gone. `me` streams them all: the plan of
+    its leave with itself the only sender."""
+    plan = plan_change(
+        [*staying, me], staying, partitions=partitions, replicas=replicas, senders={me}
+    )
+    return [(transfer.partition, transfer.target) for transfer in plan.transfers]
 
 
 # ------------------------------------------------------------------------------ sources
 
 
 def _candidate_sources(
-    before: tuple[str, ...], after: tuple[str, ...], alive: frozenset[str] | None
+    before: tuple[str, ...], after: tuple[str, ...], senders: Set[str] | None
 ) -> tuple[str, ...]:
-    """Alive old replicas; only those that stay replicas, if any do."""
-    holders = [m for m in before if alive is None or m in alive]
+    """Old replicas that can send; only those that stay replicas, if any do."""
+    holders = [m for m in before if senders is None or m in senders]
     staying = [m for m in holders if m in after]
     return tuple(staying or holders)
 
@@ -156,22 +173,3 @@ def _tie_break(partition: int, target: str, candidate: str) -> bytes:
 
 def _encode(name: str) -> bytes:
     return name.encode("utf-8", "surrogatepass")
-
-
-# ------------------------------------------------------------------------------ scheduling
-
-
-def _pick_least_busy(pending: list[Transfer], load: Counter[str], slots: int) -> set[Transfer]:
-    """Up to `slots` transfers, one at a time, each on the least busy source and target
-    (ties in plan order). Transfers on two idle members come first, so members double up
-    only once none is left."""
-    chosen: set[Transfer] = set()
-    left = list(pending)
-    for _ in range(min(slots, len(left))):
-        # min() returns the first of equals, so ties go in plan order.
-        best = min(left, key=lambda t: load[t.source] + load[t.target])
-        left.remove(best)
-        chosen.add(best)
-        load[best.source] += 1
-        load[best.target] += 1
-    return chosen

@@ -5,12 +5,12 @@ A new member joins as JOINING and owns nothing: the ring of its snapshot is the 
 the owners, and `RingSnapshot.next_ring` the ring with it (riak_core keeps a "next
 owner" per partition the same way). Writes reach it already (the coordinators send them
 to the next owners too, without counting them towards W). Meanwhile it pulls every
-partition it will replicate from a current replica (`plan_transfers` picks the source,
-spreading the work, preferring replicas that stay), up to 64 partitions and `batch_keys`
-keys per call, the next call for a partition only once the previous one's keys are
-merged here (flow control), at most `concurrency` calls open at a time. A pull that
-fails is retried after `retry` seconds from where it stopped (the cursor is the last key
-merged), from another source if the first is gone.
+partition it will replicate from a current replica (`pull_sources` picks the source,
+spreading the work, preferring replicas that stay), up to `PARTITIONS_PER_PULL`
+partitions and `batch_keys` keys per call, the next call for a partition only once the
+previous one's keys are merged here (flow control), at most `concurrency` calls open at
+a time. A pull that fails is retried after `retry` seconds from where it stopped (the
+cursor is the last key merged), from another source if the first is gone.
 
 A write coordinated by a node that has not heard of the join yet reaches the old
 replicas only, and may land behind the pull's cursor. So once every partition is pulled,
@@ -20,46 +20,36 @@ the node runs anti-entropy exchanges over the pulled partitions with their sourc
 only keys whose hashes differ move. Rounds repeat until one repairs nothing (at most
 `_CATCH_UP_ROUNDS`). Then the node announces itself ALIVE and the ring switches to it.
 
-After the switch, the member a partition's preference list lost keeps a stale copy:
-`StaleCopies` drops it once the partition has not been this node's for `drop_delay`
-seconds, with no member joining or dead and no hint of this node's waiting (hint
-delivery reads this node's copies). A record is only dropped if it is still the one that
-was read, so a write that reaches the old copy meanwhile survives until the next round.
+After the switch, the members a partition's preference list lost drop their copies
+(`stale_copies.StaleCopies`).
 
 Everything runs on the transport thread, from its tick; every step is a callback. The
-serving side (`serve_pull`, RPC op ``pull``) reads the partition's table there too.
+source side of a pull (`pull.serve_pull`, RPC op ``pull``) runs on the source's.
 """
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
-from kvactors.core.handoff import plan_transfers
+from kvactors.core.handoff import pull_sources
 from kvactors.core.membership import MemberStatus
-from kvactors.core.ops import Forget, MergeMany
+from kvactors.core.ops import MergeMany
 from kvactors.core.placement import RingHolder, RingSnapshot
 from kvactors.core.versions import state_from_wire
 from kvactors.errors import BadRequestError, KVActorsError
 from kvactors.replication.anti_entropy import BackgroundChannel
-from kvactors.storage.records import read_wire_state
-from kvactors.storage.tables import StorageBackend
+from kvactors.replication.pull import PARTITIONS_PER_PULL, PULL
 
-__all__ = ["PULL", "JoinHandoff", "StaleCopies", "serve_pull"]
+__all__ = ["CatchUp", "JoinHandoff", "Repairs"]
 
 logger = logging.getLogger(__name__)
 
-PULL: Final = "pull"
-"""The RPC op a joining node pulls partitions with."""
-
-# Most partitions one pull call names (the source answers up to `max_keys` keys in all).
-_PARTITIONS_PER_CALL = 64
 # Catch-up rounds after the pull: under a steady load, writes in flight make some keys
 # differ in every round, so the rounds stop at this many even if the last repaired some.
 _CATCH_UP_ROUNDS = 3
@@ -71,71 +61,6 @@ CatchUp = Callable[[str, str, list[int], Callable[[KVActorsError | None], None]]
 
 Repairs = Callable[[], int]
 """Keys anti-entropy has repaired so far (a counter)."""
-
-
-# -- the serving side -----------------------------------------------------------------------
-
-
-def serve_pull(
-    storage: StorageBackend, partitions: int, args: dict[str, Any], max_bytes: int = 1 << 20
-) -> dict[str, Any]:
-    """A joining node's pull: for each [partition, after] asked, the keys after `after`
-    (in byte order) with their states, up to `max_keys` keys and about `max_bytes` of
-    records in all (at least one key), and how many keys are left after them (0: the
-    partition is done). BadRequestError on a malformed call."""
-    asked = args.get("partitions")
-    budget = args.get("max_keys")
-    if type(budget) is not int or budget <= 0:
-        raise BadRequestError("a pull needs max_keys, a positive integer")
-    if not isinstance(asked, list) or len(asked) > _PARTITIONS_PER_CALL:
-        raise BadRequestError(f"a pull needs partitions: at most {_PARTITIONS_PER_CALL} pairs")
-    parts = []
-    room = _Room(budget, max_bytes)
-    for item in asked:
-        match item:
-            case [int(partition), bytes(after)] if 0 <= partition < partitions:
-                items, left = _keys_after(storage, partition, after, room)
-                parts.append([partition, items, left])
-            case _:
-                raise BadRequestError(f"a pull asks for [partition, after-key], got {item!r:.80}")
-    return {"parts": parts}
-
-
-@dataclass(slots=True)
-class _Room:
-    """What is left of a pull answer's budget: keys, and bytes of records."""
-
-    keys: int
-    size: int
-    taken: int = 0
-
-    def takes(self, record: bytes) -> bool:
-        """Whether the answer has room for `record` (the first always fits); takes it."""
-        if self.keys <= 0 or (self.taken and len(record) > self.size):
-            return False
-        self.keys -= 1
-        self.size -= len(record)
-        self.taken += 1
-        return True
-
-
-def _keys_after(
-    storage: StorageBackend, partition: int, after: bytes, room: _Room
-) -> tuple[list[list[Any]], int]:
-    table = storage.open_table(partition)
-    if room.keys <= 0 and not after:
-        return [], len(table)  # the call's budget is spent: only the count is asked
-    records = dict(table.items())
-    keys = sorted(records)
-    start = bisect.bisect_right(keys, after) if after else 0
-    items = []
-    for key in keys[start:]:
-        record = records[key]
-        if not room.takes(record):
-            break
-        # The record holds the state in wire form already: no state is built to send it.
-        items.append([key, read_wire_state(record)])
-    return items, len(keys) - start - len(items)
 
 
 # -- the joining side -----------------------------------------------------------------------
@@ -287,17 +212,9 @@ class JoinHandoff:
             for m in snapshot.members
             if m.status is MemberStatus.ALIVE and m.name in snapshot.ring.members
         )
-        n_next = max(1, min(self._replicas, len(snapshot.next_ring.members)))
-        plan = plan_transfers(snapshot.ring, snapshot.next_ring, n_next, alive=alive)
-        sources = {t.partition: t.source for t in plan.transfers if t.target == self._me}
-        if plan.unrecoverable:
-            # No replica of these is alive now. They stay wanted, from a replica that may
-            # come back (a later plan picks a live one): owning them empty would leave
-            # them a copy short once the old owners drop theirs.
-            anyone = plan_transfers(snapshot.ring, snapshot.next_ring, n_next)
-            for transfer in anyone.transfers:
-                if transfer.target == self._me:
-                    sources.setdefault(transfer.partition, transfer.source)
+        sources = pull_sources(
+            snapshot.ring, snapshot.next_ring, self._replicas, joiner=self._me, alive=alive
+        )
         first = self._planned is None
         self._planned = snapshot.version
         if first:
@@ -340,8 +257,8 @@ class JoinHandoff:
             by_source[progress.source].append(progress)
         chunks = [
             [
-                (source, chosen[start : start + _PARTITIONS_PER_CALL])
-                for start in range(0, len(chosen), _PARTITIONS_PER_CALL)
+                (source, chosen[start : start + PARTITIONS_PER_PULL])
+                for start in range(0, len(chosen), PARTITIONS_PER_PULL)
             ]
             for source, chosen in by_source.items()
             if snapshot.endpoint_of(source) is not None  # gone: the next plan picks another
@@ -512,85 +429,3 @@ def _joining(snapshot: RingSnapshot, me: str) -> bool:
     if snapshot.next_ring is None or me in snapshot.ring.members:
         return False
     return me in snapshot.joining
-
-
-# -- after the switch -----------------------------------------------------------------------
-
-
-class StaleCopies:
-    """Drops the copies of partitions this node no longer replicates, once the cluster
-    has settled for `delay` seconds (a negative delay keeps them)."""
-
-    def __init__(
-        self,
-        me: str,
-        ring: RingHolder,
-        storage: StorageBackend,
-        channel: BackgroundChannel,
-        *,
-        delay: float,
-        holding: Callable[[], bool] = lambda: False,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._me = me
-        self._ring = ring
-        self._holding = holding
-        self._storage = storage
-        self._channel = channel
-        self._delay = delay
-        self._clock = clock
-        self._settled_since: tuple[int, float] | None = None  # (snapshot version, since)
-        self._next_sweep = 0.0
-        self.keys_dropped = 0
-        self.partitions_dropped = 0
-
-    def on_tick(self) -> None:
-        if self._delay < 0:
-            return
-        snapshot, now = self._ring.current, self._clock()
-        if not _settled(snapshot) or self._holding():
-            # Hints still to deliver read this node's copies: they go first.
-            self._settled_since = None
-            return
-        if self._settled_since is None or self._settled_since[0] != snapshot.version:
-            self._settled_since = (snapshot.version, now)
-            return
-        if now - self._settled_since[1] < self._delay or now < self._next_sweep:
-            return
-        # Again every `delay`: a write from a node with an older view may land meanwhile.
-        self._next_sweep = now + max(self._delay, 1.0)
-        self._sweep(snapshot)
-
-    def _sweep(self, snapshot: RingSnapshot) -> None:
-        dropped = 0
-        for partition, replicas in enumerate(snapshot.replica_sets):
-            if self._me in replicas:
-                continue
-            table = self._storage.open_table(partition)
-            if not len(table):
-                continue
-            self.partitions_dropped += 1
-            for key, record in table.items():
-                self._channel.to_local(partition, Forget(key, record), _DROPPED, self)
-                dropped += 1
-        if dropped:
-            logger.info("dropping %d keys of partitions this node no longer replicates", dropped)
-
-
-def _settled(snapshot: RingSnapshot) -> bool:
-    """Nobody joining, leaving or dead: every replica set is the one it will stay."""
-    return snapshot.next_ring is None and all(
-        m.status in (MemberStatus.ALIVE, MemberStatus.LEFT) for m in snapshot.members
-    )
-
-
-class _Dropped:
-    def replica_done(self, tag: Any, result: Any) -> None:
-        if result:
-            tag.keys_dropped += 1
-
-    def replica_failed(self, tag: Any, error: KVActorsError) -> None:
-        pass
-
-
-_DROPPED: Final = _Dropped()

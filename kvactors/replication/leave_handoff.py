@@ -3,12 +3,13 @@
 When a node starts leaving (`kvactors leave`), every ring leaves it out at once: its
 replica slots pass to other members, which take new writes from then on. The leaver
 still holds everything it stored, and hands it over before it goes: for each partition
-it replicated, each member that gains the partition gets the leaver's copy, streamed in
-batches of `batch` keys (the next batch leaves once the previous one is acknowledged:
-flow control), at most `concurrency` transfers at a time. A batch that fails is sent
-again after `retry` seconds, from where it stopped, and the log says why it waits. Only
-when every transfer has finished does the node announce that it has left; so the data
-keeps N copies throughout: the members that stay, plus the leaver until it is done.
+it replicated, each member that gains the partition gets the leaver's copy (the pairs
+`kvactors.core.handoff.leave_transfers` names), streamed in batches of `batch` keys (the
+next batch leaves once the previous one is acknowledged: flow control), at most
+`concurrency` transfers at a time. A batch that fails is sent again after `retry`
+seconds, from where it stopped, and the log says why it waits. Only when every transfer
+has finished does the node announce that it has left; so the data keeps N copies
+throughout: the members that stay, plus the leaver until it is done.
 
 Runs on the transport thread, from its tick; every step is a callback.
 """
@@ -22,30 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kvactors.core.handoff import plan_change
 from kvactors.errors import KVActorsError
 from kvactors.storage.records import read_wire_state
 from kvactors.storage.tables import StorageBackend
 
-__all__ = ["LeaveHandoff", "TransferChannel", "leave_transfers"]
+__all__ = ["LeaveHandoff", "TransferChannel"]
 
 logger = logging.getLogger(__name__)
 
 
 class TransferChannel(Protocol):
     def to_peer(self, name: str, wire_op: list[Any], target: Any, tag: Any) -> None: ...
-
-
-def leave_transfers(
-    me: str, staying: list[str], partitions: int, replicas: int
-) -> list[tuple[int, str]]:
-    """(partition, member) pairs: each partition `me` replicates and each member that
-    enters the partition's first N once `me` is gone (the plan of the change, with `me`
-    the only sender)."""
-    plan = plan_change(
-        [*staying, me], staying, partitions=partitions, replicas=replicas, senders={me}
-    )
-    return [(transfer.partition, transfer.target) for transfer in plan.transfers]
 
 
 @dataclass(slots=True)

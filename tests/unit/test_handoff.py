@@ -1,14 +1,15 @@
-"""Tests for kvactors.core.handoff: transfer plans, source spread, scheduling."""
+"""Tests for kvactors.core.handoff: transfer plans, source spread, join and leave plans."""
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvactors.core.handoff import Plan, Transfer, plan_transfers, schedule
+from kvactors.core.handoff import Plan, Transfer, plan_change, plan_transfers, pull_sources
 from kvactors.core.ring import (
     DEFAULT_PARTITIONS,
     DEFAULT_REPLICAS,
@@ -47,6 +48,11 @@ def membership_changes(draw: st.DrawFn) -> tuple[list[str], list[str]]:
 
 def rings(old: list[str], new: list[str], partitions: int = Q) -> tuple[Ring, Ring]:
     return Ring.build(old, partitions=partitions), Ring.build(new, partitions=partitions)
+
+
+def by_source(plan: Plan) -> dict[str, int]:
+    """Transfers per sending member."""
+    return dict(Counter(t.source for t in plan.transfers))
 
 
 def gains(old: Ring, new: Ring) -> set[tuple[int, str]]:
@@ -115,8 +121,8 @@ def test_a_fourth_member_joining_three_draws_evenly_on_the_three(data: st.DataOb
     names = data.draw(names_of(4))
     old, new = rings(names[:3], names)
     plan = plan_transfers(old, new, N)
-    assert len(plan.by_source()) == 3
-    assert max(plan.by_source().values()) <= 0.40 * len(plan.transfers)
+    assert len(by_source(plan)) == 3
+    assert max(by_source(plan).values()) <= 0.40 * len(plan.transfers)
 
 
 @PROPERTY
@@ -133,18 +139,18 @@ def test_any_single_join_spreads_sources_near_the_average(data: st.DataObject) -
     old, new = rings(names, [*names, newcomer])
     plan = plan_transfers(old, new, N)
     average = len(plan.transfers) / len(names)
-    assert max(plan.by_source().values()) <= 1.6 * average + 1
+    assert max(by_source(plan).values()) <= 1.6 * average + 1
 
 
 @PROPERTY
 @given(membership_changes(), st.data())
-def test_only_alive_members_send_and_lost_partitions_are_reported(
+def test_only_senders_send_and_lost_partitions_are_reported(
     change: tuple[list[str], list[str]], data: st.DataObject
 ) -> None:
     old, new = rings(*change)
     everyone = sorted(set(change[0]) | set(change[1]))
     alive = frozenset(data.draw(st.lists(st.sampled_from(everyone), unique=True)))
-    plan = plan_transfers(old, new, N, alive=alive)
+    plan = plan_transfers(old, new, N, senders=alive)
     assert all(t.source in alive for t in plan.transfers)
     lost = {p for p, _ in gains(old, new) if not set(old.preference_list(p, N)) & alive}
     assert set(plan.unrecoverable) == lost
@@ -156,7 +162,7 @@ def test_only_alive_members_send_and_lost_partitions_are_reported(
 
 def test_replacing_every_member_with_none_alive_loses_every_partition() -> None:
     old, new = rings(NAME_POOL[:3], NAME_POOL[3:6])
-    plan = plan_transfers(old, new, N, alive=frozenset(NAME_POOL[3:6]))
+    plan = plan_transfers(old, new, N, senders=frozenset(NAME_POOL[3:6]))
     assert plan.transfers == ()
     assert plan.unrecoverable == tuple(range(Q))
     # With the old members alive, every partition streams to all three newcomers.
@@ -167,10 +173,10 @@ def test_a_leaver_sends_only_where_no_stayer_remains() -> None:
     old, new = rings(NAME_POOL[:4], NAME_POOL[1:4])
     plan = plan_transfers(old, new, N)
     assert plan.transfers
-    assert NAME_POOL[0] not in plan.by_source()
+    assert NAME_POOL[0] not in by_source(plan)
     # Dropping to one member: the only old replica still a replica is the survivor itself.
     old, new = rings(NAME_POOL[:3], NAME_POOL[3:4] + NAME_POOL[:1])
-    sources = plan_transfers(old, new, N).by_source()
+    sources = by_source(plan_transfers(old, new, N))
     assert sources == {NAME_POOL[0]: Q}
 
 
@@ -187,107 +193,72 @@ def test_rings_of_different_sizes_or_negative_n_are_refused() -> None:
         plan_transfers(Ring.build(["a"], partitions=64), Ring.build(["b"], partitions=64), -1)
 
 
-def test_plan_counts_and_bytes() -> None:
+def test_plan_counts_partitions_and_names_each_targets_sources() -> None:
     plan = Plan(
         transfers=(Transfer(1, "a", "b"), Transfer(1, "a", "c"), Transfer(2, "b", "c")),
         unrecoverable=(5,),
     )
     assert plan.partitions_moving == 2
-    assert plan.by_target() == {"b": 1, "c": 2}
-    assert plan.by_source() == {"a": 2, "b": 1}
-    # Partition 1 is sent twice, partition 3 not at all, partition 2 is missing: empty.
-    assert plan.bytes_estimate({1: 100, 3: 1000}) == 200
-    assert plan.bytes_estimate({1: 100, 2: 7}) == 207
-    remaining = plan.without([Transfer(1, "a", "c")])
-    assert remaining.transfers == (Transfer(1, "a", "b"), Transfer(2, "b", "c"))
-    assert remaining.unrecoverable == (5,)
+    assert plan.sources_for("c") == {1: "a", 2: "b"}
+    assert plan.sources_for("b") == {1: "a"}
+    assert plan.sources_for("a") == {}
 
 
-# ------------------------------------------------------------------------------ scheduling
-
-A_X, A_Y, B_X, B_Y = (
-    Transfer(0, "a", "x"),
-    Transfer(1, "a", "y"),
-    Transfer(2, "b", "x"),
-    Transfer(3, "b", "y"),
-)
-SQUARE = Plan(transfers=(A_X, A_Y, B_X, B_Y), unrecoverable=())
-
-
-def test_schedule_prefers_transfers_on_idle_members() -> None:
-    assert schedule(SQUARE, (), 2) == (A_X, B_Y)
-    assert schedule(SQUARE, (A_Y,), 2) == (B_X,)
-    assert schedule(SQUARE, (), 1) == (A_X,)
-
-
-def test_schedule_fills_spare_slots_when_every_member_is_busy() -> None:
-    assert schedule(SQUARE, (), 4) == (A_X, A_Y, B_X, B_Y)
-    assert schedule(SQUARE, (A_X, B_Y), 3) == (A_Y,)
-
-
-def test_schedule_doubles_up_on_the_least_busy_members() -> None:
-    a_x_again, b_x = Transfer(1, "a", "x"), Transfer(2, "b", "x")
-    plan = Plan(transfers=(A_X, a_x_again, b_x), unrecoverable=())
-    # Both pending transfers share x with the running one; only b_x spares a as well.
-    assert schedule(plan, (A_X,), 2) == (b_x,)
-    assert schedule(plan, (A_X,), 3) == (a_x_again, b_x)
-
-
-def test_schedule_respects_the_limit_and_refuses_a_negative_one() -> None:
-    assert schedule(SQUARE, (), 0) == ()
-    assert schedule(SQUARE, (A_X, B_Y), 2) == ()
-    with pytest.raises(ValueError, match="negative"):
-        schedule(SQUARE, (), -1)
-
-
-def assert_good_schedule(
-    plan: Plan, running: set[Transfer], limit: int, started: tuple[Transfer, ...]
-) -> None:
-    pending = [t for t in plan.transfers if t not in running]
-    assert len(set(started)) == len(started)
-    assert not set(started) & running
-    assert [t for t in pending if t in started] == list(started)  # plan order
-    assert len(started) == max(0, min(limit - len(running), len(pending)))
-    busy = [name for t in (*running, *started) for name in (t.source, t.target)]
-    doubled = {name for name in busy if busy.count(name) > 1}
-    started_doubled = [t for t in started if {t.source, t.target} & doubled]
-    if started_doubled:
-        # Sharing a member was unavoidable: every pending transfer not started touches one.
-        for t in pending:
-            if t not in started:
-                assert t.source in busy or t.target in busy
+# ------------------------------------------------------------------------------ member sets
 
 
 @PROPERTY
-@given(membership_changes(), st.integers(1, 8), st.data())
-def test_schedule_keeps_the_limit_and_spreads_over_members(
-    change: tuple[list[str], list[str]], limit: int, data: st.DataObject
+@given(membership_changes())
+def test_a_change_of_members_plans_between_the_rings_every_node_builds(
+    change: tuple[list[str], list[str]],
 ) -> None:
-    plan = plan_transfers(*rings(*change), N)
-    running = set(data.draw(st.lists(st.sampled_from(plan.transfers), max_size=limit)))
-    started = schedule(plan, running, limit)
-    assert_good_schedule(plan, running, limit, started)
-    assert schedule(plan, running, limit) == started
+    old, new = change
+    plan = plan_change(old, new, partitions=Q, replicas=N)
+    assert plan == plan_transfers(*rings(old, new), N)
 
 
-@settings(max_examples=30, deadline=None, derandomize=True)
-@given(membership_changes(), st.integers(1, 6), st.randoms(use_true_random=False))
-def test_repeated_scheduling_drains_the_plan(
-    change: tuple[list[str], list[str]], limit: int, rng: random.Random
+def test_nobody_left_after_a_change_moves_nothing() -> None:
+    assert plan_change(["a", "b"], [], partitions=Q, replicas=N) == Plan((), ())
+
+
+@PROPERTY
+@given(st.data())
+def test_a_leaver_as_the_only_sender_hands_over_exactly_the_partitions_it_held(
+    data: st.DataObject,
 ) -> None:
-    # Q=64: the loop runs once per transfer, and 64 partitions already give dozens.
-    plan = plan_transfers(*rings(*change, partitions=64), N)
-    running: set[Transfer] = set()
-    finished: list[Transfer] = []
-    for _ in range(len(plan.transfers) + 1):
-        remaining = plan.without(finished)
-        started = schedule(remaining, running, limit)
-        assert_good_schedule(remaining, running, limit, started)
-        running |= set(started)
-        if not running:
-            break
-        done = rng.choice(sorted(running, key=lambda t: (t.partition, t.target)))
-        running.remove(done)
-        finished.append(done)
-    assert not running
-    assert sorted(finished, key=lambda t: (t.partition, t.target)) == list(plan.transfers)
+    names = data.draw(names_of(data.draw(st.integers(2, 9))))
+    leaver, staying = names[0], names[1:]
+    plan = plan_change(names, staying, partitions=Q, replicas=N, senders={leaver})
+    old, new = rings(names, staying)
+    held = {p for p in range(Q) if leaver in old.preference_list(p, N)}
+    assert {t.source for t in plan.transfers} <= {leaver}
+    assert {(t.partition, t.target) for t in plan.transfers} == {
+        (p, member) for p, member in gains(old, new) if p in held
+    }
+    # Partitions the new ring reshuffles without the leaver in them need another sender.
+    assert set(plan.unrecoverable) == {p for p, _ in gains(old, new) if p not in held}
+
+
+# ------------------------------------------------------------------------------ join pulls
+
+
+@PROPERTY
+@given(st.data())
+def test_a_joiner_pulls_each_partition_it_gains_from_an_alive_replica_when_one_is(
+    data: st.DataObject,
+) -> None:
+    names = data.draw(names_of(data.draw(st.integers(1, 8))))
+    joiner = data.draw(st.sampled_from([n for n in NAME_POOL if n not in names]))
+    alive = frozenset(data.draw(st.lists(st.sampled_from(names), unique=True)))
+    old, new = rings(names, [*names, joiner])
+    sources = pull_sources(old, new, N, joiner=joiner, alive=alive)
+    assert set(sources) == {p for p, member in gains(old, new) if member == joiner}
+    for partition, source in sources.items():
+        holders = set(old.preference_list(partition, N))
+        assert source in holders
+        if holders & alive:
+            assert source in alive
+    # With everyone alive, the joiner's share of the one plan, in partition order.
+    everyone = pull_sources(old, new, N, joiner=joiner, alive=frozenset(names))
+    assert everyone == plan_transfers(old, new, N).sources_for(joiner)
+    assert list(everyone) == sorted(everyone)

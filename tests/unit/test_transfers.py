@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
+from kvactors.core.clocks import HlcStamp
+from kvactors.core.handoff import leave_transfers
 from kvactors.core.ring import Ring
-from kvactors.core.versions import HlcStamp, blind_write, state_from_wire
+from kvactors.core.versions import blind_write, state_from_wire
 from kvactors.errors import RequestTimeoutError
-from kvactors.replication.leave_handoff import LeaveHandoff, leave_transfers
+from kvactors.replication.leave_handoff import LeaveHandoff
 from kvactors.storage.memory import MemoryBackend
 from kvactors.storage.records import encode_state
 
