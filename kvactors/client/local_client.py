@@ -205,7 +205,7 @@ class LocalClient(VersionedWrites):
         if (
             snapshot.n_val == 1
             and len(snapshot.ring.members) == 1
-            and not snapshot.pending
+            and not snapshot.next_owner_sets
             and not snapshot.detached
         ):
             return None

@@ -1,7 +1,8 @@
 """Placement: who replicates which partition, as one node sees it at one moment.
 
 `build_snapshot` turns a member table into an immutable `RingSnapshot` (the ring of the
-members that own data, the joining members' next ring, the dead members' stand-ins);
+members that own data, the joining members' next ring, the replicas the dead members
+would be);
 `RingHolder` holds the current one, which request paths read without asking any actor,
 as Erlang code reads a `persistent_term`.
 
@@ -51,16 +52,16 @@ class RingSnapshot:
     replica_sets: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
     """Per partition: the names of its replicas, preferred first (`replicas`)."""
 
-    stand_ins: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
+    missing_replica_sets: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
     """Per partition, while members are dead: the dead members whose replica slots the
-    ring has given to others for now (empty when no member is dead)."""
+    ring has given to others for now (`missing_replicas`; empty when no member is dead)."""
 
     next_ring: Ring | None = field(default=None, repr=False)
     """The ring once the joining members own their shares; None when nobody joins."""
 
-    pending: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
+    next_owner_sets: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
     """Per partition, while members join: the joining members that will be among its
-    replicas (its next owners), who take its writes already."""
+    replicas (`next_owners`), who take its writes already; empty when nobody joins."""
 
     suspects: frozenset[str] = frozenset()
     """Owning members suspected of having failed: still replicas (suspicion is often
@@ -78,12 +79,12 @@ class RingSnapshot:
 
     def next_owners(self, partition: int) -> tuple[str, ...]:
         """The joining members that will replicate `partition`: writes go to them too."""
-        return self.pending[partition] if self.pending else ()
+        return self.next_owner_sets[partition] if self.next_owner_sets else ()
 
     def missing_replicas(self, partition: int) -> tuple[str, ...]:
         """The dead members that would be replicas of `partition` if they were alive:
         writes keep hints for them (hinted handoff)."""
-        return self.stand_ins[partition] if self.stand_ins else ()
+        return self.missing_replica_sets[partition] if self.missing_replica_sets else ()
 
     def forward_order(self, partition: int) -> tuple[str, ...]:
         """The partition's replicas in the order a non-replica forwards a write to
@@ -145,7 +146,7 @@ def build_snapshot(
     members_sorted = tuple(sorted(known.values(), key=lambda m: m.name))
     n_val = max(1, min(replicas, cluster_size))
     replica_sets = tuple(ring.preference_list(p, n_val) for p in range(partitions))
-    next_ring, pending = _next_owners(owners, joining, replica_sets, replicas=replicas)
+    next_ring, next_owner_sets = _next_owners(owners, joining, replica_sets, replicas=replicas)
     endpoints.update((m.name, m.endpoint) for m in joining)  # reachable, owning nothing
     return RingSnapshot(
         version,
@@ -156,9 +157,11 @@ def build_snapshot(
         dict(endpoints),
         n_val,
         replica_sets,
-        _stand_ins(known.values(), owners, replica_sets, n_val=n_val, replicas=replicas),
-        next_ring,
-        pending,
+        missing_replica_sets=_missing_replicas(
+            known.values(), owners, replica_sets, n_val=n_val, replicas=replicas
+        ),
+        next_ring=next_ring,
+        next_owner_sets=next_owner_sets,
         detached=known[me.name].status is MemberStatus.JOINING and len(known) == 1,
         suspects=frozenset(m.name for m in owners if m.status is MemberStatus.SUSPECT),
     )
@@ -180,14 +183,14 @@ def _next_owners(
     full = Ring.build(names, partitions=partitions, replicas=replicas)
     n_next = max(1, min(replicas, len(names)))
     joining_names = {m.name for m in joining}
-    pending = tuple(
+    next_owner_sets = tuple(
         tuple(name for name in full.preference_list(p, n_next) if name in joining_names)
         for p in range(partitions)
     )
-    return full, pending
+    return full, next_owner_sets
 
 
-def _stand_ins(
+def _missing_replicas(
     known: Iterable[Member],
     owners: list[Member],
     replica_sets: tuple[tuple[str, ...], ...],
