@@ -21,11 +21,11 @@ from typing import Any, Self, TypeVar
 
 import zmq
 
+from kvactors.client.batches import batches_of
 from kvactors.client.versioned import Versioned, VersionedWrites
 from kvactors.codec import Key
 from kvactors.errors import ConfigError, RequestTimeoutError, TooLargeError
 from kvactors.net.protocol import (
-    DEFAULT_MAX_BATCH_ITEMS,
     Op,
     WireFormat,
     decode_reply,
@@ -149,7 +149,7 @@ class Client(VersionedWrites):
         wanted = list(keys)
         chunks: list[list[K]] = []
         frames: list[tuple[int, bytes]] = []
-        for chunk in _chunks(wanted):
+        for chunk in batches_of(wanted):
             self._fitting(Op.GET_MANY, "keys", chunk, chunks, frames, r=r)
         found: dict[K, Any] = {}
         for chunk, reply in zip(chunks, self._exchange(frames, timeout), strict=True):
@@ -169,7 +169,7 @@ class Client(VersionedWrites):
         """Store many pairs; raises the first error any item met."""
         pairs = list(items.items() if isinstance(items, Mapping) else items)
         frames: list[tuple[int, bytes]] = []
-        for chunk in _chunks(pairs):
+        for chunk in batches_of(pairs):
             self._fitting(Op.PUT_MANY, "items", chunk, [], frames, w=w)
         for reply in self._exchange(frames, timeout):
             for item in reply["results"]:
@@ -288,11 +288,6 @@ class Client(VersionedWrites):
         # Lazy Pirate: a fresh socket, so no late reply from the silent node is read.
         self.close()
         self._current = (self._current + 1) % len(self._endpoints)
-
-
-def _chunks(items: list[Any]) -> list[list[Any]]:
-    size = DEFAULT_MAX_BATCH_ITEMS
-    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def _raise_for(reply: Mapping[str, Any]) -> None:

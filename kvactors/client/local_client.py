@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import pykka
 
+from kvactors.client.batches import batches_of
 from kvactors.client.versioned import Versioned, VersionedWrites
 from kvactors.codec import Key, decode_value, encode_value, normalize_key
 from kvactors.core.hashing import partition_of
@@ -33,7 +34,7 @@ from kvactors.errors import (
     RequestTimeoutError,
     UnavailableError,
 )
-from kvactors.net.protocol import DEFAULT_MAX_BATCH_ITEMS, Op, PutItem, Reply, Request, WireFormat
+from kvactors.net.protocol import Op, PutItem, Reply, Request, WireFormat
 from kvactors.node.services import NodeServices, RequestGateway
 
 __all__ = ["LocalClient"]
@@ -146,7 +147,7 @@ class LocalClient(VersionedWrites):
         if gateway is not None:
             wanted = [(key, normalize_key(key, self._max_key)) for key in keys]
             found: dict[K, Any] = {}
-            for chunk in _chunks(wanted):
+            for chunk in batches_of(wanted):
                 raw_keys = tuple(raw for _, raw in chunk)
                 reply = self._submit(gateway, Op.GET_MANY, timeout, keys=raw_keys, r=r)
                 for (key, _), item in zip(chunk, reply.results or (), strict=True):
@@ -183,7 +184,7 @@ class LocalClient(VersionedWrites):
         ]
         gateway = self._gateway()
         if gateway is not None:
-            for chunk in _chunks(encoded):
+            for chunk in batches_of(encoded):
                 put_items = tuple(PutItem(raw, value, None) for raw, value in chunk)
                 reply = self._submit(gateway, Op.PUT_MANY, timeout, items=put_items, w=w)
                 for item in reply.results or ():
@@ -318,8 +319,3 @@ def _clock(context: bytes | None) -> VectorClock | None:
         return decode_context(context)
     except ValueError as exc:
         raise BadRequestError(f"context is not one a node made: {exc}") from None
-
-
-def _chunks(items: list[Any]) -> list[list[Any]]:
-    size = DEFAULT_MAX_BATCH_ITEMS
-    return [items[start : start + size] for start in range(0, len(items), size)]
