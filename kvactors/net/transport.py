@@ -270,7 +270,10 @@ class Transport:
             self._open()
         except BaseException as exc:
             self._start_error = exc
+            with self._close_lock:
+                self._closed = True  # a transport that never ran runs no calls
             self._close_sockets()
+            self._thread_ident = None
             self._started.set()
             return
         self._running = True
@@ -285,6 +288,8 @@ class Transport:
             self._close()
         if failure is not None and self._on_failure is not None:
             self._on_failure(failure)
+        # A later thread may be given this thread's id: it must not pass for the loop's.
+        self._thread_ident = None
 
     def _close(self) -> None:
         # Refuse new calls, then run the ones taken: an actor slice queued here must run
