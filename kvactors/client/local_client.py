@@ -24,11 +24,12 @@ import pykka
 from kvactors.client.batches import batches_of
 from kvactors.client.versioned import Versioned, VersionedWrites
 from kvactors.codec import Key, decode_value, encode_value, normalize_key
+from kvactors.core.clocks import VectorClock
+from kvactors.core.context import client_context
 from kvactors.core.hashing import partition_of
 from kvactors.core.ops import Get, GetMany, PutMany, ReadKey, WriteKey, Written
-from kvactors.core.versions import KeyState, VectorClock, decode_context
+from kvactors.core.versions import KeyState
 from kvactors.errors import (
-    BadRequestError,
     InternalError,
     KVActorsError,
     RequestTimeoutError,
@@ -92,8 +93,7 @@ class LocalClient(VersionedWrites):
             values = [decode_value(value) for value in reply.siblings or ()]
             return Versioned(bool(values), values[0] if values else None, values, reply.context)
         state: KeyState = self._call(self._partition(raw), ReadKey(raw), self._deadline(timeout))
-        distinct = dict.fromkeys(v.value for v in state.live if v.value is not None)
-        values = [decode_value(value) for value in distinct]
+        values = [decode_value(value) for value in state.live_values()]
         context = state.encoded_context()
         return Versioned(bool(values), values[0] if values else None, values, context)
 
@@ -117,7 +117,7 @@ class LocalClient(VersionedWrites):
             return bool(reply.conflict)
         message = WriteKey(raw, encoded, _clock(context))
         written: Written = self._call(self._partition(raw), message, self._deadline(timeout))
-        return len({v.value for v in written.state.live}) > 1
+        return len(written.state.live_values()) > 1
 
     def delete(
         self,
@@ -313,9 +313,5 @@ class LocalClient(VersionedWrites):
 
 
 def _clock(context: bytes | None) -> VectorClock | None:
-    if context is None:
-        return None
-    try:
-        return decode_context(context)
-    except ValueError as exc:
-        raise BadRequestError(f"context is not one a node made: {exc}") from None
+    decoded = client_context(context)
+    return None if decoded is None else decoded[0]

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from kvactors.core.versions import KeyState, VectorClock
+from kvactors.core.clocks import VectorClock
+from kvactors.core.versions import KeyState
 
 __all__ = [
     "Delete",

@@ -1,4 +1,4 @@
-"""Versions of a stored key: vector clocks, hybrid logical clocks and dotted version sets.
+"""Versions of a stored key: dotted version sets, made of the clocks of kvactors.core.clocks.
 
 Each replica keeps, per key, a `KeyState`: the surviving versions (siblings) of the key and
 an `obsolete` vector clock of the writes known to be superseded. Every write is one `Dot`
@@ -13,41 +13,30 @@ context (`past`) it superseded, in the spirit of dotted version vectors (Preguic
 - `KeyState.context` is the causal context a `get` hands back, `KeyState.winner` the
   version a reader sees (highest `HlcStamp`). Deletes are tombstones; `purge_tombstones`
   forgets a deleted key after a grace period.
-- `encode_context` / `decode_context` turn a clock into the opaque bytes clients carry;
-  `state_to_wire` / `state_from_wire` turn a state into builtin types for peer messages
-  and storage records (`kvactors.storage.records`).
+- `state_to_wire` / `state_from_wire` turn a state into builtin types for peer messages
+  and storage records (`kvactors.storage.records`); kvactors.core.context turns a
+  clock into the opaque bytes clients carry.
 
 Pure logic: no I/O, no clock reads (physical time comes in as an argument), no msgpack.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from itertools import chain, pairwise
 from typing import Any, TypeAlias
 
+from kvactors.core.clocks import MAX_COUNTER, Dot, HlcStamp, VectorClock
+from kvactors.core.context import MAX_CONTEXT_ENTRIES, MAX_NODE_NAME_BYTES, encode_context
+
 __all__ = [
-    "CONTEXT_FORMAT",
     "EMPTY_STATE",
-    "MAX_CONTEXT_BYTES",
-    "MAX_CONTEXT_ENTRIES",
-    "MAX_COUNTER",
-    "MAX_NODE_NAME_BYTES",
     "MAX_WIRE_VERSIONS",
-    "Dot",
-    "Hlc",
-    "HlcStamp",
     "KeyState",
-    "VectorClock",
     "Version",
     "blind_write",
     "coordinate_write",
-    "decode_context",
-    "encode_context",
-    "hlc_observe",
-    "hlc_tick",
     "merge_states",
     "purge_tombstones",
     "state_from_wire",
@@ -57,196 +46,10 @@ __all__ = [
     "trusted_state_from_wire",
 ]
 
-# Counters travel as unsigned 64-bit integers (msgpack uint64, context varints).
-MAX_COUNTER = 2**64 - 1
-
-
-# --------------------------------------------------------------------------- vector clocks
-
-
-@dataclass(frozen=True, slots=True)
-class VectorClock:
-    """An immutable vector clock: `(node, counter)` pairs sorted by node, counters >= 1.
-
-    A node missing from `entries` has counter 0. Because the form is canonical (sorted, no
-    zero counters), two clocks are equal exactly when their dataclass fields are equal.
-    """
-
-    entries: tuple[tuple[str, int], ...] = ()
-
-    def __post_init__(self) -> None:
-        previous = ""
-        for index, (node, counter) in enumerate(self.entries):
-            if not node:
-                raise ValueError("vector clock node names must be non-empty")
-            if index and node <= previous:
-                raise ValueError("vector clock entries must be sorted by node, without duplicates")
-            if not 1 <= counter <= MAX_COUNTER:
-                raise ValueError(f"vector clock counter out of range: {counter!r}")
-            previous = node
-
-    @classmethod
-    def from_dict(cls, counters: Mapping[str, int]) -> VectorClock:
-        """Build a clock from `{node: counter}`; zero counters are dropped."""
-        return cls(tuple(sorted((node, n) for node, n in counters.items() if n != 0)))
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.entries)
-
-    def counter(self, node: str) -> int:
-        for entry_node, count in self.entries:
-            if entry_node == node:
-                return count
-        return 0
-
-    def increment(self, node: str) -> VectorClock:
-        """This clock with `node`'s counter one higher."""
-        counters = self.as_dict()
-        counters[node] = counters.get(node, 0) + 1
-        return VectorClock.from_dict(counters)
-
-    def merge(self, other: VectorClock) -> VectorClock:
-        """The least clock that descends both: the entry-wise maximum."""
-        counters = self.as_dict()
-        for node, count in other.entries:
-            if count > counters.get(node, 0):
-                counters[node] = count
-        return VectorClock.from_dict(counters)
-
-    def descends(self, other: VectorClock) -> bool:
-        """True when this clock has seen everything `other` has (self >= other, entry-wise)."""
-        mine = self.as_dict()
-        return all(mine.get(node, 0) >= count for node, count in other.entries)
-
-    def dominates(self, other: VectorClock) -> bool:
-        """Strictly descends: has seen everything `other` has, and more."""
-        return self != other and self.descends(other)
-
-    def concurrent(self, other: VectorClock) -> bool:
-        """Neither clock descends the other: two writes that did not see each other."""
-        return not self.descends(other) and not other.descends(self)
-
-    def to_wire(self) -> dict[str, int]:
-        return self.as_dict()
-
-    @classmethod
-    def from_wire(cls, data: object) -> VectorClock:
-        """Inverse of `to_wire`; raises ValueError on anything that is not a valid clock."""
-        if not isinstance(data, Mapping):
-            raise ValueError("a vector clock must be a map of node to counter")
-        counters: dict[str, int] = {}
-        for node, count in data.items():
-            if not isinstance(node, str) or not _is_int(count) or count < 1:
-                raise ValueError("a vector clock maps non-empty str nodes to counters >= 1")
-            counters[node] = count
-        return cls.from_dict(counters)
-
-
-def _is_int(value: object) -> bool:
-    # bool is an int subclass; a True counter or timestamp is a malformed message.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-# --------------------------------------------------------------------- hybrid logical clock
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class HlcStamp:
-    """A hybrid logical clock reading; totally ordered by (wall_ms, logical, node)."""
-
-    wall_ms: int
-    logical: int
-    node: str
-
-    def __post_init__(self) -> None:
-        if self.wall_ms < 0 or self.logical < 0:
-            raise ValueError("HLC wall_ms and logical must be >= 0")
-
-    def to_wire(self) -> list[int | str]:
-        return [self.wall_ms, self.logical, self.node]
-
-    @classmethod
-    def from_wire(cls, data: object) -> HlcStamp:
-        """Inverse of `to_wire`; raises ValueError on anything that is not a valid stamp."""
-        if not isinstance(data, list | tuple) or len(data) != 3:
-            raise ValueError("an HLC stamp is [wall_ms, logical, node]")
-        wall_ms, logical, node = data
-        if not _is_int(wall_ms) or not _is_int(logical) or not isinstance(node, str):
-            raise ValueError("an HLC stamp is [int wall_ms, int logical, str node]")
-        return cls(wall_ms, logical, node)
-
-
-def hlc_tick(last: HlcStamp, physical_ms: int) -> HlcStamp:
-    """The stamp for a local event after `last`: strictly greater than `last`, and its wall
-    part never behind `physical_ms`, even when the physical clock steps backwards."""
-    if physical_ms > last.wall_ms:
-        return _trusted_stamp(physical_ms, 0, last.node)
-    return _trusted_stamp(last.wall_ms, last.logical + 1, last.node)
-
-
-def hlc_observe(last: HlcStamp, remote: HlcStamp, physical_ms: int) -> HlcStamp:
-    """The stamp after receiving `remote`: strictly greater than both `last` and `remote`."""
-    wall_ms = max(last.wall_ms, remote.wall_ms, physical_ms)
-    # The logical part only counts events within the same wall millisecond.
-    logical = -1
-    if wall_ms == last.wall_ms:
-        logical = max(logical, last.logical)
-    if wall_ms == remote.wall_ms:
-        logical = max(logical, remote.logical)
-    return _trusted_stamp(wall_ms, logical + 1, last.node)
-
-
-class Hlc:
-    """One node's hybrid logical clock: remembers the last stamp it issued.
-
-    Restore it after a restart with the highest stamp the node has stored, so it never
-    issues a stamp below one it issued before.
-    """
-
-    __slots__ = ("_last",)
-
-    def __init__(self, node: str, last: HlcStamp | None = None) -> None:
-        if last is not None and last.node != node:
-            raise ValueError("the restored HLC stamp belongs to another node")
-        self._last = last if last is not None else HlcStamp(0, 0, node)
-
-    @property
-    def last(self) -> HlcStamp:
-        return self._last
-
-    def now(self, physical_ms: int) -> HlcStamp:
-        self._last = hlc_tick(self._last, physical_ms)
-        return self._last
-
-    def observe(self, remote: HlcStamp, physical_ms: int) -> HlcStamp:
-        self._last = hlc_observe(self._last, remote, physical_ms)
-        return self._last
-
 
 # ------------------------------------------------------------------------- dotted versions
 
-
-@dataclass(frozen=True, slots=True, order=True)
-class Dot:
-    """One write event: the coordinating replica `node` and its `counter` for this key.
-
-    A replica numbers the writes it coordinates for one key 1, 2, 3, ... (see
-    `coordinate_write`), so a dot names exactly one write, cluster-wide, as long as the
-    replica does not forget the key (see `min_counter` there about purged tombstones).
-    """
-
-    node: str
-    counter: int
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.node, str) or not self.node:
-            raise ValueError("a dot's node is a non-empty str")
-        if not _is_int(self.counter) or not 1 <= self.counter <= MAX_COUNTER:
-            raise ValueError(f"a dot's counter is out of range: {self.counter!r}")
-
-    def covered_by(self, clock: VectorClock) -> bool:
-        """True when `clock` has seen this write."""
-        return clock.counter(self.node) >= self.counter
+_EMPTY_CLOCK = VectorClock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +108,7 @@ class KeyState:
     are `==`. The constructor checks this form; `from_versions` builds it from any input.
     """
 
-    obsolete: VectorClock = VectorClock()
+    obsolete: VectorClock = _EMPTY_CLOCK
     versions: tuple[Version, ...] = ()
     # The context and its encoding, each made on first use and then kept: a record holds
     # both, and readers of the state (a get's reply, the coordinator) ask again.
@@ -325,7 +128,7 @@ class KeyState:
 
     @classmethod
     def from_versions(
-        cls, versions: Iterable[Version], obsolete: VectorClock = VectorClock()
+        cls, versions: Iterable[Version], obsolete: VectorClock = _EMPTY_CLOCK
     ) -> KeyState:
         """The canonical state of `obsolete` and `versions`: drops duplicates and the
         versions `obsolete` covers, sorts the rest."""
@@ -343,6 +146,15 @@ class KeyState:
         if len(versions) == 1:  # the usual state: no new tuple needed
             return versions if versions[0].value is not None else ()
         return tuple(version for version in versions if version.value is not None)
+
+    def live_values(self) -> list[bytes]:
+        """The live siblings' values, newest first, each distinct value once (a write
+        sent twice makes two siblings of one value)."""
+        versions = self.versions
+        if len(versions) == 1:  # the usual state: nothing to deduplicate
+            value = versions[0].value
+            return [] if value is None else [value]
+        return list(dict.fromkeys(v.value for v in versions if v.value is not None))
 
     @property
     def context(self) -> VectorClock:
@@ -394,8 +206,6 @@ _set_state_versions = KeyState.__dict__["versions"].__set__
 _set_state_context = KeyState.__dict__["_context"].__set__
 _set_state_encoded_context = KeyState.__dict__["_encoded_context"].__set__
 
-_EMPTY_CLOCK = VectorClock()
-
 
 def _trusted_clock(entries: tuple[tuple[str, int], ...]) -> VectorClock:
     clock: VectorClock = _new(VectorClock)
@@ -408,14 +218,6 @@ def _trusted_dot(node: str, counter: int) -> Dot:
     _set_dot_node(dot, node)
     _set_dot_counter(dot, counter)
     return dot
-
-
-def _trusted_stamp(wall_ms: int, logical: int, node: str) -> HlcStamp:
-    stamp: HlcStamp = _new(HlcStamp)
-    _set_stamp_wall_ms(stamp, wall_ms)
-    _set_stamp_logical(stamp, logical)
-    _set_stamp_node(stamp, node)
-    return stamp
 
 
 def _trusted_version(value: bytes | None, dot: Dot, past: VectorClock, stamp: HlcStamp) -> Version:
@@ -647,152 +449,6 @@ def purge_tombstones(state: KeyState, now_ms: int, grace_ms: int) -> KeyState:
     ):
         return EMPTY_STATE
     return state
-
-
-# ------------------------------------------------------------------------- client context
-#
-# Layout of an encoded context (all integers are unsigned LEB128 varints, minimal length):
-#
-#     format byte (CONTEXT_FORMAT = 1)
-#     entry count                          at most MAX_CONTEXT_ENTRIES
-#     per entry, names strictly ascending (by UTF-8 bytes, the same as by str):
-#         name length                      1 .. MAX_NODE_NAME_BYTES
-#         name                             UTF-8
-#         counter                          1 .. MAX_COUNTER
-#
-# The encoding is canonical: one clock has exactly one encoding, and decoding rejects any
-# other byte string (trailing bytes, padded varints, unsorted names), so a context that
-# decodes also re-encodes to the same bytes.
-
-CONTEXT_FORMAT = 1
-MAX_CONTEXT_ENTRIES = 256
-MAX_NODE_NAME_BYTES = 255
-_MAX_VARINT_BYTES = 10  # enough for MAX_COUNTER
-MAX_CONTEXT_BYTES = 1 + 2 + MAX_CONTEXT_ENTRIES * (2 + MAX_NODE_NAME_BYTES + _MAX_VARINT_BYTES)
-
-
-_ONE_BYTE_VARINTS = tuple(bytes((number,)) for number in range(0x80))
-_SPREAD_LIMIT = 1 << 56  # numbers of at most 8 groups of 7 bits fit one 64-bit spread
-# Per varint size, the continuation bit of every byte but the last.
-_CONTINUATION_BITS = tuple(
-    sum(0x80 << (8 * index) for index in range(size - 1)) for size in range(9)
-)
-
-
-def _varint(number: int) -> bytes:
-    """`number` (0 .. MAX_COUNTER) as a minimal unsigned LEB128 varint."""
-    if number < 0x80:
-        return _ONE_BYTE_VARINTS[number]
-    if number < _SPREAD_LIMIT:
-        # Dots' counters come from the clock in milliseconds (about 51 bits): moving the
-        # 7-bit groups into bytes with a few whole-number steps beats a loop per byte.
-        # Each step moves the upper half of every lane up: 28 bits to 32, 14 to 16, 7 to 8.
-        spread = (number & 0xFFFFFFF) | (number >> 28 << 32)
-        spread = (spread & 0x00003FFF00003FFF) | ((spread & 0x0FFFC0000FFFC000) << 2)
-        spread = (spread & 0x007F007F007F007F) | ((spread & 0x3F803F803F803F80) << 1)
-        size = (number.bit_length() + 6) // 7
-        return (spread | _CONTINUATION_BITS[size]).to_bytes(size, "little")
-    out = bytearray()
-    while number > 0x7F:
-        out.append(number & 0x7F | 0x80)
-        number >>= 7
-    out.append(number)
-    return bytes(out)
-
-
-# The format byte and the entry count, for each possible count.
-_CONTEXT_HEADERS = tuple(
-    bytes((CONTEXT_FORMAT,)) + _varint(count) for count in range(MAX_CONTEXT_ENTRIES + 1)
-)
-
-
-@lru_cache(maxsize=1024)
-def _encoded_name(node: str) -> bytes:
-    """A node name as a context spells it: its length, then its UTF-8 bytes. Cached: a
-    cluster has few node names, and every context repeats them."""
-    name = node.encode("utf-8")
-    if len(name) > MAX_NODE_NAME_BYTES:
-        raise ValueError(f"node names in a context are at most {MAX_NODE_NAME_BYTES} bytes")
-    return _varint(len(name)) + name
-
-
-def encode_context(clock: VectorClock) -> bytes:
-    """The opaque bytes a client carries from a `get` to its next `put` or `delete`."""
-    entries = clock.entries
-    if len(entries) > MAX_CONTEXT_ENTRIES:
-        raise ValueError(f"a context holds at most {MAX_CONTEXT_ENTRIES} entries")
-    parts = [_CONTEXT_HEADERS[len(entries)]]
-    for node, counter in entries:
-        parts.append(_encoded_name(node))
-        parts.append(_varint(counter))
-    return b"".join(parts)
-
-
-class _ContextReader:
-    """A cursor over untrusted context bytes; every read checks bounds."""
-
-    __slots__ = ("_data", "_position")
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._position = 0
-
-    def at_end(self) -> bool:
-        return self._position == len(self._data)
-
-    def take(self, count: int) -> bytes:
-        end = self._position + count
-        if end > len(self._data):
-            raise ValueError("context is truncated")
-        chunk = self._data[self._position : end]
-        self._position = end
-        return chunk
-
-    def varint(self) -> int:
-        number = 0
-        for index in range(_MAX_VARINT_BYTES):
-            byte = self.take(1)[0]
-            number |= (byte & 0x7F) << (7 * index)
-            if not byte & 0x80:
-                if byte == 0 and index > 0:
-                    raise ValueError("context varint is not minimal")
-                if number > MAX_COUNTER:
-                    raise ValueError("context varint is out of range")
-                return number
-        raise ValueError("context varint is too long")
-
-
-def decode_context(data: object) -> VectorClock:
-    """The clock inside a context a client sent; raises ValueError unless it is exactly what
-    `encode_context` produces for some clock, within the size limits."""
-    if not isinstance(data, bytes | bytearray):
-        raise ValueError("a context must be bytes")
-    if len(data) > MAX_CONTEXT_BYTES:
-        raise ValueError("context is too large")
-    reader = _ContextReader(bytes(data))
-    if reader.take(1)[0] != CONTEXT_FORMAT:
-        raise ValueError("unknown context format")
-    count = reader.varint()
-    if count > MAX_CONTEXT_ENTRIES:
-        raise ValueError("context has too many entries")
-    entries: list[tuple[str, int]] = []
-    for _ in range(count):
-        name_length = reader.varint()
-        if not 1 <= name_length <= MAX_NODE_NAME_BYTES:
-            raise ValueError("context node name has a bad length")
-        try:
-            node = reader.take(name_length).decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise ValueError("context node name is not UTF-8") from error
-        counter = reader.varint()
-        if counter == 0:
-            raise ValueError("context counter is zero")
-        if entries and node <= entries[-1][0]:
-            raise ValueError("context entries are not sorted")
-        entries.append((node, counter))
-    if not reader.at_end():
-        raise ValueError("context has trailing bytes")
-    return VectorClock(tuple(entries))
 
 
 # --------------------------------------------------------------------------- wire format

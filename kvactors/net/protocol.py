@@ -102,7 +102,7 @@ import msgpack
 
 from kvactors.codec import encode_value, normalize_key
 from kvactors.config import NodeConfig
-from kvactors.core.versions import MAX_CONTEXT_BYTES
+from kvactors.core.context import MAX_CONTEXT_BYTES
 from kvactors.errors import (
     BadRequestError,
     ConfigError,

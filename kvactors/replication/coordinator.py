@@ -25,9 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
+from kvactors.core.clocks import VectorClock
 from kvactors.core.ops import MergeKey, ReadKey, StoreOp, WriteKey, Written
 from kvactors.core.quorum import Decision, Outcome, QuorumKind, QuorumTracker
-from kvactors.core.versions import KeyState, VectorClock, state_to_wire
+from kvactors.core.versions import KeyState, state_to_wire
 from kvactors.errors import InternalError, KVActorsError, PeerUnreachableError, UnavailableError
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "ResultSink",
     "WriteOperation",
     "WriteResult",
-    "distinct_live_values",
 ]
 
 
@@ -122,12 +122,6 @@ def _unavailable(tracker: QuorumTracker) -> UnavailableError:
         f"{tracker.required} of {len(tracker.replicas)} replicas needed"
         + (f"; failed: {failed}" if failed else f"; reachable: {', '.join(tracker.replicas)}")
     )
-
-
-def distinct_live_values(state: KeyState) -> int:
-    """Live siblings with distinct values (a write sent twice makes two of one value)."""
-    live = state.live
-    return len(live) if len(live) < 2 else len({version.value for version in live})
 
 
 class ReadOperation:
@@ -290,7 +284,7 @@ class WriteOperation:
                 for name in self._hint_for:
                     self._channel.hint(self._partition, self._key, name)
                 self._to_next_owners(result.state)
-                self._finish(WriteResult(result.existed, distinct_live_values(result.state)))
+                self._finish(WriteResult(result.existed, len(result.state.live_values())))
                 return
             self._replicate(result.state)
         self._settle(self._tracker.on_reply(tag))
@@ -335,7 +329,7 @@ class WriteOperation:
         if decision.outcome is Outcome.SUCCESS:
             written = self._written
             assert written is not None  # the local write answers first
-            self._finish(WriteResult(written.existed, distinct_live_values(written.state)))
+            self._finish(WriteResult(written.existed, len(written.state.live_values())))
         else:
             self._finish(_unavailable(self._tracker))
 

@@ -33,9 +33,9 @@ from typing import Any
 
 import msgpack
 
+from kvactors.core.clocks import VectorClock
 from kvactors.core.versions import (
     KeyState,
-    VectorClock,
     state_from_wire,
     state_to_wire,
     trusted_clock_from_flat,

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pykka
 import pytest
 
+from kvactors.core.clocks import HlcStamp
 from kvactors.core.ops import Delete, Get, GetMany, MergeMany, Put, PutMany
-from kvactors.core.versions import EMPTY_STATE, HlcStamp, coordinate_write
+from kvactors.core.versions import EMPTY_STATE, coordinate_write
 from kvactors.runtime.supervision import ChildExited, start_supervised
 from kvactors.storage.memory import MemoryBackend
 from kvactors.storage.records import decode_state

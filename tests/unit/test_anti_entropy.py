@@ -25,6 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvactors.core.clocks import HlcStamp
 from kvactors.core.hashtree import (
     HashTree,
     PartitionTrees,
@@ -36,7 +37,6 @@ from kvactors.core.ops import MergeKey, ReadKey, StoreOp
 from kvactors.core.placement import RingHolder, RingSnapshot, build_snapshot
 from kvactors.core.versions import (
     EMPTY_STATE,
-    HlcStamp,
     KeyState,
     coordinate_write,
     merge_states,

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from kvactors.core.clocks import HlcStamp
 from kvactors.core.membership import Member, MemberStatus
 from kvactors.core.ops import MergeKey, ReadKey, StoreOp
 from kvactors.core.placement import RingHolder, RingSnapshot, build_snapshot
 from kvactors.core.versions import (
     EMPTY_STATE,
-    HlcStamp,
     KeyState,
     coordinate_write,
     merge_states,

@@ -9,17 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvactors.core.clocks import Dot, HlcStamp, VectorClock
 from kvactors.core.quorum import Decision, Outcome, QuorumKind, QuorumTracker
-from kvactors.core.versions import (
-    EMPTY_STATE,
-    Dot,
-    HlcStamp,
-    KeyState,
-    VectorClock,
-    Version,
-    coordinate_write,
-    merge_states,
-)
+from kvactors.core.versions import EMPTY_STATE, KeyState, Version, coordinate_write, merge_states
 
 NODES = ("a", "b", "c")
 

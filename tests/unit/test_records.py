@@ -7,16 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvactors.core.clocks import MAX_COUNTER, Dot, HlcStamp, VectorClock
+from kvactors.core.context import encode_context
 from kvactors.core.versions import (
     EMPTY_STATE,
-    MAX_COUNTER,
-    Dot,
-    HlcStamp,
     KeyState,
-    VectorClock,
     Version,
     coordinate_write,
-    encode_context,
     state_from_wire,
     state_to_wire,
 )

@@ -1,4 +1,4 @@
-"""Tests for kvactors.core.versions: clocks, HLC, dotted key states, encodings."""
+"""Tests for kvactors.core.versions: dotted key states, how they merge, their wire form."""
 
 from __future__ import annotations
 
@@ -10,23 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvactors.core.clocks import MAX_COUNTER, Dot, HlcStamp, VectorClock
+from kvactors.core.context import MAX_CONTEXT_ENTRIES, MAX_NODE_NAME_BYTES, encode_context
 from kvactors.core.versions import (
     EMPTY_STATE,
-    MAX_CONTEXT_BYTES,
-    MAX_CONTEXT_ENTRIES,
-    MAX_COUNTER,
-    MAX_NODE_NAME_BYTES,
     MAX_WIRE_VERSIONS,
-    Dot,
-    Hlc,
-    HlcStamp,
     KeyState,
-    VectorClock,
     Version,
     blind_write,
     coordinate_write,
-    decode_context,
-    encode_context,
     merge_states,
     purge_tombstones,
     state_from_wire,
@@ -39,220 +31,12 @@ counter_maps = st.dictionaries(st.sampled_from(NODES), st.integers(0, 4))
 clocks = counter_maps.map(VectorClock.from_dict)
 
 
-def reference_leq(low: VectorClock, high: VectorClock) -> bool:
-    """low <= high entry-wise, computed over the union of nodes from the raw pairs."""
-    low_map, high_map = dict(low.entries), dict(high.entries)
-    return all(low_map.get(node, 0) <= high_map.get(node, 0) for node in {*low_map, *high_map})
-
-
 def stamp(wall_ms: int, node: str = "a", logical: int = 0) -> HlcStamp:
     return HlcStamp(wall_ms, logical, node)
 
 
 def clock(**counters: int) -> VectorClock:
     return VectorClock.from_dict(counters)
-
-
-# --------------------------------------------------------------------------- vector clocks
-
-
-def test_context_clockis_canonical() -> None:
-    clock = VectorClock.from_dict({"b": 2, "a": 1, "c": 0})
-    assert clock.entries == (("a", 1), ("b", 2))
-    assert clock == VectorClock.from_dict({"a": 1, "b": 2})
-    assert clock.counter("b") == 2
-    assert clock.counter("c") == 0
-
-
-@pytest.mark.parametrize(
-    "entries",
-    [
-        (("b", 1), ("a", 1)),
-        (("a", 1), ("a", 2)),
-        (("a", 0),),
-        (("a", -1),),
-        (("", 1),),
-        (("a", MAX_COUNTER + 1),),
-    ],
-)
-def test_context_clockrejects_non_canonical_entries(entries: tuple[tuple[str, int], ...]) -> None:
-    with pytest.raises(ValueError):
-        VectorClock(entries)
-
-
-@given(counter_maps, st.sampled_from(NODES))
-def test_increment_raises_only_that_entry(counters: dict[str, int], node: str) -> None:
-    clock = VectorClock.from_dict(counters)
-    bumped = clock.increment(node)
-    for other in NODES:
-        expected = counters.get(other, 0) + (1 if other == node else 0)
-        assert bumped.counter(other) == expected
-    assert bumped.dominates(clock)
-
-
-@given(clocks, clocks)
-def test_merge_is_commutative(a: VectorClock, b: VectorClock) -> None:
-    assert a.merge(b) == b.merge(a)
-
-
-@given(clocks, clocks, clocks)
-def test_merge_is_associative(a: VectorClock, b: VectorClock, c: VectorClock) -> None:
-    assert a.merge(b).merge(c) == a.merge(b.merge(c))
-
-
-@given(clocks)
-def test_merge_is_idempotent(a: VectorClock) -> None:
-    assert a.merge(a) == a
-
-
-@given(clocks, clocks, clocks)
-def test_merge_is_the_least_upper_bound(a: VectorClock, b: VectorClock, c: VectorClock) -> None:
-    merged = a.merge(b)
-    assert merged.descends(a)
-    assert merged.descends(b)
-    upper = c.merge(a).merge(b)
-    assert upper.descends(merged)
-    for node in NODES:
-        assert merged.counter(node) == max(a.counter(node), b.counter(node))
-
-
-@given(clocks, clocks)
-def test_descends_matches_entrywise_comparison(a: VectorClock, b: VectorClock) -> None:
-    assert a.descends(b) == reference_leq(b, a)
-    assert a.dominates(b) == (reference_leq(b, a) and a != b)
-
-
-@given(clocks)
-def test_descends_is_reflexive(a: VectorClock) -> None:
-    assert a.descends(a)
-    assert not a.dominates(a)
-    assert not a.concurrent(a)
-
-
-@given(clocks, clocks)
-def test_descends_is_antisymmetric(a: VectorClock, b: VectorClock) -> None:
-    if a.descends(b) and b.descends(a):
-        assert a == b
-    if a != b:
-        assert not (a.descends(b) and b.descends(a))
-
-
-@given(clocks, clocks, clocks)
-def test_descends_is_transitive(low: VectorClock, x: VectorClock, y: VectorClock) -> None:
-    # Build a chain low <= middle <= high so the premise always holds.
-    middle = low.merge(x)
-    high = middle.merge(y)
-    assert middle.descends(low)
-    assert high.descends(middle)
-    assert high.descends(low)
-    # And the implication on arbitrary triples.
-    if x.descends(y) and y.descends(low):
-        assert x.descends(low)
-
-
-@given(clocks, clocks)
-def test_concurrent_iff_neither_descends(a: VectorClock, b: VectorClock) -> None:
-    assert a.concurrent(b) == (not reference_leq(a, b) and not reference_leq(b, a))
-    assert a.concurrent(b) == b.concurrent(a)
-
-
-def test_concurrent_example() -> None:
-    base = VectorClock().increment("a")
-    left = base.increment("b")
-    right = base.increment("c")
-    assert left.concurrent(right)
-    assert not left.concurrent(base)
-    assert left.merge(right).dominates(left)
-
-
-@given(clocks)
-def test_context_clockwire_roundtrip(clock: VectorClock) -> None:
-    wire = clock.to_wire()
-    assert isinstance(wire, dict)
-    assert VectorClock.from_wire(wire) == clock
-
-
-@pytest.mark.parametrize(
-    "wire",
-    [[("a", 1)], {"a": 0}, {"a": -3}, {"a": True}, {"a": 1.0}, {1: 1}, {"": 1}, None, "a"],
-)
-def test_context_clockfrom_wire_rejects_malformed(wire: object) -> None:
-    with pytest.raises(ValueError):
-        VectorClock.from_wire(wire)
-
-
-# ------------------------------------------------------------------- hybrid logical clock
-
-
-def test_stamps_order_by_wall_then_logical_then_node() -> None:
-    assert HlcStamp(1, 9, "z") < HlcStamp(2, 0, "a")
-    assert HlcStamp(2, 0, "z") < HlcStamp(2, 1, "a")
-    assert HlcStamp(2, 1, "a") < HlcStamp(2, 1, "b")
-    with pytest.raises(ValueError):
-        HlcStamp(-1, 0, "a")
-
-
-remote_stamps = st.builds(
-    HlcStamp, st.integers(0, 50), st.integers(0, 5), st.sampled_from(("x", "y", "a"))
-)
-hlc_events = st.lists(
-    st.tuples(st.integers(0, 50), st.none() | remote_stamps), min_size=1, max_size=30
-)
-
-
-@given(hlc_events)
-def test_hlc_is_strictly_monotonic_and_never_behind(
-    events: list[tuple[int, HlcStamp | None]],
-) -> None:
-    # Physical time jumps back and forth on purpose: a stepped clock must not break order.
-    clock = Hlc("a")
-    previous = clock.last
-    for physical_ms, remote in events:
-        stamp = clock.now(physical_ms) if remote is None else clock.observe(remote, physical_ms)
-        assert stamp > previous
-        assert stamp.node == "a"
-        assert stamp.wall_ms >= physical_ms
-        if remote is not None:
-            assert (stamp.wall_ms, stamp.logical) > (remote.wall_ms, remote.logical)
-        assert clock.last == stamp
-        previous = stamp
-
-
-def test_hlc_logical_resets_when_physical_time_advances() -> None:
-    clock = Hlc("a")
-    assert clock.now(10) == HlcStamp(10, 0, "a")
-    assert clock.now(10) == HlcStamp(10, 1, "a")
-    assert clock.now(5) == HlcStamp(10, 2, "a")
-    assert clock.observe(HlcStamp(10, 7, "b"), 3) == HlcStamp(10, 8, "a")
-    assert clock.observe(HlcStamp(30, 4, "b"), 20) == HlcStamp(30, 5, "a")
-    assert clock.now(31) == HlcStamp(31, 0, "a")
-
-
-def test_hlc_restores_from_a_stamp() -> None:
-    clock = Hlc("a", HlcStamp(100, 3, "a"))
-    assert clock.now(50) == HlcStamp(100, 4, "a")
-    with pytest.raises(ValueError):
-        Hlc("a", HlcStamp(100, 3, "b"))
-
-
-@given(remote_stamps)
-def test_stamp_wire_roundtrip(stamp: HlcStamp) -> None:
-    assert HlcStamp.from_wire(stamp.to_wire()) == stamp
-
-
-@pytest.mark.parametrize(
-    "wire", [[1, 2], [1, 2, 3], ["1", 2, "a"], [True, 0, "a"], [-1, 0, "a"], {"w": 1}, None]
-)
-def test_stamp_from_wire_rejects_malformed(wire: object) -> None:
-    with pytest.raises(ValueError):
-        HlcStamp.from_wire(wire)
-
-
-@given(clocks, clocks)
-def test_exactly_one_relation_holds_between_two_clocks(a: VectorClock, b: VectorClock) -> None:
-    relations = [a == b, a.dominates(b), b.dominates(a), a.concurrent(b)]
-    assert relations.count(True) == 1
-    assert a.descends(b) == (a == b or a.dominates(b))
 
 
 # ----------------------------------------------------------------------- dotted versions
@@ -531,6 +315,28 @@ def test_winner_ties_on_wall_time_go_to_logical_then_node() -> None:
 
 @FEW
 @given(key_states)
+def test_live_values_are_the_live_values_newest_first_each_once(state: KeyState) -> None:
+    expected: list[bytes] = []
+    for version in state.live:
+        assert version.value is not None
+        if version.value not in expected:
+            expected.append(version.value)
+    assert state.live_values() == expected
+
+
+def test_live_values_name_a_value_written_twice_once_and_skip_tombstones() -> None:
+    state = coordinate_write(EMPTY_STATE, "a", VectorClock(), b"x", stamp(1, "a"))
+    state = coordinate_write(state, "b", VectorClock(), b"x", stamp(2, "b"))  # sent twice
+    state = coordinate_write(state, "c", VectorClock(), None, stamp(3, "c"))  # a delete
+    state = coordinate_write(state, "d", VectorClock(), b"y", stamp(4, "d"))
+    assert len(state.versions) == 4
+    assert state.live_values() == [b"y", b"x"]
+    assert coordinate_write(EMPTY_STATE, "a", VectorClock(), None, stamp(1)).live_values() == []
+    assert EMPTY_STATE.live_values() == []
+
+
+@FEW
+@given(key_states)
 def test_context_covers_everything_in_the_state(state: KeyState) -> None:
     context = state.context
     assert context.descends(state.obsolete)
@@ -729,112 +535,6 @@ def test_mutated_wire_decodes_canonically_or_raises(state: KeyState, data: st.Da
     assert is_canonical(decoded)
 
 
-# ------------------------------------------------------------------------- client context
-
-node_names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=MAX_NODE_NAME_BYTES).filter(
-    lambda name: len(name.encode()) <= MAX_NODE_NAME_BYTES
-)
-context_clocks = st.dictionaries(node_names, st.integers(1, MAX_COUNTER), max_size=8).map(
-    VectorClock.from_dict
-)
-
-
-@given(context_clocks)
-def test_context_roundtrip(context_clock: VectorClock) -> None:
-    encoded = encode_context(context_clock)
-    assert isinstance(encoded, bytes)
-    assert len(encoded) <= MAX_CONTEXT_BYTES
-    assert decode_context(encoded) == context_clock
-
-
-@given(st.binary(max_size=64))
-def test_random_bytes_decode_canonically_or_raise(data: bytes) -> None:
-    try:
-        decoded = decode_context(data)
-    except ValueError:
-        return
-    assert encode_context(decoded) == data
-
-
-@given(context_clocks, st.data())
-def test_mutated_contexts_decode_canonically_or_raise(
-    context_clock: VectorClock, data: st.DataObject
-) -> None:
-    encoded = bytearray(encode_context(context_clock))
-    position = data.draw(st.integers(0, len(encoded) - 1))
-    encoded[position] = data.draw(st.integers(0, 255))
-    try:
-        decoded = decode_context(bytes(encoded))
-    except ValueError:
-        return
-    assert encode_context(decoded) == bytes(encoded)
-
-
-@given(context_clocks)
-def test_truncated_or_extended_contexts_raise(context_clock: VectorClock) -> None:
-    encoded = encode_context(context_clock)
-    for end in range(len(encoded)):
-        with pytest.raises(ValueError):
-            decode_context(encoded[:end])
-    with pytest.raises(ValueError):
-        decode_context(encoded + b"\x00")
-
-
-def test_context_layout() -> None:
-    assert encode_context(VectorClock()) == b"\x01\x00"
-    assert encode_context(clock(a=1, b=300)) == b"\x01\x02\x01a\x01\x01b\xac\x02"
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"",
-        b"\x02\x00",  # unknown format
-        b"\x01\x80\x00",  # count varint padded
-        b"\x01\x01\x01a\x00",  # zero counter
-        b"\x01\x01\x00\x01",  # empty name
-        b"\x01\x01\x01a\x81\x00",  # counter varint padded
-        b"\x01\x02\x01b\x01\x01a\x01",  # names not sorted
-        b"\x01\x02\x01a\x01\x01a\x02",  # duplicate name
-        b"\x01\x01\x01\xff\x01",  # name is not UTF-8
-        b"\x01\x01\x01a" + b"\xff" * 10 + b"\x01",  # varint too long
-        b"\x01\x01\x01a" + b"\xff" * 9 + b"\x02",  # counter above 2**64 - 1
-        b"\x01\x01\x80\x02" + b"a" * 256 + b"\x01",  # name longer than 255 bytes
-        b"\x01\x81\x02",  # 257 entries announced
-        "text",
-        None,
-        12,
-    ],
-)
-def test_malformed_contexts_raise(data: object) -> None:
-    with pytest.raises(ValueError):
-        decode_context(data)
-
-
-def test_oversized_context_is_refused_before_parsing() -> None:
-    with pytest.raises(ValueError, match="too large"):
-        decode_context(b"\x01\x00" + b"\x00" * MAX_CONTEXT_BYTES)
-
-
-def test_largest_context_fits_the_limit() -> None:
-    longest = [
-        f"{index:03d}".ljust(MAX_NODE_NAME_BYTES, "n") for index in range(MAX_CONTEXT_ENTRIES)
-    ]
-    biggest = VectorClock.from_dict(dict.fromkeys(longest, MAX_COUNTER))
-    encoded = encode_context(biggest)
-    assert len(encoded) <= MAX_CONTEXT_BYTES
-    assert decode_context(encoded) == biggest
-
-
-def test_encode_rejects_clocks_outside_the_limits() -> None:
-    with pytest.raises(ValueError):
-        encode_context(
-            VectorClock.from_dict({f"n{i:04d}": 1 for i in range(MAX_CONTEXT_ENTRIES + 1)})
-        )
-    with pytest.raises(ValueError):
-        encode_context(VectorClock.from_dict({"x" * (MAX_NODE_NAME_BYTES + 1): 1}))
-
-
 @given(st.integers(0, 6), st.integers(0, 2**40))
 def test_blind_write_equals_a_write_with_the_replicas_own_context(writes: int, floor: int) -> None:
     state = EMPTY_STATE
@@ -958,40 +658,3 @@ def test_state_to_wire_matches_the_layout_and_shares_no_list(state: KeyState) ->
     obsolete, versions = wire
     assert isinstance(obsolete, list) and isinstance(versions, list)
     assert all(version[3] is not obsolete for version in versions)
-
-
-def reference_varint(number: int) -> bytes:
-    out = bytearray()
-    while number > 0x7F:
-        out.append(number & 0x7F | 0x80)
-        number >>= 7
-    out.append(number)
-    return bytes(out)
-
-
-# Every size of varint, at its edges, and where the fast path hands over to the loop.
-VARINT_EDGES = sorted(
-    {n for bits in range(7, 71, 7) for n in (2**bits - 1, 2**bits) if 1 <= n <= MAX_COUNTER}
-    | {1, 2**56 - 2, MAX_COUNTER, (1_700_000_000_000 << 10) + 1023}
-)
-
-
-@pytest.mark.parametrize("counter", VARINT_EDGES)
-def test_context_counters_are_minimal_varints_at_every_size(counter: int) -> None:
-    encoded = encode_context(clock(a=counter))
-    assert encoded == b"\x01\x01\x01a" + reference_varint(counter)
-    assert decode_context(encoded) == clock(a=counter)
-
-
-@given(st.integers(1, MAX_COUNTER), st.integers(1, 2**56))
-def test_context_counters_are_minimal_varints(counter: int, clock_sized: int) -> None:
-    encoded = encode_context(clock(a=counter, b=clock_sized))
-    expected = b"\x01\x02\x01a" + reference_varint(counter) + b"\x01b"
-    assert encoded == expected + reference_varint(clock_sized)
-
-
-def test_context_entry_counts_are_varints() -> None:
-    many = VectorClock.from_dict({f"n{index:03d}": 1 for index in range(200)})
-    encoded = encode_context(many)
-    assert encoded[:3] == b"\x01" + reference_varint(200)
-    assert decode_context(encoded) == many
