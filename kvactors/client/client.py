@@ -25,14 +25,8 @@ from kvactors.client.batches import batches_of
 from kvactors.client.versioned import Versioned, VersionedWrites
 from kvactors.codec import Key
 from kvactors.errors import ConfigError, RequestTimeoutError, TooLargeError
-from kvactors.net.protocol import (
-    Op,
-    WireFormat,
-    decode_reply,
-    default_max_frame_bytes,
-    encode_request,
-    reply_error,
-)
+from kvactors.net.protocol import Op, WireFormat, default_max_frame_bytes, encode_request
+from kvactors.net.replies import decode_reply, reply_error
 
 __all__ = ["Client"]
 

@@ -1,97 +1,15 @@
-"""The client wire protocol: decoding and validating requests, encoding replies.
+"""The client wire protocol: the request and reply types, request decoding and
+validation (`Codec`), and `encode_request` for clients.
 
-This module is the whole contract between a kvactors node and its clients in any
-language; ``docs/protocol.md`` tells the same for client authors and must agree with it.
-It does no I/O: the transport hands it one frame and sends back the bytes it returns.
-
-Frames and formats
-------------------
-A request is one frame holding one msgpack map, or one JSON object. A frame whose first
-byte, after optional ASCII whitespace (space, tab, CR, LF), is ``{`` is JSON and is
-answered in JSON; every other frame is msgpack and is answered in msgpack (a msgpack map
-never starts with one of those bytes, so the test is unambiguous). The codec works on the
-payload frame alone: the ZeroMQ envelope (routing id, empty delimiter) is the transport's.
-
-Requests (``op`` may also be spelled ``operation``, the seed's JSON field)::
-
-    {"op": "put",    "key": K, "value": V, "id": ID}     optional: context, w, timeout_ms
-    {"op": "get",    "key": K, "id": ID}                 optional: r, siblings, timeout_ms
-    {"op": "delete", "key": K, "id": ID}                 optional: context, w, timeout_ms
-    {"op": "get_many", "keys": [K, ...]}                 optional: r, siblings, timeout_ms
-    {"op": "put_many", "items": [[K, V], [K, V, CONTEXT], ...]}  optional: w, timeout_ms
-    {"op": "ping"}   {"op": "status"}   {"op": "leave"}  optional: timeout_ms
-
-- ``id`` (optional on every request): an integer (64-bit), a string or bytes of at most
-  256 bytes; it is echoed in the reply, in success and in error replies alike, whenever
-  it could be read (not when the id itself is invalid, or the frame is too broken to
-  find it).
-- ``key``: a string (stored as its UTF-8 bytes, so ``"a"`` and ``b"a"`` are one key) or
-  bytes, at most ``max_key_bytes`` (64 KiB by default).
-- ``value``: any msgpack value (map keys str or bytes; no extension types), at most
-  ``max_value_bytes`` (1 MiB by default) in its msgpack encoding.
-- ``r``, ``w``: quorum sizes, positive integers; ``timeout_ms``: positive integer.
-- ``context``: bytes, the opaque causal context a get returned (at most 68,355 bytes,
-  the largest context a node makes).
-- ``siblings``: boolean; true asks for every concurrent version instead of one.
-- ``null``/nil for an optional field means the field is absent. Any other field, or a
-  field the operation does not take, is a ``bad_request``.
-- ``get_many`` and ``put_many`` take 1 to ``max_batch_items`` (1000) keys or items.
-
-Replies are maps with ``"ok"`` and, when the request had one, ``"id"``::
-
-    put        {"ok": true, "id": 7}            (+ "conflict": true when siblings remain)
-    get        {"ok": true, "id": 8, "found": true, "value": V, "context": C}
-               {"ok": true, "id": 8, "found": false, "context": C}
-               with siblings: {"ok": true, "found": true, "siblings": [V, ...], "context": C}
-    delete     {"ok": true, "id": 9, "deleted": true}
-    get_many   {"ok": true, "results": [ITEM, ...]}   one ITEM per key, in request order
-    put_many   {"ok": true, "results": [ITEM, ...]}   one ITEM per item, in request order
-    ping       {"ok": true}
-    status     {"ok": true, "status": {...}}
-    ITEM       {"ok": true, "found": true, "value": V, "context": C} (get_many),
-               {"ok": true} (put_many) or {"ok": false, "error": ERROR}
-    error      {"ok": false, "id": 9, "error": {"code": "bad_request", "message": "..."}}
-
-Error codes: ``bad_request``, ``too_large``, ``unavailable``, ``timeout``, ``overloaded``,
-``internal`` (``kvactors.errors`` maps each to an exception class).
-
-Bytes in JSON
--------------
-JSON has no bytes, so in both directions (requests and replies) a JSON object with the
-single member ``"$bytes"`` whose value is a string stands for bytes::
-
-    {"$bytes": "<standard base64, with padding>"}        e.g. b"\\x00\\x01" -> {"$bytes": "AAE="}
-
-A msgpack map that JSON cannot write as an object (one with a bytes key, or whose only
-key is ``"$bytes"`` or ``"$map"``) is written as ``{"$map": [[KEY, VALUE], ...]}``, and
-such an object is read back as that map. Any other JSON object is an ordinary map.
-So a key is a JSON string (a str key) or ``{"$bytes": ...}`` (a bytes key), a context is
-always ``{"$bytes": ...}``, and a JSON client reads back exactly the value a msgpack
-client stored. Non-finite floats are written ``NaN``, ``Infinity``, ``-Infinity`` (as
-Python's and JavaScript's JSON readers accept). Integers must fit in 64 bits.
-
-Limits and safety
------------------
-- A frame is at most ``max_frame_bytes``: by default ``2 * (max_key_bytes +
-  max_value_bytes + max context) + 64 KiB``, about 2.3 MiB, room for a key, a value and a
-  context even as base64 in JSON. The node's transport sets ZeroMQ's ``MAXMSGSIZE`` to
-  the same number, so over the network a larger frame never reaches the codec: libzmq
-  drops the sender's connection and no reply comes (the codec's own ``too_large`` check
-  serves frames that reach it some other way).
-- msgpack is decoded in one call whose string, bytes, array and map limits are capped by
-  the frame's length, so no declared length (say 4 GB) allocates more than the frame
-  holds; extension types (timestamps included) are refused, map keys must be str or bytes,
-  nesting is bounded by msgpack's own stack (1024 levels), and bytes after the first
-  object are an error. JSON must be UTF-8; its nesting is bounded by Python's recursion
-  limit (about 1000 levels), integers by 64 bits; trailing whitespace is allowed, any other
-  trailing bytes are an error. A failure is always a ``bad_request`` or ``too_large``
-  reply naming the field, never a crash.
+docs/protocol.md is the contract for client authors (frames and formats, requests,
+replies, errors, bytes in JSON, limits) and must agree with this code. Replies are built
+and encoded in kvactors.net.replies; the JSON form of msgpack data is in
+kvactors.net.json_form. No I/O: the transport hands the codec one frame and sends back
+the bytes it is given.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -103,19 +21,23 @@ import msgpack
 from kvactors.codec import encode_value, normalize_key
 from kvactors.config import NodeConfig
 from kvactors.core.context import MAX_CONTEXT_BYTES
-from kvactors.errors import (
-    BadRequestError,
-    ConfigError,
-    InternalError,
-    KVActorsError,
-    TooLargeError,
-    error_for_code,
+from kvactors.errors import BadRequestError, ConfigError, KVActorsError, TooLargeError
+from kvactors.net.json_form import (
+    BYTES_TAG,
+    bytes_from_json,
+    decode_plain_json,
+    dump_json,
+    json_ready,
+    map_from_json_pairs,
+    parse_json_int,
+    type_name,
 )
 
 __all__ = [
     "DEFAULT_MAX_BATCH_ITEMS",
     "DEFAULT_MAX_CONTEXT_BYTES",
     "MAX_ID_BYTES",
+    "PACKER",
     "Codec",
     "ItemResult",
     "Op",
@@ -126,38 +48,23 @@ __all__ = [
     "Request",
     "RequestId",
     "WireFormat",
-    "decode_reply",
+    "bounded",
+    "checked_request_id",
     "default_max_frame_bytes",
-    "delete_reply",
-    "encode_error",
-    "encode_reply",
+    "detect_format",
     "encode_request",
-    "get_many_reply",
-    "get_reply",
-    "item_failed",
-    "item_found",
-    "item_not_found",
-    "item_siblings",
-    "item_written",
-    "not_found_reply",
-    "ping_reply",
-    "put_many_reply",
-    "put_reply",
-    "reply_error",
-    "siblings_reply",
-    "status_reply",
+    "refuse_ext",
 ]
 
 RequestId = int | str | bytes
 """What a client may use as a request id: echoed back unchanged."""
 
 MAX_ID_BYTES: Final = 256
-DEFAULT_MAX_CONTEXT_BYTES: Final = MAX_CONTEXT_BYTES  # the largest context versions.py makes
+DEFAULT_MAX_CONTEXT_BYTES: Final = MAX_CONTEXT_BYTES  # the largest context a node makes
 DEFAULT_MAX_BATCH_ITEMS: Final = 1000
 _FRAME_SLACK_BYTES: Final = 64 * 1024  # room for op, id, quorums and map headers
 _MAX_SMALL_INT: Final = 2**31 - 1  # r, w, timeout_ms: what any client language holds in an int32
 _MAX_MESSAGE_CHARS: Final = 1000  # error messages are for humans; never echo a whole frame
-_MAX_JSON_INT_CHARS: Final = 24  # 64-bit ints need at most 20; longer text is refused unparsed
 
 
 class WireFormat(StrEnum):
@@ -192,7 +99,7 @@ class Request(NamedTuple):
     """One validated client request.
 
     A NamedTuple (immutable, slotted) rather than a frozen dataclass: building one is the
-    hot path of every request, and a frozen dataclass costs about 3 us to build, a tuple 0.5.
+    hot path of every request, and a frozen dataclass costs several times as much to build.
 
     `key` is empty and `value_bytes` empty for operations that take none. `value_bytes` is
     the value's canonical msgpack encoding, ready to store as is.
@@ -278,7 +185,8 @@ class _ThreadPacker(threading.local):
         self.pack: Callable[[Any], bytes] = msgpack.Packer().pack
 
 
-_PACKER: Final = _ThreadPacker()
+PACKER: Final = _ThreadPacker()
+"""This thread's msgpack Packer (`PACKER.pack(obj)`); kvactors.net.replies packs with it too."""
 
 _MISSING: Final[Any] = object()
 # Enum members fetched once: reading `WireFormat.JSON` off the class costs about as much
@@ -287,17 +195,6 @@ _MSGPACK: Final = WireFormat.MSGPACK
 _JSON: Final = WireFormat.JSON
 _JSON_WHITESPACE: Final = b" \t\r\n"
 _COMMON_FIELDS: Final = frozenset({"op", "operation", "id", "timeout_ms"})
-_TYPE_NAMES: Final[Mapping[type, str]] = {
-    bool: "boolean",
-    int: "integer",
-    float: "float",
-    str: "string",
-    bytes: "bytes",
-    list: "array",
-    dict: "map",
-    type(None): "null",
-}
-
 _Payload = tuple[bytes, bytes, tuple[bytes, ...], tuple[PutItem, ...]]
 """What an op carries besides its options: key, value_bytes, keys, items."""
 _NO_PAYLOAD: Final[_Payload] = (b"", b"", (), ())
@@ -359,7 +256,7 @@ class Codec:
         self.max_context_bytes = max_context_bytes
         self.max_batch_items = max_batch_items
         self._json_decoder = json.JSONDecoder(
-            object_pairs_hook=_map_from_json_pairs, parse_int=_parse_json_int
+            object_pairs_hook=map_from_json_pairs, parse_int=parse_json_int
         )
         specs = [
             _OpSpec(Op.PUT, frozenset({"key", "value", "context", "w"}), 3, self._key_and_value),
@@ -386,7 +283,7 @@ class Codec:
         if type(frame) is not bytes:
             frame = bytes(frame)
         # Every msgpack map starts with a byte >= 0x80; only other frames can be JSON.
-        fmt = _MSGPACK if frame and frame[0] >= 0x80 else _detect_format(frame)
+        fmt = _MSGPACK if frame and frame[0] >= 0x80 else detect_format(frame)
         if len(frame) > self.max_frame_bytes:
             raise ProtocolTooLargeError(
                 f"frame is {len(frame)} bytes; the limit is {self.max_frame_bytes}", fmt, None
@@ -407,7 +304,7 @@ class Codec:
         try:
             raw_id = message.get("id")
             if raw_id is not None:
-                request_id = _request_id(raw_id)
+                request_id = checked_request_id(raw_id)
             name = message.get("op")
             spec = self._specs.get(name) if type(name) is str else None
             if spec is None or "operation" in message:
@@ -491,11 +388,11 @@ class Codec:
         if name is _MISSING:
             raise BadRequestError("op is required")
         if type(name) is not str:
-            raise BadRequestError(f"op must be a string, got {_type_name(name)}")
+            raise BadRequestError(f"op must be a string, got {type_name(name)}")
         spec = self._specs.get(name)
         if spec is None:
             names = ", ".join(self._specs)
-            raise BadRequestError(_bounded(f"unknown op {name!r}; the ops are {names}"))
+            raise BadRequestError(bounded(f"unknown op {name!r}; the ops are {names}"))
         return spec
 
     def _key(self, raw: Any, field: str) -> bytes:
@@ -521,9 +418,10 @@ class Codec:
         if raw is _MISSING:
             raise BadRequestError(f"{field} is required")
         try:
-            # This thread's Packer: ~0.4 us cheaper than encode_value's packb call, same
-            # bytes (use_bin_type is msgpack's default). Failures take the slow path below.
-            packed: bytes = _PACKER.pack(raw)
+            # This thread's Packer: cheaper than encode_value's packb call, which builds a
+            # Packer each time; same bytes (use_bin_type is msgpack's default). Failures
+            # take the slow path below.
+            packed: bytes = PACKER.pack(raw)
             if len(packed) <= self.max_value_bytes:
                 return packed
         except (TypeError, ValueError, OverflowError):
@@ -540,7 +438,7 @@ class Codec:
             return None
         if type(raw) is not bytes:
             raise BadRequestError(
-                f"{field} must be bytes (as a get returned it), got {_type_name(raw)}"
+                f"{field} must be bytes (as a get returned it), got {type_name(raw)}"
             )
         if len(raw) > self.max_context_bytes:
             raise TooLargeError(
@@ -552,7 +450,7 @@ class Codec:
         if raw is _MISSING:
             raise BadRequestError(f"{field} is required")
         if type(raw) is not list:
-            raise BadRequestError(f"{field} must be an array, got {_type_name(raw)}")
+            raise BadRequestError(f"{field} must be an array, got {type_name(raw)}")
         if not raw:
             raise BadRequestError(f"{field} must not be empty")
         if len(raw) > self.max_batch_items:
@@ -579,12 +477,13 @@ class Codec:
             raise ProtocolError(str(exc), _JSON, _recover_json_id(text)) from None
         if type(message) is not dict:
             # Only `{"$bytes": ...}` or `{"$map": ...}` at top level gets here.
-            raise ProtocolError(f"request must be a map, got {_type_name(message)}", _JSON, None)
+            raise ProtocolError(f"request must be a map, got {type_name(message)}", _JSON, None)
         return message
 
 
-def _detect_format(frame: bytes) -> WireFormat:
-    """JSON if the first byte after ASCII whitespace is `{`, msgpack otherwise."""
+def detect_format(frame: bytes) -> WireFormat:
+    """The format of a frame, request or reply: JSON if the first byte after ASCII
+    whitespace is `{`, msgpack otherwise."""
     if frame[:1] == b"{" or frame.lstrip(_JSON_WHITESPACE)[:1] == b"{":
         return _JSON
     return _MSGPACK
@@ -605,7 +504,7 @@ def _unpack_request(frame: bytes) -> dict[str, Any]:
             max_array_len=size,
             max_map_len=size // 2,
             max_ext_len=0,
-            ext_hook=_refuse_ext,
+            ext_hook=refuse_ext,
         )
     except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
         raise ProtocolError(
@@ -613,12 +512,13 @@ def _unpack_request(frame: bytes) -> dict[str, Any]:
         ) from None
     if type(message) is not dict:
         raise ProtocolError(
-            f"request must be a msgpack map, got {_type_name(message)}", _MSGPACK, None
+            f"request must be a msgpack map, got {type_name(message)}", _MSGPACK, None
         )
     return message
 
 
-def _refuse_ext(code: int, data: bytes) -> Any:
+def refuse_ext(code: int, data: bytes) -> Any:
+    """msgpack's ext_hook for frames from clients: extension types are refused."""
     # Only zero-length extensions get here; max_ext_len=0 refuses the others, timestamps too.
     raise BadRequestError("msgpack extension types are not accepted")
 
@@ -641,7 +541,7 @@ def _msgpack_failure(frame: bytes, exc: Exception) -> str:
         return "msgpack extension types are not accepted"
     if "incomplete input" in text:
         return "truncated msgpack"
-    return _bounded(f"invalid msgpack: {text or type(exc).__name__}")
+    return bounded(f"invalid msgpack: {text or type(exc).__name__}")
 
 
 def _recover_msgpack_id(frame: bytes) -> RequestId | None:
@@ -657,13 +557,13 @@ def _recover_msgpack_id(frame: bytes) -> RequestId | None:
         max_array_len=size,
         max_map_len=size // 2,
         max_ext_len=0,
-        ext_hook=_refuse_ext,
+        ext_hook=refuse_ext,
     )
     try:
         unpacker.feed(frame)
         for _ in range(unpacker.read_map_header()):
             if unpacker.unpack() == "id":
-                return _request_id(unpacker.unpack())
+                return checked_request_id(unpacker.unpack())
             unpacker.skip()  # parses without building objects, so a bad value is passed over
     except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException):
         return None
@@ -673,16 +573,17 @@ def _recover_msgpack_id(frame: bytes) -> RequestId | None:
 def _recover_json_id(text: str) -> RequestId | None:
     """The id of well-formed JSON that a $bytes, $map or integer check refused."""
     try:
-        message = _PLAIN_JSON_DECODER.decode(text)
+        message = decode_plain_json(text)
         raw = message.get("id") if type(message) is dict else None
-        if type(raw) is dict and len(raw) == 1 and _BYTES_TAG in raw:
-            raw = _bytes_from_json(raw[_BYTES_TAG])
-        return _request_id(raw)
+        if type(raw) is dict and len(raw) == 1 and BYTES_TAG in raw:
+            raw = bytes_from_json(raw[BYTES_TAG])
+        return checked_request_id(raw)
     except (ValueError, RecursionError):  # JSONDecodeError and BadRequestError are ValueErrors
         return None
 
 
-def _request_id(raw: Any) -> RequestId | None:
+def checked_request_id(raw: Any) -> RequestId | None:
+    """`raw` as a request id, if it is one a client may send; BadRequestError otherwise."""
     kind = type(raw)
     if kind is int:
         if not -(2**63) <= raw < 2**64:
@@ -699,7 +600,7 @@ def _request_id(raw: Any) -> RequestId | None:
         return raw  # type: ignore[no-any-return]
     if raw is None:
         return None
-    raise BadRequestError(f"id must be an integer, string or bytes, got {_type_name(raw)}")
+    raise BadRequestError(f"id must be an integer, string or bytes, got {type_name(raw)}")
 
 
 def _utf8_size(text: str, field: str) -> int:
@@ -711,7 +612,7 @@ def _utf8_size(text: str, field: str) -> int:
 
 def _unknown_fields(message: dict[str, Any], spec: _OpSpec) -> str:
     extra = ", ".join(sorted(repr(name) for name in message.keys() - spec.fields))
-    return _bounded(f"{spec.op.value} does not take the field(s) {extra}")
+    return bounded(f"{spec.op.value} does not take the field(s) {extra}")
 
 
 def _no_payload(message: dict[str, Any]) -> _Payload:
@@ -730,363 +631,15 @@ def _flag(raw: Any, field: str) -> bool:
     if raw is None:
         return False
     if type(raw) is not bool:
-        raise BadRequestError(f"{field} must be a boolean, got {_type_name(raw)}")
+        raise BadRequestError(f"{field} must be a boolean, got {type_name(raw)}")
     return raw
 
 
-def _type_name(value: object) -> str:
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
-
-
-def _bounded(message: str) -> str:
+def bounded(message: str) -> str:
+    """An error message cut to a length fit to send (never a whole frame echoed)."""
     if len(message) <= _MAX_MESSAGE_CHARS:
         return message
     return message[: _MAX_MESSAGE_CHARS - 3] + "..."
-
-
-# -- JSON <-> msgpack data model ----------------------------------------------------------
-
-_BYTES_TAG: Final = "$bytes"
-_MAP_TAG: Final = "$map"
-
-
-def _map_from_json_pairs(pairs: list[tuple[str, Any]]) -> Any:
-    """object_pairs_hook: undo the $bytes and $map forms while parsing, without a second walk."""
-    if len(pairs) == 1:
-        name, content = pairs[0]
-        if name == _BYTES_TAG:
-            return _bytes_from_json(content)
-        if name == _MAP_TAG:
-            return _map_from_json_entries(content)
-    return dict(pairs)
-
-
-def _bytes_from_json(content: Any) -> bytes:
-    if type(content) is not str:
-        raise BadRequestError(f"$bytes must be a base64 string, got {_type_name(content)}")
-    try:
-        return base64.b64decode(content, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequestError("$bytes is not valid base64") from None
-
-
-def _map_from_json_entries(content: Any) -> dict[str | bytes, Any]:
-    if type(content) is not list:
-        raise BadRequestError(
-            f"$map must be an array of [key, value] pairs, got {_type_name(content)}"
-        )
-    result: dict[str | bytes, Any] = {}
-    for entry in content:
-        if type(entry) is not list or len(entry) != 2:
-            raise BadRequestError("$map must be an array of [key, value] pairs")
-        key, value = entry
-        if type(key) is not str and type(key) is not bytes:
-            raise BadRequestError(f"$map keys must be strings or $bytes, got {_type_name(key)}")
-        result[key] = value
-    return result
-
-
-def _parse_json_int(text: str) -> int:
-    # Refuse before converting: int() of a megabyte of digits is slow, and such a number
-    # could never be stored anyway.
-    if len(text) > _MAX_JSON_INT_CHARS:
-        raise BadRequestError("JSON integer is too long; integers must fit in 64 bits")
-    return int(text)
-
-
-def _json_int_or_none(text: str) -> int | None:
-    return None if len(text) > _MAX_JSON_INT_CHARS else int(text)
-
-
-# JSON read without the $bytes, $map and integer checks, only to find a refused request's id.
-_PLAIN_JSON_DECODER: Final = json.JSONDecoder(parse_int=_json_int_or_none)
-
-
-def _map_to_json(pairs: list[tuple[Any, Any]]) -> Any:
-    """object_pairs_hook for msgpack: maps JSON cannot write as objects become $map."""
-    looks_tagged = len(pairs) == 1 and pairs[0][0] in (_BYTES_TAG, _MAP_TAG)
-    if not looks_tagged and all(type(key) is str for key, _ in pairs):
-        return dict(pairs)
-    return {_MAP_TAG: [[key, value] for key, value in pairs]}
-
-
-def _json_default(value: object) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {_BYTES_TAG: base64.b64encode(value).decode("ascii")}
-    raise TypeError(f"{type(value).__name__} cannot be written as JSON")
-
-
-def _json_ready(packed: bytes) -> Any:
-    """A msgpack encoding decoded into objects json can write (bytes are left to default)."""
-    return msgpack.unpackb(packed, raw=False, strict_map_key=False, object_pairs_hook=_map_to_json)
-
-
-_JSON_ENCODER: Final = json.JSONEncoder(default=_json_default, separators=(",", ":"))
-
-
-def _dump_json(obj: Any) -> bytes:
-    return _JSON_ENCODER.encode(obj).encode("ascii")
-
-
-# -- replies ------------------------------------------------------------------------------
-
-
-def put_reply(
-    request_id: RequestId | None, context: bytes | None = None, *, conflict: bool = False
-) -> Reply:
-    """A put was stored; `conflict`: the key now has concurrent siblings."""
-    return Reply(
-        request_id, None, None, None, context, None, None, None, True if conflict else None
-    )
-
-
-def get_reply(request_id: RequestId | None, value_bytes: bytes, context: bytes | None) -> Reply:
-    """A get found `value_bytes` (the stored msgpack encoding)."""
-    return Reply(request_id, True, value_bytes, None, context)
-
-
-def not_found_reply(request_id: RequestId | None, context: bytes | None = None) -> Reply:
-    """A get found nothing (or a tombstone, whose context may be passed back)."""
-    return Reply(request_id, False, None, None, context)
-
-
-def siblings_reply(
-    request_id: RequestId | None, values: Sequence[bytes], context: bytes | None
-) -> Reply:
-    """A get that asked for siblings: every concurrent value, msgpack-encoded."""
-    return Reply(request_id, bool(values), None, tuple(values), context)
-
-
-def delete_reply(request_id: RequestId | None, deleted: bool) -> Reply:
-    """A delete was applied; `deleted` says whether there was a value to delete."""
-    return Reply(request_id, None, None, None, None, deleted)
-
-
-def get_many_reply(request_id: RequestId | None, results: Sequence[ItemResult]) -> Reply:
-    """A get_many: one result per requested key, in request order."""
-    return Reply(request_id, results=tuple(results))
-
-
-def put_many_reply(request_id: RequestId | None, results: Sequence[ItemResult]) -> Reply:
-    """A put_many: one result per item, in request order."""
-    return Reply(request_id, results=tuple(results))
-
-
-def ping_reply(request_id: RequestId | None) -> Reply:
-    """The node is up."""
-    return Reply(request_id)
-
-
-def status_reply(request_id: RequestId | None, status: Mapping[str, Any]) -> Reply:
-    """The node's status: a map with str keys and msgpack-encodable values."""
-    return Reply(request_id, status=status)
-
-
-def item_found(value_bytes: bytes, context: bytes | None) -> ItemResult:
-    """get_many: a key with a value."""
-    return ItemResult(None, True, value_bytes, None, context)
-
-
-def item_siblings(values: Sequence[bytes], context: bytes | None) -> ItemResult:
-    """get_many with siblings: every concurrent value of a key."""
-    return ItemResult(None, bool(values), None, tuple(values), context)
-
-
-def item_not_found(context: bytes | None = None) -> ItemResult:
-    """get_many: a key without a value."""
-    return ItemResult(None, False, None, None, context)
-
-
-def item_written(context: bytes | None = None) -> ItemResult:
-    """put_many: an item was stored."""
-    return ItemResult(None, None, None, None, context)
-
-
-def item_failed(error: KVActorsError) -> ItemResult:
-    """get_many or put_many: one key or item failed (the others may not have)."""
-    return ItemResult(error)
-
-
-def encode_reply(reply: Reply, fmt: WireFormat) -> bytes:
-    """The frame for a successful reply, in the request's format."""
-    if fmt is _MSGPACK:
-        return _pack_reply(reply)
-    try:
-        return _dump_json(_reply_json(reply))
-    except (RecursionError, ValueError) as exc:
-        # A value nested deeper than json can write (msgpack allows 1024 levels).
-        problem = InternalError(
-            f"the reply cannot be written as JSON ({type(exc).__name__}); use msgpack"
-        )
-        return encode_error(problem, reply.request_id, fmt)
-
-
-def encode_error(error: KVActorsError, request_id: object, fmt: WireFormat) -> bytes:
-    """The frame for an error reply; never raises, whatever the error holds."""
-    reply: dict[str, Any] = {"ok": False}
-    safe_id = _echoable_id(request_id)
-    if safe_id is not None:
-        reply["id"] = safe_id
-    reply["error"] = _error_body(error)
-    if fmt is _JSON:
-        return _dump_json(reply)
-    return msgpack.packb(reply)  # type: ignore[no-any-return]
-
-
-def _echoable_id(request_id: object) -> RequestId | None:
-    try:
-        return _request_id(request_id)
-    except BadRequestError:
-        return None
-
-
-def _error_body(error: KVActorsError) -> dict[str, str]:
-    code = error.code if type(error.code) is str else InternalError.code
-    message = _bounded(str(error)) or code
-    # Lone surrogates cannot be encoded as UTF-8; replace them rather than fail the reply.
-    return {"code": code, "message": message.encode("utf-8", "replace").decode("utf-8")}
-
-
-def _plain_fields(reply: Reply) -> dict[str, Any]:
-    fields: dict[str, Any] = {"ok": True}
-    if reply.request_id is not None:
-        fields["id"] = reply.request_id
-    if reply.found is not None:
-        fields["found"] = reply.found
-    if reply.context is not None:
-        fields["context"] = reply.context
-    if reply.deleted is not None:
-        fields["deleted"] = reply.deleted
-    if reply.status is not None:
-        fields["status"] = reply.status
-    if reply.conflict:
-        fields["conflict"] = True
-    return fields
-
-
-def _plain_item_fields(item: ItemResult) -> dict[str, Any]:
-    if item.error is not None:
-        return {"ok": False, "error": _error_body(item.error)}
-    fields: dict[str, Any] = {"ok": True}
-    if item.found is not None:
-        fields["found"] = item.found
-    if item.context is not None:
-        fields["context"] = item.context
-    return fields
-
-
-def _name(field: str) -> bytes:
-    packed: bytes = msgpack.packb(field)
-    return packed
-
-
-_ID: Final = _name("id")
-_VALUE: Final = _name("value")
-_SIBLINGS: Final = _name("siblings")
-_CONTEXT: Final = _name("context")
-_RESULTS: Final = _name("results")
-_STATUS: Final = _name("status")
-_ERROR: Final = _name("error")
-_OK_TRUE: Final = _name("ok") + b"\xc3"
-_OK_FALSE: Final = _name("ok") + b"\xc2"
-_FOUND_TRUE: Final = _name("found") + b"\xc3"
-_FOUND_FALSE: Final = _name("found") + b"\xc2"
-_DELETED_TRUE: Final = _name("deleted") + b"\xc3"
-_DELETED_FALSE: Final = _name("deleted") + b"\xc2"
-_CONFLICT_TRUE: Final = _name("conflict") + b"\xc3"
-# Replies and result items have fewer than 16 fields: their map header is one byte.
-_MAP_HEADERS: Final = tuple(bytes((0x80 | count,)) for count in range(16))
-
-
-def _pack_reply(reply: Reply) -> bytes:
-    """The reply as a msgpack map assembled from encoded pieces; values are spliced in as
-    stored, never decoded and re-encoded."""
-    request_id, found, value_bytes, siblings, context, deleted, results, status, conflict = reply
-    parts = [b"", _OK_TRUE]  # parts[0] becomes the map header once the count is known
-    count = 1
-    if request_id is not None:
-        parts += (_ID, _PACKER.pack(request_id))
-        count += 1
-    if found is not None:
-        parts.append(_FOUND_TRUE if found else _FOUND_FALSE)
-        count += 1
-    if value_bytes is not None:
-        parts += (_VALUE, value_bytes)
-        count += 1
-    if siblings is not None:
-        parts += (_SIBLINGS, _array_header(len(siblings)), *siblings)
-        count += 1
-    if context is not None:
-        parts += (_CONTEXT, _PACKER.pack(context))
-        count += 1
-    if deleted is not None:
-        parts.append(_DELETED_TRUE if deleted else _DELETED_FALSE)
-        count += 1
-    if results is not None:
-        parts += (_RESULTS, _array_header(len(results)), *map(_pack_item, results))
-        count += 1
-    if status is not None:
-        parts += (_STATUS, _PACKER.pack(status))
-        count += 1
-    if conflict:
-        parts.append(_CONFLICT_TRUE)
-        count += 1
-    parts[0] = _MAP_HEADERS[count]
-    return b"".join(parts)
-
-
-def _pack_item(item: ItemResult) -> bytes:
-    error, found, value_bytes, siblings, context = item
-    if error is not None:
-        body: bytes = msgpack.packb(_error_body(error))
-        return _MAP_HEADERS[2] + _OK_FALSE + _ERROR + body
-    parts = [b"", _OK_TRUE]
-    count = 1
-    if found is not None:
-        parts.append(_FOUND_TRUE if found else _FOUND_FALSE)
-        count += 1
-    if value_bytes is not None:
-        parts += (_VALUE, value_bytes)
-        count += 1
-    if siblings is not None:
-        parts += (_SIBLINGS, _array_header(len(siblings)), *siblings)
-        count += 1
-    if context is not None:
-        parts += (_CONTEXT, _PACKER.pack(context))
-        count += 1
-    parts[0] = _MAP_HEADERS[count]
-    return b"".join(parts)
-
-
-def _array_header(length: int) -> bytes:
-    if length < 16:
-        return bytes((0x90 | length,))
-    if length < 2**16:
-        return b"\xdc" + length.to_bytes(2, "big")
-    return b"\xdd" + length.to_bytes(4, "big")
-
-
-def _reply_json(reply: Reply) -> dict[str, Any]:
-    fields = _plain_fields(reply)
-    if reply.status is not None:
-        fields["status"] = _json_ready(msgpack.packb(reply.status))
-    if reply.value_bytes is not None:
-        fields["value"] = _json_ready(reply.value_bytes)
-    if reply.siblings is not None:
-        fields["siblings"] = [_json_ready(value) for value in reply.siblings]
-    if reply.results is not None:
-        fields["results"] = [_item_json(item) for item in reply.results]
-    return fields
-
-
-def _item_json(item: ItemResult) -> dict[str, Any]:
-    fields = _plain_item_fields(item)
-    if item.error is None:
-        if item.value_bytes is not None:
-            fields["value"] = _json_ready(item.value_bytes)
-        if item.siblings is not None:
-            fields["siblings"] = [_json_ready(value) for value in item.siblings]
-    return fields
 
 
 # -- client side --------------------------------------------------------------------------
@@ -1126,57 +679,7 @@ def encode_request(
     try:
         packed: bytes = msgpack.packb(message)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise BadRequestError(_bounded(f"request cannot be encoded as msgpack: {exc}")) from None
+        raise BadRequestError(bounded(f"request cannot be encoded as msgpack: {exc}")) from None
     if fmt is _MSGPACK:
         return packed
-    return _dump_json(_json_ready(packed))
-
-
-def decode_reply(frame: bytes | bytearray | memoryview) -> dict[str, Any]:
-    """A reply frame as a map, bytes and maps restored; raises InternalError if malformed.
-
-    An error reply is returned, not raised: see `reply_error`.
-    """
-    if type(frame) is not bytes:
-        frame = bytes(frame)
-    try:
-        if _detect_format(frame) is _JSON:
-            reply = json.loads(
-                frame.decode("utf-8"),
-                object_pairs_hook=_map_from_json_pairs,
-                parse_int=_parse_json_int,
-            )
-        else:
-            reply = msgpack.unpackb(
-                frame, raw=False, strict_map_key=False, max_ext_len=0, ext_hook=_refuse_ext
-            )
-    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
-        raise InternalError(_bounded(f"malformed reply: {exc or type(exc).__name__}")) from None
-    _check_reply(reply)
-    return reply  # type: ignore[no-any-return]
-
-
-def _check_reply(reply: Any) -> None:
-    def malformed(why: str) -> InternalError:
-        return InternalError(f"malformed reply: {why}")
-
-    if type(reply) is not dict:
-        raise malformed(f"expected a map, got {_type_name(reply)}")
-    ok = reply.get("ok")
-    if type(ok) is not bool:
-        raise malformed("ok must be a boolean")
-    if ok:
-        return
-    error = reply.get("error")
-    if type(error) is not dict:
-        raise malformed("an error reply needs an error map")
-    if type(error.get("code")) is not str or type(error.get("message")) is not str:
-        raise malformed("error needs a string code and a string message")
-
-
-def reply_error(reply: Mapping[str, Any]) -> KVActorsError | None:
-    """The exception an error reply (from `decode_reply`) stands for; None if it is a success."""
-    if reply.get("ok", False):
-        return None
-    error = reply["error"]
-    return error_for_code(error["code"], error["message"])
+    return dump_json(json_ready(packed))

@@ -43,8 +43,8 @@ from kvactors.net.protocol import (
     DEFAULT_MAX_CONTEXT_BYTES,
     MAX_ID_BYTES,
     Codec,
-    decode_reply,
 )
+from kvactors.net.replies import decode_reply
 from kvactors.net.rpc import MARKER
 
 # The node runs on the defaults: these are its limits.

@@ -1,4 +1,5 @@
-"""Tests for kvactors.net.protocol: request decoding and validation, reply encoding."""
+"""Tests for kvactors.net.protocol: request decoding and validation, the id echoed in
+replies, requests as clients encode them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import pickle
 import tracemalloc
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import msgpack
@@ -19,14 +21,10 @@ from hypothesis import strategies as st
 from kvactors.config import NodeConfig
 from kvactors.errors import (
     BadRequestError,
-    InternalError,
     KVActorsError,
-    OverloadedError,
-    RequestTimeoutError,
     TooLargeError,
-    UnavailableError,
 )
-from kvactors.net import protocol
+from kvactors.net import json_form, protocol, replies
 from kvactors.net.protocol import (
     Codec,
     Op,
@@ -35,25 +33,15 @@ from kvactors.net.protocol import (
     PutItem,
     Request,
     WireFormat,
+    encode_request,
+)
+from kvactors.net.replies import (
     decode_reply,
-    delete_reply,
     encode_error,
     encode_reply,
-    encode_request,
-    get_many_reply,
     get_reply,
-    item_failed,
-    item_found,
-    item_not_found,
-    item_siblings,
-    item_written,
-    not_found_reply,
     ping_reply,
-    put_many_reply,
     put_reply,
-    reply_error,
-    siblings_reply,
-    status_reply,
 )
 
 MSGPACK = WireFormat.MSGPACK
@@ -602,151 +590,6 @@ def test_json_and_msgpack_clients_store_and_read_the_same_value(value: Any, key:
     assert as_read_by_msgpack["value"] == msgpack.unpackb(pack(value))
 
 
-# -- replies ------------------------------------------------------------------------------
-
-STORED = pack({"name": "Ada"})
-REPLIES = [
-    (put_reply(7), {"ok": True, "id": 7}),
-    (put_reply(7, b"ctx"), {"ok": True, "id": 7, "context": b"ctx"}),
-    (
-        get_reply(8, STORED, b"c"),
-        {"ok": True, "id": 8, "found": True, "value": {"name": "Ada"}, "context": b"c"},
-    ),
-    (not_found_reply(8), {"ok": True, "id": 8, "found": False}),
-    (
-        siblings_reply("s", [STORED, pack(2)], b"c"),
-        {"ok": True, "id": "s", "found": True, "siblings": [{"name": "Ada"}, 2], "context": b"c"},
-    ),
-    (siblings_reply(None, [], None), {"ok": True, "found": False, "siblings": []}),
-    (delete_reply(9, True), {"ok": True, "id": 9, "deleted": True}),
-    (delete_reply(9, False), {"ok": True, "id": 9, "deleted": False}),
-    (ping_reply(None), {"ok": True}),
-    (
-        status_reply(b"i", {"node": "a", "partitions": [1, 2], "raw": b"\x00"}),
-        {"ok": True, "id": b"i", "status": {"node": "a", "partitions": [1, 2], "raw": b"\x00"}},
-    ),
-    (
-        get_many_reply(
-            1,
-            [
-                item_found(STORED, b"c"),
-                item_not_found(),
-                item_siblings([pack(1), pack(2)], b"d"),
-                item_failed(UnavailableError("2 of 3 replicas down")),
-            ],
-        ),
-        {
-            "ok": True,
-            "id": 1,
-            "results": [
-                {"ok": True, "found": True, "value": {"name": "Ada"}, "context": b"c"},
-                {"ok": True, "found": False},
-                {"ok": True, "found": True, "siblings": [1, 2], "context": b"d"},
-                {"ok": False, "error": {"code": "unavailable", "message": "2 of 3 replicas down"}},
-            ],
-        },
-    ),
-    (
-        put_many_reply(
-            2, [item_written(), item_written(b"c"), item_failed(RequestTimeoutError("t"))]
-        ),
-        {
-            "ok": True,
-            "id": 2,
-            "results": [
-                {"ok": True},
-                {"ok": True, "context": b"c"},
-                {"ok": False, "error": {"code": "timeout", "message": "t"}},
-            ],
-        },
-    ),
-]
-
-
-@both_formats
-@pytest.mark.parametrize(("reply", "expected"), REPLIES)
-def test_replies_decode_to_the_documented_maps(fmt: WireFormat, reply: Any, expected: Any) -> None:
-    frame = encode_reply(reply, fmt)
-    assert frame.startswith(b"{") == (fmt is JSON)
-    assert decode_reply(frame) == expected
-
-
-@pytest.mark.parametrize("count", [15, 16, 2**16 - 1, 2**16])
-def test_spliced_arrays_of_any_length_decode(count: int) -> None:
-    # Array headers change size at 16 and at 65,536 entries.
-    values = [pack(index % 100) for index in range(count)]
-    reply = decode_reply(encode_reply(siblings_reply(None, values, None), MSGPACK))
-    assert reply["siblings"] == [index % 100 for index in range(count)]
-    results = [item_not_found()] * min(count, 16)
-    batch = decode_reply(encode_reply(get_many_reply(None, results), MSGPACK))
-    assert batch["results"] == [{"ok": True, "found": False}] * len(results)
-
-
-def test_a_value_too_deep_for_json_becomes_an_internal_error_reply() -> None:
-    deep = b"\x91" * 1020 + b"\x01"  # fine for msgpack, too deep for Python's json
-    assert decode_reply(encode_reply(get_reply(3, deep, None), MSGPACK))["found"] is True
-    reply = decode_reply(encode_reply(get_reply(3, deep, None), JSON))
-    assert reply["ok"] is False and reply["id"] == 3
-    assert reply["error"]["code"] == "internal"
-
-
-@both_formats
-@pytest.mark.parametrize(
-    "error",
-    [
-        BadRequestError("bad"),
-        TooLargeError("big"),
-        UnavailableError("down"),
-        RequestTimeoutError("slow"),
-        OverloadedError("busy"),
-        InternalError("oops"),
-    ],
-)
-def test_error_replies_map_back_to_the_same_exception(
-    fmt: WireFormat, error: KVActorsError
-) -> None:
-    reply = decode_reply(encode_error(error, 12, fmt))
-    assert reply == {"ok": False, "id": 12, "error": {"code": error.code, "message": str(error)}}
-    raised = reply_error(reply)
-    assert type(raised) is type(error) and str(raised) == str(error)
-    assert reply_error(decode_reply(encode_reply(ping_reply(1), fmt))) is None
-
-
-@both_formats
-def test_error_replies_survive_hostile_messages_and_ids(fmt: WireFormat) -> None:
-    error = InternalError("\ud800" + "x" * 5000)
-    reply = decode_reply(encode_error(error, [1, 2], fmt))
-    assert "id" not in reply
-    assert len(reply["error"]["message"]) <= 1000
-    assert reply["error"]["message"].startswith("?x")
-
-
-MALFORMED_REPLIES = [
-    b"",
-    b"\xc1",
-    pack(5),
-    pack({"ok": 1}),
-    pack({"id": 1}),
-    pack({"ok": False}),
-    pack({"ok": False, "error": {"code": "timeout"}}),
-    pack({"ok": False, "error": {"code": 1, "message": "m"}}),
-    pack({"ok": True, "value": msgpack.ExtType(1, b"x")}),
-    b'{"ok": true',
-    b'{"ok": "yes"}',
-]
-
-
-@pytest.mark.parametrize("frame", MALFORMED_REPLIES)
-def test_malformed_replies_raise_internal_error(frame: bytes) -> None:
-    with pytest.raises(InternalError, match="malformed reply"):
-        decode_reply(frame)
-
-
-def test_unknown_error_codes_become_internal_errors() -> None:
-    reply = decode_reply(pack({"ok": False, "error": {"code": "martian", "message": "m"}}))
-    assert type(reply_error(reply)) is InternalError
-
-
 # -- client-side request encoding ----------------------------------------------------------
 
 
@@ -811,8 +654,9 @@ def test_protocol_errors_pickle_with_their_reply_details(error: ProtocolError) -
     )
 
 
-def test_protocol_imports_no_actor_or_socket_library() -> None:
-    tree = ast.parse(Path(protocol.__file__).read_text(encoding="utf-8"))
+@pytest.mark.parametrize("module", [protocol, replies, json_form])
+def test_the_wire_code_imports_no_actor_or_socket_library(module: ModuleType) -> None:
+    tree = ast.parse(Path(str(module.__file__)).read_text(encoding="utf-8"))
     roots = {
         alias.name.split(".")[0]
         for node in ast.walk(tree)
@@ -824,7 +668,7 @@ def test_protocol_imports_no_actor_or_socket_library() -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module
     }
-    assert "msgpack" in roots  # the check sees imports at all
+    assert "kvactors" in roots  # the check sees imports at all
     assert not roots & {"pykka", "zmq"}
 
 
