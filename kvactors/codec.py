@@ -1,8 +1,9 @@
 """Keys and values as the store keeps them: keys as bytes, values as msgpack bytes.
 
-The data model of DESIGN.md section 5. A key is str (stored as its UTF-8 bytes, so
-"a" and b"a" are the same key) or bytes. A value is anything msgpack encodes; it is
-stored encoded, so the store never holds a caller's mutable object and never pickles.
+The data model clients see (docs/protocol.md, "Request fields"). A key is str (stored
+as its UTF-8 bytes, so "a" and b"a" are the same key) or bytes. A value is anything
+msgpack encodes; it is stored encoded, so the store never holds a caller's mutable
+object and never pickles.
 """
 
 from __future__ import annotations
