@@ -77,8 +77,6 @@ class ActorSystem:
             ),
             stop_node=self._stop_soon,
         )
-        if self.config.bind is None:
-            self._services.handed_over.set()  # no network: nothing to hand over to
         if self.config.bind is not None and (
             self.config.anti_entropy_interval > 0 or self.config.join_handoff
         ):
@@ -117,7 +115,6 @@ class ActorSystem:
             self._stopped.clear()
             self._failure = None
             self._services.gossip_state = None  # a new start is a new life
-            self._services.joined.clear()
             self._backend = self._open_storage()
             children = self._components(self._backend)
             try:
@@ -218,7 +215,7 @@ class ActorSystem:
 
     def leave(self) -> None:
         """Leave the cluster: announce it, then stop (`wait()` returns when done)."""
-        self._services.component("gossip_protocol").tell(Leave())
+        self._services.tell_gossip(Leave())
 
     def members(self) -> tuple[Member, ...]:
         """Every member this node knows of, with its status (admin path; blocking)."""
@@ -323,7 +320,7 @@ class ActorSystem:
         config, services = self.config, self._services
 
         def subscribe(ref: pykka.ActorRef[Any]) -> None:
-            services.component("membership_manager").tell(Subscribe(ref))
+            services.tell_membership(Subscribe(ref))
 
         specs = [
             ChildSpec(

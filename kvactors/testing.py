@@ -10,13 +10,20 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kvactors.core.versions import KeyState
     from kvactors.system import ActorSystem
 
-__all__ = ["FakeClock", "crash_store_server", "replica_state", "stored_values", "wait_until"]
+__all__ = [
+    "FakeClock",
+    "FakeTransport",
+    "crash_store_server",
+    "replica_state",
+    "stored_values",
+    "wait_until",
+]
 
 
 def wait_until(
@@ -61,6 +68,59 @@ class FakeClock:
             return self._now
 
 
+class FakeTransport:
+    """A node transport without sockets, for testing a node's request path.
+
+    The calling thread plays the transport thread: frames a test feeds to the handler
+    (for example `RequestService.on_client_frames`) are served on it, what the handler
+    sends is collected in `to_clients` and `to_peers`, and `run(handler)` drains the
+    calls queued with `call_soon` and flushes, as the real loop does after each poll.
+    """
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:1") -> None:
+        from kvactors.net.transport import TransportStats  # noqa: PLC0415
+
+        self.endpoint = endpoint
+        self.stats = TransportStats()
+        self.to_clients: list[list[bytes]] = []
+        self.to_peers: list[tuple[str, list[bytes]]] = []
+        self.reachable = True
+        """Whether `send_to_peer` finds a connection (False: as if the peer were down)."""
+        self.closed = False
+        self._soon: list[Callable[[], None]] = []
+
+    def in_loop_thread(self) -> bool:
+        return True
+
+    def call_soon(self, call: Callable[[], None]) -> bool:
+        if self.closed:
+            return False
+        self._soon.append(call)
+        return True
+
+    def send_to_client(self, frames: list[bytes]) -> None:
+        self.to_clients.append(frames)
+
+    def send_to_peer(self, endpoint: str, frames: list[bytes]) -> bool:
+        if self.reachable:
+            self.to_peers.append((endpoint, frames))
+        return self.reachable
+
+    def disconnect_peer(self, endpoint: str) -> None:
+        pass
+
+    def run(self, handler: Any, rounds: int = 100) -> None:
+        """Run queued calls and flush `handler` until nothing more is queued."""
+        for _ in range(rounds):
+            handler.on_flush()
+            if not self._soon:
+                return
+            soon, self._soon = self._soon, []
+            for call in soon:
+                call()
+        raise AssertionError(f"still busy after {rounds} rounds")
+
+
 def crash_store_server(
     system: ActorSystem, partition: int | None = None, rng: random.Random | None = None
 ) -> int | None:
@@ -90,11 +150,10 @@ def replica_state(endpoint: str, key: str | bytes, timeout: float = 5.0) -> KeyS
     For tests that check replication and repair on each node's own store. It speaks the
     node-to-node `store` RPC over a DEALER socket of its own.
     """
-    import msgpack  # noqa: PLC0415 - kept out of the import of this module
-    import zmq  # noqa: PLC0415
+    import zmq  # noqa: PLC0415 - kept out of the import of this module
 
     from kvactors.core.versions import state_from_wire  # noqa: PLC0415
-    from kvactors.net.rpc import MARKER, STORE, encode_call  # noqa: PLC0415
+    from kvactors.net.rpc import MARKER, STORE, decode_reply, encode_call  # noqa: PLC0415
 
     raw = key.encode("utf-8") if isinstance(key, str) else key
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
@@ -104,7 +163,7 @@ def replica_state(endpoint: str, key: str | bytes, timeout: float = 5.0) -> KeyS
         sock.send_multipart([MARKER, encode_call(1, STORE, timeout, {"ops": [["read", raw]]})])
         if not sock.poll(int(timeout * 1000)):
             raise TimeoutError(f"{endpoint} did not answer a store read in {timeout}s")
-        reply = msgpack.unpackb(sock.recv_multipart()[-1], raw=False)
+        reply = decode_reply(sock.recv_multipart()[-1])
     if not reply.get("ok"):
         raise AssertionError(f"{endpoint} refused a store read: {reply.get('error')}")
     return state_from_wire(reply["result"]["results"][0])

@@ -88,7 +88,9 @@ def _violations() -> list[str]:
                 continue  # `from kvactors import __version__` and the like
             if RANK[there] > RANK[here]:
                 where = path.relative_to(PACKAGE.parent)
-                problems.append(f"{where}:{line} ({here}) imports {module} ({there}), a layer above")
+                problems.append(
+                    f"{where}:{line} ({here}) imports {module} ({there}), a layer above"
+                )
     return problems
 
 

@@ -49,7 +49,7 @@ class MembershipManager(SupervisedActor):
         self._subscribers: list[pykka.ActorRef[Any]] = []
 
     def on_start(self) -> None:
-        self._services.register("membership_manager", self.actor_ref)
+        self._services.membership = self.actor_ref
 
     def __str__(self) -> str:
         return f"MembershipManager {self._me.name}"

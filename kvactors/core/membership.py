@@ -35,6 +35,8 @@ __all__ = [
     "MAX_COUNTER",
     "MAX_ENDPOINT_LENGTH",
     "MAX_NAME_LENGTH",
+    "HandedOver",
+    "Joined",
     "Leave",
     "Member",
     "MemberChange",
@@ -363,3 +365,16 @@ class MembersChanged:
 @dataclass(frozen=True, slots=True)
 class Leave:
     """To the gossip protocol: leave the cluster (announce LEAVING, then LEFT, then stop)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """To the gossip protocol: this joining node holds every partition it will own (its
+    join handoff is done), so it may announce itself alive and take its share."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandedOver:
+    """To the gossip protocol: this leaving node has handed every partition over, so it
+    may announce the leave complete."""
+

@@ -5,26 +5,35 @@ Replica operations (`ReadKey`, `MergeKey`, `WriteKey`, ...) go to every replica 
 the embedded single-node operations (`Get`, `Put`, `Delete`, `GetMany`, `PutMany`) read the
 winning value and write without a causal context.
 
+An op for a replica on another node travels in its wire form (`to_wire`, a msgpack-able
+list such as ``["merge", key, state]``) and is read back there by `from_wire`, which
+checks it as hostile input; docs/protocol.md lists the forms. Only the node's channel
+sees the difference: the state machines that send ops name the replica, not the route.
+
 They are NamedTuples: immutable like frozen dataclasses, and several times cheaper to
 build, which counts at one or more per request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from kvactors.core.clocks import VectorClock
-from kvactors.core.versions import KeyState
+from kvactors.core.versions import KeyState, state_from_wire, state_to_wire
+from kvactors.errors import BadRequestError
 
 __all__ = [
+    "Coordinate",
     "Delete",
     "Forget",
     "Get",
     "GetMany",
     "MergeKey",
     "MergeMany",
+    "MergeRecord",
+    "RemoteOp",
     "Put",
     "PutMany",
     "ReadKey",
@@ -32,6 +41,9 @@ __all__ = [
     "StoreOp",
     "WriteKey",
     "Written",
+    "from_wire",
+    "to_wire",
+    "wire_bytes",
 ]
 
 
@@ -119,4 +131,100 @@ class Written(NamedTuple):
     existed: bool
 
 
+class MergeRecord(NamedTuple):
+    """`MergeKey` for a replica elsewhere, with the state as stored: a record's own wire
+    form (`records.read_wire_state`), sent without being decoded and encoded again."""
+
+    key: bytes
+    wire_state: list[Any]
+
+
+class Coordinate(NamedTuple):
+    """A client write for a replica elsewhere to coordinate (this node holds no replica
+    of the key): the value (None deletes), the client's context as it sent it, and the W
+    it asked for. Answered `[existed, siblings]`."""
+
+    key: bytes
+    value: bytes | None
+    context: bytes | None
+    w: int | None
+
+
 StoreOp = Get | Put | Delete | ReadKey | ReadWinner | WriteKey | MergeKey | MergeMany | Forget
+
+RemoteOp = Get | Put | Delete | ReadKey | MergeKey | MergeRecord | Coordinate
+"""The ops that can travel to another node."""
+
+CheckValue = Callable[[bytes], bytes]
+"""Checks a value from the wire (size, one msgpack object); returns it or raises."""
+
+
+def to_wire(op: RemoteOp) -> list[Any]:
+    """The wire form of `op`, for a replica on another node."""
+    kind = type(op)
+    if kind is MergeKey:
+        return ["merge", op.key, state_to_wire(op.state)]  # type: ignore[union-attr]
+    if kind is ReadKey:
+        return ["read", op.key]
+    if kind is MergeRecord:
+        return ["merge", op.key, op.wire_state]  # type: ignore[union-attr]
+    if kind is Coordinate:
+        return ["write", op.key, op.value, op.context, op.w]  # type: ignore[union-attr]
+    if kind is Put:
+        return ["put", op.key, op.value]  # type: ignore[union-attr]
+    if kind is Get:
+        return ["get", op.key]
+    if kind is Delete:
+        return ["delete", op.key]
+    raise TypeError(f"not an op that travels: {op!r:.100}")
+
+
+def from_wire(raw: object, max_key_bytes: int, check_value: CheckValue) -> RemoteOp:
+    """The op a peer sent, checked: a malformed one raises BadRequestError naming its
+    shape, never anything else."""
+    match raw:
+        case ["read", bytes(key)] if len(key) <= max_key_bytes:
+            return ReadKey(key)
+        case ["merge", bytes(key), state] if len(key) <= max_key_bytes:
+            return MergeKey(key, _checked_state(state, check_value))
+        case ["write", bytes(key), bytes() | None as value, bytes() | None as context, w] if len(
+            key
+        ) <= max_key_bytes and (w is None or (type(w) is int and w > 0)):
+            return Coordinate(key, None if value is None else check_value(value), context, w)
+        case ["get", bytes(key)] if len(key) <= max_key_bytes:
+            return Get(key)
+        case ["put", bytes(key), bytes(value)] if len(key) <= max_key_bytes:
+            return Put(key, check_value(value))
+        case ["delete", bytes(key)] if len(key) <= max_key_bytes:
+            return Delete(key)
+    raise BadRequestError(f"malformed replica op: {_shape(raw)}")
+
+
+def wire_bytes(wire_op: list[Any]) -> int:
+    """About the encoded size of an op's wire form: its key and values."""
+    verb, key = wire_op[0], wire_op[1]
+    if verb == "merge":
+        versions = wire_op[2][1]
+        return len(key) + sum(len(v[0]) + 64 for v in versions if v[0]) + 64 * len(versions)
+    if verb == "write":
+        value, context = wire_op[2], wire_op[3]
+        return len(key) + len(value or b"") + len(context or b"") + 16
+    return len(key) + 16
+
+
+def _checked_state(wire: object, check_value: CheckValue) -> KeyState:
+    try:
+        state = state_from_wire(wire)
+    except ValueError as exc:
+        raise BadRequestError(f"malformed key state: {exc}") from None
+    for version in state.versions:
+        if version.value is not None:
+            check_value(version.value)
+    return state
+
+
+def _shape(raw: object) -> str:
+    """A short description of a malformed op that is safe for any input (no deep repr)."""
+    if isinstance(raw, list):
+        return "[" + ", ".join(type(item).__name__ for item in raw[:4]) + "]"
+    return type(raw).__name__

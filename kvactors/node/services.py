@@ -3,33 +3,31 @@
 The actors of a node are restarted independently, so they must not hold each other's
 refs from their constructors. They share this object instead, created once by the
 ActorSystem: the config, the shared read-mostly structures (the partition directory,
-the ring snapshot), the dispatcher and the peer network, and the live ref of each
-component (each registers itself when it starts).
+the ring snapshot), the dispatcher and the peer network, and the live ref of the two
+actors others send messages to (each sets its own when it starts). Components
+coordinate by those messages, never by flags in here.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import pykka
 
 from kvactors.config import NodeConfig
+from kvactors.core.gossip import GossipState
 from kvactors.core.hashtree import PartitionTrees
 from kvactors.core.membership import Member
 from kvactors.core.placement import RingHolder
 from kvactors.errors import UnavailableError
+from kvactors.net.protocol import Reply, Request
 from kvactors.net.rpc import PeerNetwork
 from kvactors.runtime.dispatch import NodeDispatcher
-from kvactors.storage.backends import StorageBackend
 from kvactors.storage.store_supervisor import PartitionDirectory
-
-if TYPE_CHECKING:
-    from kvactors.core.gossip import GossipState
-    from kvactors.net.protocol import Reply, Request
+from kvactors.storage.tables import StorageBackend
 
 __all__ = ["NodeServices", "RequestGateway"]
 
@@ -49,13 +47,10 @@ class NodeServices:
     ring: RingHolder
     stop_node: Callable[[], None]
     """Asks the node to stop; returns at once (the stop happens on another thread)."""
-    components: dict[str, pykka.ActorRef[Any]] = field(default_factory=dict)
-    handed_over: threading.Event = field(default_factory=threading.Event)
-    """Set once a leaving node has handed every partition over (the gossip protocol
-    announces the leave complete only then)."""
-    joined: threading.Event = field(default_factory=threading.Event)
-    """Set once a joining node holds every partition it will own (the gossip protocol
-    then announces it alive, and the ring gives it its share)."""
+    membership: pykka.ActorRef[Any] | None = None
+    """The MembershipManager, while it runs (it sets this when it starts)."""
+    gossip: pykka.ActorRef[Any] | None = None
+    """The GossipProtocol, while it runs (it sets this when it starts)."""
     gossip_state: GossipState | None = None
     """The GossipState of this node's gossip protocol, kept here so that a restarted
     GossipProtocol carries on with the member table instead of starting alone (a node
@@ -79,12 +74,16 @@ class NodeServices:
     gateway: RequestGateway | None = None
     """The request path's entry for the embedded client, while the node serves the network."""
 
-    def register(self, name: str, ref: pykka.ActorRef[Any]) -> None:
-        self.components[name] = ref
+    def tell_gossip(self, message: object) -> None:
+        """Send `message` to the GossipProtocol; UnavailableError if it is not running."""
+        _running(self.gossip, "the gossip protocol").tell(message)
 
-    def component(self, name: str) -> pykka.ActorRef[Any]:
-        """The live ref of a component; UnavailableError if it is not running."""
-        ref = self.components.get(name)
-        if ref is None or not ref.is_alive():
-            raise UnavailableError(f"{name} is not running")
-        return ref
+    def tell_membership(self, message: object) -> None:
+        """Send `message` to the MembershipManager; UnavailableError if it is not running."""
+        _running(self.membership, "the membership manager").tell(message)
+
+
+def _running(ref: pykka.ActorRef[Any] | None, what: str) -> pykka.ActorRef[Any]:
+    if ref is None or not ref.is_alive():
+        raise UnavailableError(f"{what} is not running")
+    return ref

@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 import threading
 from pathlib import Path
+from typing import Any
 
+import pykka
 import pytest
 
 from kvactors import (
@@ -249,7 +251,7 @@ def test_a_restarted_gossip_protocol_keeps_the_member_table() -> None:
     ):
         wait_until(lambda: len(a.ring_snapshot().ring.members) == 2, 30)
         wait_until(lambda: len(b.ring_snapshot().ring.members) == 2, 30)
-        gossip = b._services.component("gossip_protocol")
+        gossip = b._services.gossip
         owners_seen: list[int] = []
         watching = threading.Event()
 
@@ -268,7 +270,7 @@ def test_a_restarted_gossip_protocol_keeps_the_member_table() -> None:
             assert crash_store_server(b, 0) == 0  # one too many: the subtree restarts
             wait_until(lambda: not store_supervisor.is_alive())
             wait_until(lambda: not gossip.is_alive())  # restarted with the rest
-            wait_until(lambda: _restarted(b, "gossip_protocol", gossip), 10)
+            wait_until(lambda: _restarted(b._services.gossip, gossip), 10)
             wait_until(lambda: b.store_server(0) is not None, 10)
             time_to_notice = 1.0  # a few gossip rounds: long enough to see a lone ring
             watching.wait(time_to_notice)
@@ -279,6 +281,5 @@ def test_a_restarted_gossip_protocol_keeps_the_member_table() -> None:
         assert min(owners_seen) == 2, f"b owned alone for a while: {owners_seen.count(1)} polls"
 
 
-def _restarted(system: ActorSystem, name: str, old: object) -> bool:
-    ref = system._services.components.get(name)
+def _restarted(ref: pykka.ActorRef[Any] | None, old: object) -> bool:
     return ref is not None and ref is not old and ref.is_alive()

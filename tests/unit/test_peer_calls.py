@@ -1,4 +1,4 @@
-"""The request service's cuts of a peer's ops into calls: every call fits the frame the
+"""Peer calls: the cuts of a peer's ops into calls: every call fits the frame the
 peer's ROUTER accepts (a larger one is dropped with the connection), and its answer fits
 the DEALER's limit."""
 
@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvactors.node.request_handler import _CALL_OPS, _call_bounds, _wire_op_bytes
+from kvactors.node.peer_calls import CALL_OPS, _wire_op_bytes, call_bounds
 
 
 def merge(key: bytes, value_bytes: int) -> list[Any]:
@@ -23,18 +23,18 @@ def entries(ops: list[list[Any]]) -> list[Any]:
 
 
 def test_small_ops_go_in_calls_of_at_most_call_ops() -> None:
-    ops = entries([["read", b"k%d" % n] for n in range(2 * _CALL_OPS + 1)])
-    assert _call_bounds(ops, 1 << 20) == [
-        (0, _CALL_OPS),
-        (_CALL_OPS, 2 * _CALL_OPS),
-        (2 * _CALL_OPS, 2 * _CALL_OPS + 1),
+    ops = entries([["read", b"k%d" % n] for n in range(2 * CALL_OPS + 1)])
+    assert call_bounds(ops, 1 << 20) == [
+        (0, CALL_OPS),
+        (CALL_OPS, 2 * CALL_OPS),
+        (2 * CALL_OPS, 2 * CALL_OPS + 1),
     ]
 
 
 def test_large_values_are_cut_by_size_and_one_op_alone_is_always_a_call() -> None:
     ops = entries([merge(b"a", 700_000), merge(b"b", 700_000), merge(b"c", 3_000_000)])
-    assert _call_bounds(ops, 1_000_000) == [(0, 1), (1, 2), (2, 3)]
-    assert _call_bounds(entries([merge(b"z", 5_000_000)]), 1_000_000) == [(0, 1)]
+    assert call_bounds(ops, 1_000_000) == [(0, 1), (1, 2), (2, 3)]
+    assert call_bounds(entries([merge(b"z", 5_000_000)]), 1_000_000) == [(0, 1)]
 
 
 @given(
@@ -55,7 +55,7 @@ def test_the_cuts_cover_every_op_once_in_order_and_keep_each_call_bounded(
     ops: list[list[Any]],
 ) -> None:
     limit = 1_000_000
-    bounds = _call_bounds(entries(ops), limit)
+    bounds = call_bounds(entries(ops), limit)
     if not ops:
         assert bounds == []  # no call at all: an empty store call is refused
         return
@@ -63,6 +63,6 @@ def test_the_cuts_cover_every_op_once_in_order_and_keep_each_call_bounded(
     for (_, end), (start, _) in itertools.pairwise(bounds):
         assert end == start  # contiguous: every op once, in order
     for start, end in bounds:
-        assert 0 < end - start <= _CALL_OPS
+        assert 0 < end - start <= CALL_OPS
         size = sum(_wire_op_bytes(op) for op in ops[start:end])
         assert end - start == 1 or size <= limit

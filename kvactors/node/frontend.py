@@ -1,0 +1,364 @@
+"""The frontend: client requests, from frames to quorum operations to replies.
+
+A client frame is split from its envelope, decoded and validated (`protocol.Codec`);
+bad input is answered at once. Each key of a request becomes a quorum operation on the
+key's replicas (kvactors.replication.coordinator), or, where this node holds the key's
+only copy, one op for its own StoreServer. When every key has its outcome, the reply
+goes out with the request's envelope. The embedded client's requests (`submit`) take the
+same path and are answered through a Future. Runs on the transport thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from kvactors.config import NodeConfig
+from kvactors.core.clocks import VectorClock
+from kvactors.core.context import client_context
+from kvactors.core.hashing import partition_of
+from kvactors.core.membership import Leave
+from kvactors.core.ops import ReadKey, ReadWinner, StoreOp, WriteKey, Written
+from kvactors.core.placement import RingHolder, RingSnapshot
+from kvactors.core.versions import KeyState
+from kvactors.errors import BadRequestError, InternalError, KVActorsError, UnavailableError
+from kvactors.net.protocol import Codec, Op, ProtocolError, Reply, Request, WireFormat
+from kvactors.net.replies import encode_reply, ping_reply, status_reply
+from kvactors.node.channel import NodeChannel
+from kvactors.node.inflight import InFlight, Pending
+from kvactors.node.local_batches import LocalBatches
+from kvactors.node.replies import Replies, reply_for
+from kvactors.replication.coordinator import (
+    KeyOutcome,
+    ReadOperation,
+    ReadResult,
+    WriteOperation,
+    WriteResult,
+)
+
+__all__ = ["Frontend"]
+
+logger = logging.getLogger(__name__)
+
+Context = tuple[VectorClock, bytes] | None
+"""A write's causal context: decoded, and as the client sent it."""
+
+
+class Frontend:
+    """Client requests (network and embedded) to quorum operations and back."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        ring: RingHolder,
+        codec: Codec,
+        inflight: InFlight,
+        replies: Replies,
+        channel: NodeChannel,
+        local: LocalBatches,
+        status: Callable[[], dict[str, Any]],
+        tell_gossip: Callable[[object], None],
+    ) -> None:
+        self._config = config
+        self._me = config.name
+        self._alone = (config.name,)  # the replica set of a key only this node holds
+        self._partitions = config.partitions
+        self._ring = ring
+        self._codec = codec
+        self._inflight = inflight
+        self._replies = replies
+        self._channel = channel
+        # A key only this node holds skips the quorum machinery: its op goes straight
+        # to the local batch.
+        self._local = local
+        self._status = status
+        self._tell_gossip = tell_gossip
+        self.requests = 0
+
+    # -- from the network --------------------------------------------------------------
+
+    def on_frames(self, frames: list[bytes]) -> None:
+        """A client's frames: [routing id, (delimiter,) request]."""
+        # The common shapes first: a DEALER's [id, request] and a REQ's [id, b"", request].
+        count = len(frames)
+        if count == 2:
+            envelope, body = frames[:1], frames[1:]
+        elif count == 3 and not frames[1]:
+            envelope, body = frames[:2], frames[2:]
+        else:
+            envelope, body = _split_envelope(frames)
+        self.requests += 1
+        if len(body) != 1:
+            self._refuse_frames(envelope, body)
+            return
+        try:
+            request = self._codec.decode_request(body[0])
+        except ProtocolError as exc:
+            self._replies.error(envelope, exc, exc.request_id, exc.fmt)
+            return
+        try:
+            self._serve(envelope, request)
+        except KVActorsError as exc:
+            self._replies.error(envelope, exc, request.request_id, request.fmt)
+        except Exception as exc:
+            logger.exception("request %r failed", request.op)
+            error = InternalError(f"{type(exc).__name__}: {exc}")
+            self._replies.error(envelope, error, request.request_id, request.fmt)
+
+    def _refuse_frames(self, envelope: list[bytes], body: list[bytes]) -> None:
+        # protocol.py's rule, applied to the first frame: JSON if `{` comes first after
+        # ASCII whitespace (a JSON client may well send " {...}").
+        first = body[0].lstrip(b" \t\r\n")[:1] if body else b""
+        fmt = WireFormat.JSON if first == b"{" else WireFormat.MSGPACK
+        problem = BadRequestError(f"a request is exactly one frame, got {len(body)}")
+        self._replies.error(envelope, problem, None, fmt)
+
+    def _serve(self, envelope: list[bytes], request: Request) -> None:
+        op = request.op
+        if op is Op.PING:
+            self._answer(envelope, request, ping_reply(request.request_id))
+        elif op is Op.STATUS:
+            self._answer(envelope, request, status_reply(request.request_id, self._status()))
+        elif op is Op.LEAVE:
+            self._tell_gossip(Leave())
+            self._answer(envelope, request, ping_reply(request.request_id))
+        else:
+            self.start(request, lambda slots, deadline: _ClientRequest(
+                self._replies, envelope, request, slots, deadline
+            ))  # fmt: skip
+
+    def _answer(self, envelope: list[bytes], request: Request, reply: Reply) -> None:
+        self._replies.send([*envelope, encode_reply(reply, request.fmt)])
+
+    # -- from the embedded client ---------------------------------------------------------
+
+    def submit(self, request: Request, future: Future[Reply]) -> None:
+        """Coordinate a key request of the embedded client (on the transport thread)."""
+        try:
+            self.start(request, lambda slots, deadline: _LocalRequest(
+                future, request, slots, deadline
+            ))  # fmt: skip
+        except KVActorsError as error:
+            future.set_exception(error)
+
+    # -- key operations ---------------------------------------------------------------------
+
+    def start(self, request: Request, pending_for: Callable[[int, float], Pending]) -> None:
+        """Start one quorum operation per key of `request`; `pending_for(slots,
+        deadline)` makes the request's Pending, which hears their outcomes."""
+        self._inflight.admit()
+        timeout_ms = request.timeout_ms
+        own_timeout = timeout_ms is not None
+        deadline = self._inflight.deadline(None if timeout_ms is None else timeout_ms / 1000)
+        snapshot = self._ring.current
+        refuse_if_detached(snapshot)
+        op = request.op
+        if op is Op.GET or op is Op.GET_MANY:
+            keys = (request.key,) if op is Op.GET else request.keys
+            pending = pending_for(len(keys), deadline)
+            r = quorum(request.r, self._config.read_quorum, snapshot.n_val)
+            self._inflight.track(pending, own_timeout)
+            for slot, key in enumerate(keys):
+                self.read(pending, slot, key, snapshot, r, request.siblings)
+            return
+        # Every context is checked before anything starts: a bad one refuses the request
+        # as a whole, with nothing written.
+        writes: list[tuple[bytes, bytes | None, Context]]
+        if op is Op.PUT_MANY:
+            writes = [
+                (item.key, item.value_bytes, client_context(item.context)) for item in request.items
+            ]
+        else:
+            value = request.value_bytes if op is Op.PUT else None
+            writes = [(request.key, value, client_context(request.context))]
+        pending = pending_for(len(writes), deadline)
+        w = quorum(request.w, self._config.write_quorum, snapshot.n_val)
+        self._inflight.track(pending, own_timeout)
+        for slot, (key, value, context) in enumerate(writes):
+            self.write(pending, slot, key, value, context, snapshot, w, request.w)
+
+    def read(  # noqa: PLR0917 - one key's fields, named at every call
+        self,
+        pending: Pending,
+        slot: int,
+        key: bytes,
+        snapshot: RingSnapshot,
+        r: int,
+        siblings: bool,
+    ) -> None:
+        partition = partition_of(key, self._partitions)
+        replicas = snapshot.replicas(partition)
+        if r == 1 and replicas == self._alone:
+            # The only copy is here: no quorum to track, nothing to repair; and unless
+            # siblings are asked for, the record's own winner and context are the answer.
+            op: StoreOp = ReadKey(key) if siblings else ReadWinner(key)
+            target = _SoleRead(self._inflight, pending, slot)
+            self._local.queued[partition].append((target, None, op))
+            return
+        ReadOperation(
+            self._channel,
+            key,
+            partition=partition,
+            replicas=replicas,
+            required=r,
+            deliver=self._slot_sink(pending, slot),
+        ).start()
+
+    def write(  # noqa: PLR0917 - one key's fields, named at every call
+        self,
+        pending: Pending,
+        slot: int,
+        key: bytes,
+        value: bytes | None,
+        context: Context,
+        snapshot: RingSnapshot,
+        w: int,
+        requested_w: int | None,
+        *,
+        coordinate_here: bool = False,
+    ) -> None:
+        """One key's write; with `coordinate_here` (a peer asked), this node coordinates
+        it even if it holds no replica."""
+        partition = partition_of(key, self._partitions)
+        replicas = snapshot.replicas(partition)
+        if self._me not in replicas and not coordinate_here:
+            replicas = snapshot.forward_order(partition)
+        next_owners = snapshot.next_owners(partition)
+        if w == 1 and replicas == self._alone and not next_owners:
+            write = WriteKey(key, value, None if context is None else context[0])
+            target = _SoleWrite(self._inflight, pending, slot)
+            self._local.queued[partition].append((target, None, write))
+            return
+        WriteOperation(
+            self._channel,
+            key,
+            partition=partition,
+            value=value,
+            context=context,
+            replicas=replicas,
+            required=w,
+            deliver=self._slot_sink(pending, slot),
+            requested_w=requested_w,
+            coordinate_here=coordinate_here,
+            hint_for=snapshot.missing_replicas(partition),
+            next_owners=next_owners,
+        ).start()
+
+    def _slot_sink(self, pending: Pending, slot: int) -> Callable[[KeyOutcome], None]:
+        fill = self._inflight.fill
+        return lambda outcome: fill(pending, slot, outcome)
+
+
+class _ClientRequest(Pending):
+    """A request from a network client: answered on the ROUTER with its envelope."""
+
+    __slots__ = ("envelope", "replies", "request")
+
+    def __init__(
+        self,
+        replies: Replies,
+        envelope: list[bytes],
+        request: Request,
+        slots: int,
+        deadline: float,
+    ) -> None:
+        # The base fields set here, not through super(): one call less per request.
+        self.results: list[Any] = [None] * slots
+        self.missing = slots
+        self.deadline = deadline
+        self.done = False
+        self.replies = replies
+        self.envelope = envelope
+        self.request = request
+
+    def answer(self) -> None:
+        request = self.request
+        try:
+            reply = reply_for(request, self.results)
+        except KVActorsError as error:
+            self.refuse(error)
+            return
+        self.replies.send([*self.envelope, encode_reply(reply, request.fmt)])
+
+    def refuse(self, error: KVActorsError) -> None:
+        request = self.request
+        self.replies.error(self.envelope, error, request.request_id, request.fmt)
+
+
+class _LocalRequest(Pending):
+    """A request from the embedded client of this process: answered through a Future."""
+
+    __slots__ = ("future", "request")
+
+    def __init__(self, future: Future[Reply], request: Request, slots: int, deadline: float):
+        super().__init__(slots, deadline)
+        self.request = request
+        self.future = future
+
+    def answer(self) -> None:
+        try:
+            self.future.set_result(reply_for(self.request, self.results))
+        except KVActorsError as error:
+            self.future.set_exception(error)
+
+    def refuse(self, error: KVActorsError) -> None:
+        self.future.set_exception(error)
+
+
+class _SoleRead:
+    """The target of a read whose only replica is this node: its state is the answer."""
+
+    __slots__ = ("inflight", "pending", "slot")
+
+    def __init__(self, inflight: InFlight, pending: Pending, slot: int) -> None:
+        self.inflight = inflight
+        self.pending = pending
+        self.slot = slot
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        # A KeyState (ReadKey), or a (value, context) pair (ReadWinner): both fill the slot.
+        outcome = ReadResult(result) if type(result) is KeyState else result
+        self.inflight.fill(self.pending, self.slot, outcome)
+
+    def replica_failed(self, tag: Any, error: KVActorsError) -> None:
+        self.inflight.fill(self.pending, self.slot, error)
+
+
+class _SoleWrite(_SoleRead):
+    """The target of a write whose only replica is this node."""
+
+    __slots__ = ()
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        written: Written = result
+        outcome = WriteResult(written.existed, len(written.state.live_values()))
+        self.inflight.fill(self.pending, self.slot, outcome)
+
+
+def refuse_if_detached(snapshot: RingSnapshot) -> None:
+    if snapshot.detached:
+        raise UnavailableError(
+            f"{snapshot.me} is joining and no member of its cluster has answered yet; "
+            "retry, or ask another node"
+        )
+
+
+def quorum(requested: int | None, default: int, n_val: int) -> int:
+    """R or W for one request: the default is capped at the cluster's size; a quorum the
+    client asked for is not, so a cluster too small for it answers `unavailable`."""
+    if requested is None:
+        return max(1, min(default, n_val))
+    return requested
+
+
+def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """(envelope, body): the envelope runs to the first empty delimiter after the routing
+    id (REQ sockets, proxies and REQ_CORRELATE add frames before it), else it is the
+    routing id alone (a DEALER sending bare frames)."""
+    if b"" not in frames[1:-1]:  # a delimiter has a body after it
+        return frames[:1], frames[1:]
+    delimiter = frames.index(b"", 1)
+    return frames[: delimiter + 1], frames[delimiter + 1 :]

@@ -1,0 +1,108 @@
+"""The path of one put through the node that coordinates it, as docs/architecture.md
+tells it: the kvactors files whose code runs for it on the node's transport thread.
+
+A profiler hook (`threading.setprofile`, set before the node starts its threads) records
+each kvactors file entered on the transport thread while one put is served, after a
+warm-up put. What the steps only use (the pure core's hashing and versions, the storage
+engine under the replica, the actor base classes) is not counted as a step.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+import zmq
+
+import kvactors
+from kvactors import ActorSystem
+from kvactors.net.protocol import encode_request
+from kvactors.net.replies import decode_reply
+
+PACKAGE = Path(kvactors.__file__).parent
+
+# The steps of a put on a single node, in the order docs/architecture.md names them.
+STEPS = [
+    "net/transport.py",  # the frame arrives on the ROUTER
+    "node/request_handler.py",  # RequestService: a client's frame, to the frontend
+    "node/frontend.py",  # envelope, decode, admission, the key's write
+    "net/protocol.py",  # decoding and validation
+    "node/inflight.py",  # the request waits for its key
+    "node/local_batches.py",  # the key's op, queued for its partition, flushed
+    "runtime/dispatch.py",  # the StoreBatch handed to the StoreServer on this thread
+    "storage/store_server.py",  # the partition's actor
+    "storage/replica.py",  # the write's new version, stored
+    "node/replies.py",  # the reply, shaped
+    "net/replies.py",  # and encoded
+]
+# Not steps: what the steps use. The pure core, the storage engine under the replica,
+# the actor base classes and the partition directory.
+HELPERS = {
+    "storage/records.py",
+    "storage/memory.py",
+    "storage/store_supervisor.py",
+    "runtime/supervision.py",
+}
+
+
+class _Recorder:
+    """Records the kvactors files entered on threads named like the transport's."""
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.files: set[str] = set()
+
+    def __call__(self, frame: FrameType, event: str, _arg: Any) -> None:
+        if not self.recording or event != "call":
+            return
+        if not threading.current_thread().name.endswith("-transport"):
+            return
+        filename = frame.f_code.co_filename
+        if filename.startswith(str(PACKAGE)) and not _in_tick(frame):
+            self.files.add(Path(filename).relative_to(PACKAGE).as_posix())
+
+
+def _in_tick(frame: FrameType | None) -> bool:
+    """Whether `frame` runs inside the transport's periodic tick (timers, background
+    tasks), which may fire during the put but is not part of it."""
+    while frame is not None:
+        if frame.f_code.co_name == "on_tick":
+            return True
+        frame = frame.f_back
+    return False
+
+
+@pytest.fixture
+def recorder() -> Iterator[_Recorder]:
+    recorder = _Recorder()
+    threading.setprofile(recorder)
+    try:
+        yield recorder
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+        sys.setprofile(None)
+
+
+def test_a_put_passes_through_the_documented_files(recorder: _Recorder) -> None:
+    with ActorSystem(name="path", bind="tcp://127.0.0.1:0", partitions=64) as system:
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        with context.socket(zmq.DEALER) as sock:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(system.endpoint)
+
+            def put(key: str) -> None:
+                sock.send(encode_request("put", key=key, value=b"v" * 100, request_id=1))
+                assert sock.poll(5000), "no reply"
+                assert decode_reply(sock.recv())["ok"]
+
+            put("warm-up")
+            recorder.recording = True
+            put("the-put")
+            recorder.recording = False
+    steps = {name for name in recorder.files if not name.startswith("core/")} - HELPERS
+    assert steps == set(STEPS), sorted(steps ^ set(STEPS))
