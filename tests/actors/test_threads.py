@@ -116,20 +116,7 @@ def test_node_that_leaves_stops_itself(no_new_threads: Callable[[], None]) -> No
     no_new_threads()
 
 
-@pytest.mark.parametrize(
-    "fsync",
-    [
-        "interval",
-        pytest.param(
-            "always",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the group-commit thread starts with the RequestHandler and is "
-                "stopped only by the transport's on_close, which a failed bind never runs",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("fsync", ["interval", "always"])
 def test_failed_start_leaves_nothing(
     tmp_path: Path, fsync: str, no_new_threads: Callable[[], None]
 ) -> None:
