@@ -217,6 +217,10 @@ class RequestHandler(SupervisedActor):
         self._services.network.detach(self._service.rpc)
         self._dispatcher.detach(self._transport)
         self._transport.stop()
+        # The transport's on_close stops the group commit; a transport that died in a
+        # handler never ran it. (Stopping twice is harmless.)
+        if self._service.local.group is not None:
+            self._service.local.group.stop()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, _TransportFailed):
