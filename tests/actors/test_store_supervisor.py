@@ -1,23 +1,40 @@
 """StoreServer and StoreSupervisor with real actors: one server per partition, same table
-after a restart, partitions started and stopped at run time."""
+after a restart, partitions started and stopped at run time; the StoreServer's own part
+(its hash tree, its sinks, a refused write). What the operations mean is tested without
+actors in tests/unit/test_replica.py."""
 
 from __future__ import annotations
 
+import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pykka
 import pytest
 
 from kvactors.core.clocks import HlcStamp
-from kvactors.core.ops import Delete, Get, GetMany, MergeMany, Put, PutMany
-from kvactors.core.versions import EMPTY_STATE, coordinate_write
+from kvactors.core.hashtree import PartitionTrees, new_partition_tree, record_digest
+from kvactors.core.ops import (
+    Delete,
+    Get,
+    GetMany,
+    MergeKey,
+    MergeMany,
+    Put,
+    PutMany,
+    ReadKey,
+    StoreOp,
+)
+from kvactors.core.versions import EMPTY_STATE, KeyState, coordinate_write
+from kvactors.errors import StorageError
 from kvactors.runtime.supervision import ChildExited, start_supervised
-from kvactors.storage.memory import MemoryBackend
-from kvactors.storage.records import decode_state
-from kvactors.storage.store_server import CrashNow
+from kvactors.storage.memory import MemoryBackend, MemoryTable
+from kvactors.storage.records import decode_state, encode_state
+from kvactors.storage.store_server import CrashNow, StoreBatch, StoreServer
 from kvactors.storage.store_supervisor import PartitionDirectory, StoreSupervisor
-from kvactors.testing import wait_until
+from kvactors.storage.tables import Write
+from kvactors.testing import FakeClock, wait_until
 
 PARTITIONS = 8
 
@@ -138,3 +155,96 @@ def test_stopping_the_supervisor_withdraws_every_server(
     ref.stop()
     assert all(directory.current(p) is None for p in range(PARTITIONS))
     wait_until(lambda: not any(s is not None and s.is_alive() for s in servers))
+
+
+# ------------------------------------------------------------------ the StoreServer shell
+
+
+class RecordingSink:
+    """A `BatchSink` that hands each outcome to the test thread."""
+
+    def __init__(self) -> None:
+        self.outcomes: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
+
+    def batch_done(self, token: Any, results: list[Any]) -> None:
+        self.outcomes.put(("done", token, results))
+
+    def batch_failed(self, token: Any, error: BaseException, handled: bool) -> None:
+        self.outcomes.put(("failed", token, (error, handled)))
+
+    def next(self) -> tuple[str, Any, Any]:
+        return self.outcomes.get(timeout=5)
+
+
+class RefusingTable(MemoryTable):
+    """A MemoryTable whose writes fail while `full` is set, as a full disk's would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = False
+
+    def apply(self, writes: Sequence[Write]) -> None:
+        if self.full:
+            raise StorageError("no space left on device")
+        super().apply(writes)
+
+
+def written_elsewhere(value: bytes) -> KeyState:
+    """A version written through another replica, concurrent with any local one."""
+    return coordinate_write(EMPTY_STATE, "peer", EMPTY_STATE.context, value, HlcStamp(1, 0, "peer"))
+
+
+def table_tree(table: MemoryTable) -> int:
+    """The root of a partition tree built afresh from the table's records."""
+    tree = new_partition_tree()
+    for key, record in table.items():
+        tree.update(key, record_digest(record))
+    return tree.root()
+
+
+def test_a_store_server_keeps_its_published_tree_equal_to_its_table() -> None:
+    table, trees, clock = MemoryTable(), PartitionTrees(PARTITIONS), FakeClock(1e9)
+    table.apply([(b"before", encode_state(written_elsewhere(b"v")))])
+    ref = start_supervised(
+        lambda: StoreServer.start(3, table, wall_clock=clock, tombstone_grace=60, trees=trees),
+        lambda _: None,
+    )
+    tree = trees.get(3)
+    assert tree is not None and tree.root() == table_tree(table)  # built on start
+
+    sink = RecordingSink()
+    ops: list[StoreOp] = [
+        Put(b"a", b"1"),
+        Delete(b"before"),
+        MergeKey(b"b", written_elsewhere(b"2")),
+    ]
+    ref.tell(StoreBatch(ops, sink, "writes"))
+    assert sink.next() == ("done", "writes", [None, True, None])
+    assert len(table) == 3 and tree.root() == table_tree(table)
+
+    clock.advance(60)  # the tombstone is old enough: the next read forgets the key
+    ref.tell(StoreBatch([ReadKey(b"before")], sink, "purge"))
+    assert sink.next() == ("done", "purge", [EMPTY_STATE])
+    assert table.get(b"before") is None and tree.root() == table_tree(table)
+
+    ref.stop()
+    assert trees.get(3) is None  # withdrawn: anti-entropy must not compare a dead tree
+
+
+def test_a_refused_write_fails_its_batch_and_the_store_server_keeps_serving() -> None:
+    table = RefusingTable()
+    ref = start_supervised(lambda: StoreServer.start(0, table), lambda _: None)
+    ref.ask(Put(b"k", b"v1"))
+    sink = RecordingSink()
+    table.full = True
+    ref.tell(StoreBatch([Put(b"k", b"v2")], sink, "refused"))
+    outcome, token, (error, handled) = sink.next()
+    assert (outcome, token, handled) == ("failed", "refused", True)
+    assert isinstance(error, StorageError)
+    with pytest.raises(StorageError):
+        ref.ask(Put(b"k", b"v3"))
+
+    table.full = False
+    ref.tell(StoreBatch([Get(b"k"), Put(b"k", b"v4"), Get(b"k")], sink, "later"))
+    assert sink.next() == ("done", "later", [b"v1", None, b"v4"])
+    ref.stop()
