@@ -104,3 +104,25 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     source.write_text("def f():\n    from kvactors.node import services\n")
     assert (2, "kvactors.node.services") in _imports(source)
     assert RANK[_unit("kvactors.node.services")] > RANK[_unit("kvactors.storage.records")]
+
+
+MAX_MODULE_LINES = 800
+MAX_CLASS_LINES = 400
+
+
+def test_modules_and_classes_stay_short_enough_to_read() -> None:
+    """No module over 800 lines, no class over 400: a class that grows past it is doing
+    several jobs, to be split into collaborators."""
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text()
+        where = path.relative_to(PACKAGE.parent)
+        lines = source.count("\n")
+        if lines > MAX_MODULE_LINES:
+            too_long.append(f"{where}: {lines} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ClassDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_CLASS_LINES:
+                    too_long.append(f"{where}: class {node.name}, {length} lines")
+    assert too_long == []
