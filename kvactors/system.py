@@ -194,7 +194,7 @@ class ActorSystem:
         as bytes and values as their msgpack encoding, and the result is
         ``{"results": [...]}``, one per op. `timeout` is in seconds (default: the
         config's `request_timeout`). Returns at once; the Future then holds the result
-        or a typed error: `kvactors.net.rpc.PeerUnreachableError` when nothing could be
+        or a typed error: `kvactors.errors.PeerUnreachableError` when nothing could be
         sent, `RequestTimeoutError` when the peer did not answer in time, or the error
         the peer answered with. Needs `bind` (else `UnavailableError`).
         """
