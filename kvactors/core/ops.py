@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from kvactors.core.clocks import VectorClock
 from kvactors.core.versions import KeyState, state_from_wire, state_to_wire
-from kvactors.errors import BadRequestError
+from kvactors.errors import BadRequestError, TooLargeError
 
 __all__ = [
     "Coordinate",
@@ -33,11 +33,11 @@ __all__ = [
     "MergeKey",
     "MergeMany",
     "MergeRecord",
-    "RemoteOp",
     "Put",
     "PutMany",
     "ReadKey",
     "ReadWinner",
+    "RemoteOp",
     "StoreOp",
     "WriteKey",
     "Written",
@@ -159,34 +159,51 @@ CheckValue = Callable[[bytes], bytes]
 """Checks a value from the wire (size, one msgpack object); returns it or raises."""
 
 
-def to_wire(op: RemoteOp) -> list[Any]:
-    """The wire form of `op`, for a replica on another node."""
-    kind = type(op)
-    if kind is MergeKey:
-        return ["merge", op.key, state_to_wire(op.state)]  # type: ignore[union-attr]
-    if kind is ReadKey:
+def to_wire(op: StoreOp | RemoteOp) -> list[Any]:
+    """The wire form of `op`, for a replica on another node; TypeError for an op that
+    only this node's StoreServers take (`WriteKey`, `MergeMany`, ...)."""
+    # The hot path first: every replicated write sends a merge to each other replica.
+    if type(op) is MergeKey:
+        return ["merge", op.key, state_to_wire(op.state)]
+    if type(op) is ReadKey:
         return ["read", op.key]
-    if kind is MergeRecord:
-        return ["merge", op.key, op.wire_state]  # type: ignore[union-attr]
-    if kind is Coordinate:
-        return ["write", op.key, op.value, op.context, op.w]  # type: ignore[union-attr]
-    if kind is Put:
-        return ["put", op.key, op.value]  # type: ignore[union-attr]
-    if kind is Get:
+    if type(op) is MergeRecord:
+        return ["merge", op.key, op.wire_state]
+    if type(op) is Coordinate:
+        return ["write", op.key, op.value, op.context, op.w]
+    if type(op) is Put:
+        return ["put", op.key, op.value]
+    if type(op) is Get:
         return ["get", op.key]
-    if kind is Delete:
+    if type(op) is Delete:
         return ["delete", op.key]
     raise TypeError(f"not an op that travels: {op!r:.100}")
 
 
-def from_wire(raw: object, max_key_bytes: int, check_value: CheckValue) -> RemoteOp:
-    """The op a peer sent, checked: a malformed one raises BadRequestError naming its
-    shape, never anything else."""
+_FORMS: Final = {
+    "read": "key",
+    "merge": "key, state",
+    "write": "key, value or nil, context or nil, w (a positive integer) or nil",
+    "get": "key",
+    "put": "key, value",
+    "delete": "key",
+}
+"""The arguments of each op's wire form, for the errors that refuse a malformed one."""
+
+
+def from_wire(
+    raw: object, max_key_bytes: int, check_value: CheckValue
+) -> Get | Put | Delete | ReadKey | MergeKey | Coordinate:
+    """The op a peer sent, checked as hostile input: a malformed one raises
+    BadRequestError naming its shape and the form it should have (its subclass
+    TooLargeError for a key over `max_key_bytes`), never anything else. Every value
+    passes `check_value`; a `Coordinate`'s context is checked where it is coordinated
+    (`context.client_context`)."""
     match raw:
-        case ["read", bytes(key)] if len(key) <= max_key_bytes:
-            return ReadKey(key)
         case ["merge", bytes(key), state] if len(key) <= max_key_bytes:
             return MergeKey(key, _checked_state(state, check_value))
+        case ["read", bytes(key)] if len(key) <= max_key_bytes:
+            return ReadKey(key)
         case ["write", bytes(key), bytes() | None as value, bytes() | None as context, w] if len(
             key
         ) <= max_key_bytes and (w is None or (type(w) is int and w > 0)):
@@ -197,11 +214,25 @@ def from_wire(raw: object, max_key_bytes: int, check_value: CheckValue) -> Remot
             return Put(key, check_value(value))
         case ["delete", bytes(key)] if len(key) <= max_key_bytes:
             return Delete(key)
-    raise BadRequestError(f"malformed replica op: {_shape(raw)}")
+    raise _refusal(raw, max_key_bytes)
+
+
+def _refusal(raw: object, max_key_bytes: int) -> BadRequestError:
+    """Why `from_wire` refuses `raw` (off its fast path, which matches the valid forms)."""
+    match raw:
+        case [str(verb), bytes(key), *_] if verb in _FORMS and len(key) > max_key_bytes:
+            return TooLargeError(
+                f"{verb} op: the key is {len(key)} bytes; the limit is {max_key_bytes}"
+            )
+        case [str(verb), *_] if verb in _FORMS:
+            return BadRequestError(
+                f"malformed {verb} op {_shape(raw)}: its form is [{verb!r}, {_FORMS[verb]}]"
+            )
+    return BadRequestError(f"not a replica op: {_shape(raw)}; the ops are {', '.join(_FORMS)}")
 
 
 def wire_bytes(wire_op: list[Any]) -> int:
-    """About the encoded size of an op's wire form: its key and values."""
+    """About the encoded size of an op's wire form (`to_wire`): its key and values."""
     verb, key = wire_op[0], wire_op[1]
     if verb == "merge":
         versions = wire_op[2][1]
@@ -209,6 +240,8 @@ def wire_bytes(wire_op: list[Any]) -> int:
     if verb == "write":
         value, context = wire_op[2], wire_op[3]
         return len(key) + len(value or b"") + len(context or b"") + 16
+    if verb == "put":
+        return len(key) + len(wire_op[2]) + 16
     return len(key) + 16
 
 
@@ -216,7 +249,7 @@ def _checked_state(wire: object, check_value: CheckValue) -> KeyState:
     try:
         state = state_from_wire(wire)
     except ValueError as exc:
-        raise BadRequestError(f"malformed key state: {exc}") from None
+        raise BadRequestError(f"merge op: {exc}") from None  # exc names the key state
     for version in state.versions:
         if version.value is not None:
             check_value(version.value)
@@ -224,7 +257,12 @@ def _checked_state(wire: object, check_value: CheckValue) -> KeyState:
 
 
 def _shape(raw: object) -> str:
-    """A short description of a malformed op that is safe for any input (no deep repr)."""
-    if isinstance(raw, list):
-        return "[" + ", ".join(type(item).__name__ for item in raw[:4]) + "]"
-    return type(raw).__name__
+    """A short description of a malformed op that is safe for any input (no deep repr):
+    its verb, if it has one, and the types of what follows."""
+    if not isinstance(raw, list):
+        return type(raw).__name__
+    items = [
+        repr(item[:20]) if index == 0 and isinstance(item, str) else type(item).__name__
+        for index, item in enumerate(raw[:5])
+    ]
+    return "[" + ", ".join(items) + (", ...]" if len(raw) > 5 else "]")

@@ -29,8 +29,7 @@ from typing import Any, Final
 
 import msgpack
 
-from kvactors.core.ops import Delete, Get, MergeKey, Put, ReadKey
-from kvactors.core.versions import KeyState, state_from_wire
+from kvactors.core.ops import Coordinate, Delete, Get, MergeKey, Put, ReadKey, from_wire
 from kvactors.errors import (
     BadRequestError,
     KVActorsError,
@@ -128,33 +127,20 @@ def store_ops(call: Call, max_key_bytes: int, max_value_bytes: int) -> list[KeyO
     raw_ops = call.args.get("ops")
     if not isinstance(raw_ops, list) or not 0 < len(raw_ops) <= MAX_CALL_OPS:
         raise BadRequestError("a store call needs a list of ops")
+
+    def check_value(value: bytes) -> bytes:
+        return checked_value(value, max_value_bytes)
+
     ops: list[KeyOp] = []
-    for raw in raw_ops:
-        match raw:
-            case ["get", bytes(key)] if len(key) <= max_key_bytes:
-                ops.append(Get(key))
-            case ["put", bytes(key), bytes(value)] if len(key) <= max_key_bytes:
-                ops.append(Put(key, checked_value(value, max_value_bytes)))
-            case ["delete", bytes(key)] if len(key) <= max_key_bytes:
-                ops.append(Delete(key))
-            case ["read", bytes(key)] if len(key) <= max_key_bytes:
-                ops.append(ReadKey(key))
-            case ["merge", bytes(key), state] if len(key) <= max_key_bytes:
-                ops.append(MergeKey(key, _checked_state(state, max_value_bytes)))
-            case _:
-                raise BadRequestError(f"malformed store op: {_shape(raw)}")
+    for index, raw in enumerate(raw_ops):
+        op = from_wire(raw, max_key_bytes, check_value)
+        if isinstance(op, Coordinate):
+            raise BadRequestError(
+                f"store op {index} is a write: a store call takes read, merge, get, put and "
+                "delete ops (a write to coordinate goes in a coordinate call)"
+            )
+        ops.append(op)
     return ops
-
-
-def _checked_state(wire: object, max_value_bytes: int) -> KeyState:
-    try:
-        state = state_from_wire(wire)
-    except ValueError as exc:
-        raise BadRequestError(f"malformed key state: {exc}") from None
-    for version in state.versions:
-        if version.value is not None:
-            checked_value(version.value, max_value_bytes)
-    return state
 
 
 def checked_value(value: bytes, max_value_bytes: int) -> bytes:
@@ -294,13 +280,6 @@ class RpcClient:
             outstanding.sent = True
         else:
             self._resend.append(call_id)
-
-
-def _shape(raw: object) -> str:
-    """A short description of a malformed op that is safe for any input (no deep repr)."""
-    if isinstance(raw, list):
-        return "[" + ", ".join(type(item).__name__ for item in raw[:4]) + "]"
-    return type(raw).__name__
 
 
 InboundHandler = Callable[[dict[str, Any]], Any]

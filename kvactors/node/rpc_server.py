@@ -18,6 +18,7 @@ from kvactors.config import NodeConfig
 from kvactors.core.clocks import VectorClock
 from kvactors.core.context import client_context
 from kvactors.core.hashing import partition_of
+from kvactors.core.ops import Coordinate, from_wire
 from kvactors.core.placement import RingHolder
 from kvactors.core.versions import KeyState, state_to_wire
 from kvactors.errors import BadRequestError, InternalError, KVActorsError, UnavailableError
@@ -220,19 +221,23 @@ class _FillSlot:
 
 
 def _coordinate_ops(call: rpc.Call, codec: Codec) -> list[_Write]:
-    """The writes of a `coordinate` call, held to the client limits."""
+    """The writes of a `coordinate` call, held to the client limits (a client's write
+    forwarded by a node that holds no replica of its key)."""
     raw_ops = call.args.get("ops")
     if not isinstance(raw_ops, list) or not 0 < len(raw_ops) <= rpc.MAX_CALL_OPS:
         raise BadRequestError("a coordinate call needs a list of ops")
+    max_value_bytes = codec.max_value_bytes
+
+    def check_value(value: bytes) -> bytes:
+        return rpc.checked_value(value, max_value_bytes)
+
     writes = []
-    for raw in raw_ops:
-        match raw:
-            case ["write", bytes(key), bytes() | None as value, bytes() | None as context, w] if (
-                len(key) <= codec.max_key_bytes and (w is None or (type(w) is int and w > 0))
-            ):
-                if value is not None:
-                    value = rpc.checked_value(value, codec.max_value_bytes)
-                writes.append((key, value, client_context(context), w))
-            case _:
-                raise BadRequestError("malformed coordinate op")
+    for index, raw in enumerate(raw_ops):
+        op = from_wire(raw, codec.max_key_bytes, check_value)
+        if not isinstance(op, Coordinate):
+            raise BadRequestError(
+                f"coordinate op {index} is a {raw[0]} op: a coordinate call takes write ops "
+                "only (replica ops go in a store call)"
+            )
+        writes.append((op.key, op.value, client_context(op.context), op.w))
     return writes

@@ -197,6 +197,9 @@ def test_rpc_coordinate_writes_for_a_peer(node: Node) -> None:
         (rpc.STORE, {"ops": [["merge", b"k", ["not", "a", "state"]]]}, "bad_request"),
         ("coordinate", {"ops": [["write", b"k", b"\xc1", None, None]]}, "bad_request"),
         ("coordinate", {"ops": [["write", b"k", None, b"\x01junk", None]]}, "bad_request"),
+        ("coordinate", {"ops": [["read", b"k"]]}, "bad_request"),  # a store op
+        (rpc.STORE, {"ops": [["write", b"k", None, None, None]]}, "bad_request"),  # to coordinate
+        (rpc.STORE, {"ops": [["read", b"k" * 100_000]]}, "too_large"),
         ("aae", {}, "unavailable"),  # an embedded node keeps no hash trees
     ],
 )
