@@ -10,15 +10,22 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
+    from kvactors.core.ops import MergeKey, MergeRecord, RemoteOp, StoreOp
     from kvactors.core.versions import KeyState
+    from kvactors.errors import KVActorsError
+    from kvactors.replication.channel import ReplicaTarget, Settle
     from kvactors.system import ActorSystem
 
 __all__ = [
+    "FakeChannel",
     "FakeClock",
     "FakeTransport",
+    "PeerCall",
+    "Sent",
     "crash_store_server",
     "replica_state",
     "stored_values",
@@ -119,6 +126,115 @@ class FakeTransport:
             for call in soon:
                 call()
         raise AssertionError(f"still busy after {rounds} rounds")
+
+
+class Sent(NamedTuple):
+    """One op a `FakeChannel` was given: the test answers it (`done`, `failed`)."""
+
+    replica: str
+    partition: int
+    op: StoreOp | RemoteOp
+    target: ReplicaTarget
+    tag: Any
+    local: bool
+    """Whether `replica` is the channel's own node (its StoreServer would apply `op`)."""
+
+    def done(self, result: Any) -> None:
+        self.target.replica_done(self.tag, result)
+
+    def failed(self, error: KVActorsError) -> None:
+        self.target.replica_failed(self.tag, error)
+
+
+class PeerCall(NamedTuple):
+    """One RPC a `FakeChannel` was asked to make: the test settles it."""
+
+    endpoint: str
+    op: str
+    args: dict[str, Any]
+    settle: Settle
+
+
+@dataclass
+class FakeChannel:
+    """A `ReplicaChannel` (kvactors.replication.channel) that records everything and
+    answers nothing by itself, for testing the replication state machines without a node.
+
+    The test answers each op through the target and tag it carries (`Sent.done`,
+    `Sent.failed`, or `answer_all`), in any order it likes, and settles each RPC through
+    its `settle`. As on a node, an op for another member must be one that travels (it
+    has a wire form, `core.ops.to_wire`), and a `Coordinate` is never for this node: a
+    state machine that breaks either rule fails with TypeError here too.
+    """
+
+    me: str = "a"
+    sent: list[Sent] = field(default_factory=list)
+    """Every op sent, in order."""
+    unanswered: list[Sent] = field(default_factory=list)
+    """The ops sent and not yet taken by `take` or `answer_all`."""
+    later: list[tuple[str, int, MergeKey | MergeRecord]] = field(default_factory=list)
+    """(replica, partition, op) of every `send_later`."""
+    calls: list[PeerCall] = field(default_factory=list)
+    """The RPCs made (`call_peer`), in order."""
+    hints: list[tuple[int, bytes, str]] = field(default_factory=list)
+    """(partition, key, target) of every hint kept."""
+    read_repairs: int = 0
+
+    def send(
+        self,
+        replica: str,
+        partition: int,
+        op: StoreOp | RemoteOp,
+        target: ReplicaTarget,
+        tag: Any,
+    ) -> None:
+        from kvactors.core.ops import Coordinate, to_wire  # noqa: PLC0415
+
+        local = replica == self.me
+        if local and isinstance(op, Coordinate):
+            raise TypeError(f"this node coordinates its own writes, not {op!r:.100}")
+        if not local:
+            to_wire(op)  # TypeError for an op that never travels
+        sent = Sent(replica, partition, op, target, tag, local)
+        self.sent.append(sent)
+        self.unanswered.append(sent)
+
+    def send_later(self, replica: str, partition: int, op: MergeKey | MergeRecord) -> None:
+        self.later.append((replica, partition, op))
+
+    def call_peer(self, endpoint: str, op: str, args: dict[str, Any], settle: Settle) -> None:
+        self.calls.append(PeerCall(endpoint, op, args, settle))
+
+    def hint(self, partition: int, key: bytes, target: str) -> None:
+        self.hints.append((partition, key, target))
+
+    def count_read_repair(self) -> None:
+        self.read_repairs += 1
+
+    def take(self, *kinds: type) -> list[Sent]:
+        """The unanswered ops of these types (every one if none is named), in the order
+        sent; they are the test's to answer now."""
+        taken: list[Sent] = []
+        kept: list[Sent] = []
+        for sent in self.unanswered:
+            (taken if not kinds or isinstance(sent.op, kinds) else kept).append(sent)
+        self.unanswered = kept
+        return taken
+
+    def answer_all(self, result: Any = None) -> int:
+        """Answer every unanswered op with `result` (those they cause wait for the next
+        call); returns how many were answered."""
+        taken, self.unanswered = self.unanswered, []
+        for sent in taken:
+            sent.done(result)
+        return len(taken)
+
+    def fail_all(self, error: KVActorsError) -> int:
+        """Fail every unanswered op with `error`; returns how many failed."""
+        taken, self.unanswered = self.unanswered, []
+        for sent in taken:
+            sent.failed(error)
+        return len(taken)
 
 
 def crash_store_server(

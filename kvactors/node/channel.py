@@ -1,23 +1,26 @@
-"""The node's replica channel: how quorum operations and background tasks reach
-replicas, this node's StoreServers (`LocalBatches`) or its peers (`PeerCalls`)."""
+"""The node's replica channel: the one route of every replica op, to this node's
+StoreServers (`LocalBatches`) or, in wire form, to its peers (`PeerCalls`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-from kvactors.core.ops import StoreOp
-from kvactors.errors import KVActorsError
+from kvactors.core.ops import Coordinate, MergeKey, MergeRecord, RemoteOp, StoreOp, to_wire
+from kvactors.core.versions import state_from_wire
 from kvactors.net import rpc
 from kvactors.node.local_batches import LocalBatches
 from kvactors.node.peer_calls import PeerCalls
-from kvactors.replication.coordinator import ReplicaTarget
+from kvactors.replication.channel import IGNORE_ANSWERS, ReplicaTarget, Settle
 
 __all__ = ["NodeChannel"]
 
+# The ops that only travel: a local StoreServer takes neither (`_for_local`).
+_REMOTE_ONLY: Final = (MergeRecord, Coordinate)
+
 
 class NodeChannel:
-    """The `ReplicaChannel` of the coordinator and the channel of the background tasks."""
+    """The `ReplicaChannel` of the node's quorum operations and background tasks."""
 
     def __init__(
         self,
@@ -35,27 +38,36 @@ class NodeChannel:
         self.keep_hint: Callable[[str, int, bytes], None] | None = None
         """Keeps a hint (target, partition, key); set where hinted handoff runs."""
         self.read_repairs = 0
+        # The last op encoded, and its wire form: a write sends the same MergeKey to each
+        # other replica and each next owner, one after the other, and is encoded once.
+        # Holding the op keeps its identity from being reused by another object.
+        self._encoded: StoreOp | RemoteOp | None = None
+        self._encoded_wire: list[Any] = []
 
-    def to_local(self, partition: int, op: StoreOp, target: ReplicaTarget, tag: Any) -> None:
-        self._local.queued[partition].append((target, tag, op))
-
-    def to_peer(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
-        self._peers.to_replica(name, wire_op, target, tag)
-
-    def to_peer_later(self, name: str, wire_op: list[Any]) -> None:
-        self._peers.later(name, wire_op)
-
-    def coordinate_at(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
-        self._peers.to_coordinator(name, wire_op, target, tag)
-
-    def call_peer(
+    def send(
         self,
-        endpoint: str,
-        op: str,
-        args: dict[str, Any],
-        settle: Callable[[Any, KVActorsError | None], None],
+        replica: str,
+        partition: int,
+        op: StoreOp | RemoteOp,
+        target: ReplicaTarget,
+        tag: Any,
     ) -> None:
-        """One RPC of a background task, answered through `settle`."""
+        if replica == self.me:
+            if isinstance(op, _REMOTE_ONLY):
+                op = _for_local(op)
+            self._local.queued[partition].append((target, tag, op))
+        elif type(op) is Coordinate:
+            self._peers.to_coordinator(replica, self._wire(op), target, tag)
+        else:
+            self._peers.to_replica(replica, self._wire(op), target, tag)
+
+    def send_later(self, replica: str, partition: int, op: MergeKey | MergeRecord) -> None:
+        if replica == self.me:
+            self.send(replica, partition, op, IGNORE_ANSWERS, None)
+        else:
+            self._peers.later(replica, self._wire(op))
+
+    def call_peer(self, endpoint: str, op: str, args: dict[str, Any], settle: Settle) -> None:
         self._rpc.call(endpoint, op, args, settle, self._timeout)
 
     def hint(self, partition: int, key: bytes, target: str) -> None:
@@ -64,3 +76,17 @@ class NodeChannel:
 
     def count_read_repair(self) -> None:
         self.read_repairs += 1
+
+    def _wire(self, op: StoreOp | RemoteOp) -> list[Any]:
+        """`op`'s wire form, encoded once for consecutive sends of the same op."""
+        if op is not self._encoded:
+            self._encoded_wire = to_wire(op)  # TypeError: an op that never travels
+            self._encoded = op
+        return self._encoded_wire
+
+
+def _for_local(op: MergeRecord | Coordinate) -> StoreOp:
+    """A remote-only op addressed to this node, as its StoreServer takes it."""
+    if type(op) is MergeRecord:
+        return MergeKey(op.key, state_from_wire(op.wire_state))
+    raise TypeError(f"this node coordinates its own writes (WriteKey), not {op!r:.100}")

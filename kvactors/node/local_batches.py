@@ -19,7 +19,7 @@ import pykka
 from kvactors.core.ops import StoreOp
 from kvactors.errors import InternalError, KVActorsError
 from kvactors.node.group_commit import GroupCommit
-from kvactors.replication.coordinator import ReplicaTarget
+from kvactors.replication.channel import ReplicaTarget
 from kvactors.runtime import dispatch
 from kvactors.storage.store_server import StoreBatch
 from kvactors.storage.store_supervisor import PartitionDirectory

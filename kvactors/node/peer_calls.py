@@ -13,11 +13,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from kvactors.core.ops import wire_bytes
 from kvactors.core.placement import RingHolder
 from kvactors.core.versions import state_from_wire
 from kvactors.errors import InternalError, KVActorsError, UnavailableError, error_for_code
 from kvactors.net import rpc
-from kvactors.replication.coordinator import IGNORE_ANSWERS, ReplicaTarget
+from kvactors.replication.channel import IGNORE_ANSWERS, ReplicaTarget
 
 __all__ = ["COORDINATE", "PeerCalls", "PeerEntry", "call_bounds"]
 
@@ -163,22 +164,10 @@ def call_bounds(entries: list[PeerEntry], max_bytes: int) -> list[tuple[int, int
     bounds = []
     start = size = 0
     for index, (_, _, wire_op) in enumerate(entries):
-        op_size = _wire_op_bytes(wire_op)
+        op_size = wire_bytes(wire_op)
         if index > start and (index - start >= CALL_OPS or size + op_size > max_bytes):
             bounds.append((start, index))
             start, size = index, 0
         size += op_size
     bounds.append((start, len(entries)))
     return bounds
-
-
-def _wire_op_bytes(wire_op: list[Any]) -> int:
-    """About the encoded size of a replica or coordinate op: its key and values."""
-    verb, key = wire_op[0], wire_op[1]
-    if verb == "merge":
-        versions = wire_op[2][1]
-        return len(key) + sum(len(v[0]) + 64 for v in versions if v[0]) + 64 * len(versions)
-    if verb == "write":
-        value, context = wire_op[2], wire_op[3]
-        return len(key) + len(value or b"") + len(context or b"") + 16
-    return len(key) + 16

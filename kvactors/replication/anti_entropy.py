@@ -29,23 +29,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from kvactors.core.hashtree import HashTree, PartitionTrees
-from kvactors.core.ops import MergeKey, ReadKey, StoreOp
+from kvactors.core.ops import MergeKey, ReadKey
 from kvactors.core.placement import RingHolder
-from kvactors.core.versions import KeyState, state_to_wire
+from kvactors.core.versions import KeyState
 from kvactors.errors import BadRequestError, KVActorsError
-from kvactors.replication.coordinator import IGNORE_ANSWERS
+from kvactors.replication.channel import IGNORE_ANSWERS, ReplicaChannel
 
-__all__ = [
-    "AAE",
-    "AntiEntropy",
-    "AntiEntropyStats",
-    "BackgroundChannel",
-    "ExchangeChannel",
-    "answer",
-]
+__all__ = ["AAE", "AntiEntropy", "AntiEntropyStats", "answer"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,28 +106,6 @@ def _bucket_keys(trees: PartitionTrees, item: object) -> list[list[bytes]] | Non
 # -- the initiating side ------------------------------------------------------------------
 
 
-class BackgroundChannel(Protocol):
-    """How a background task (an exchange, a join's pull) reaches this node's stores and
-    its peers' RPC ops (the RequestService provides it). Each callback runs on the
-    transport thread."""
-
-    def to_local(self, partition: int, op: StoreOp, target: Any, tag: Any) -> None: ...
-
-    def call_peer(
-        self,
-        endpoint: str,
-        op: str,
-        args: dict[str, Any],
-        settle: Callable[[Any, KVActorsError | None], None],
-    ) -> None: ...
-
-
-class ExchangeChannel(BackgroundChannel, Protocol):
-    """An exchange's channel: also the replicas' ordinary ops on a peer, for repairs."""
-
-    def to_peer(self, name: str, wire_op: list[Any], target: Any, tag: Any) -> None: ...
-
-
 @dataclass(slots=True)
 class AntiEntropyStats:
     exchanges: int = 0
@@ -155,7 +126,7 @@ class AntiEntropy:
         me: str,
         trees: PartitionTrees,
         ring: RingHolder,
-        channel: ExchangeChannel,
+        channel: ReplicaChannel,
         *,
         interval: float,
         max_keys: int,
@@ -334,19 +305,20 @@ class _Exchange:
             return
         self._owner.stats.keys_repaired += len(keys)
         self._waiting = 2 * len(keys)
+        channel, me = self._channel, self._channel.me
         for partition, key in keys:
-            self._channel.to_peer(self.peer, ["read", key], self, ("theirs", partition, key))
-            self._channel.to_local(partition, ReadKey(key), self, ("mine", partition, key))
+            read = ReadKey(key)
+            channel.send(self.peer, partition, read, self, ("theirs", partition, key))
+            channel.send(me, partition, read, self, ("mine", partition, key))
 
     # -- ReplicaTarget: the repair's answers --------------------------------------------
 
     def replica_done(self, tag: Any, result: Any) -> None:
         kind, partition, key = tag
-        if kind == "theirs" and isinstance(result, KeyState) and not result.is_empty:
-            self._channel.to_local(partition, MergeKey(key, result), IGNORE_ANSWERS, None)
-        elif kind == "mine" and isinstance(result, KeyState) and not result.is_empty:
-            merge = ["merge", key, state_to_wire(result)]  # a lost one: the next exchange
-            self._channel.to_peer(self.peer, merge, IGNORE_ANSWERS, None)
+        if isinstance(result, KeyState) and not result.is_empty:
+            # Each side's state to the other side; a merge lost is the next exchange's.
+            other = self._channel.me if kind == "theirs" else self.peer
+            self._channel.send(other, partition, MergeKey(key, result), IGNORE_ANSWERS, None)
         self._settled()
 
     def replica_failed(self, tag: Any, error: KVActorsError) -> None:

@@ -2,8 +2,8 @@
 
 Any node coordinates. For each key of a request the RequestService starts one operation
 here, on the transport thread, and the operation runs as a small event-driven machine:
-it sends replica operations through a `ReplicaChannel` (a `tell` to a local StoreServer,
-or an RPC to a peer, batched per flush), is called back with each replica's answer, and
+it sends replica operations to the replicas by name through a `ReplicaChannel` (which
+knows which replica is this node), is called back with each replica's answer, and
 feeds the answers into a `QuorumTracker`. Nothing here waits.
 
 Reads (`ReadOperation`) ask every replica for its state of the key and answer as soon as
@@ -14,7 +14,7 @@ Writes (`WriteOperation`) need a dot from a replica, since only a replica knows 
 counters. When this node is a replica, its own StoreServer makes the new version
 (`WriteKey`) and the resulting state goes to the other replicas (`MergeKey`); the write
 succeeds once W replicas hold it. When it is not, the whole write goes to the first
-replica of the key that answers (`coordinate_at`), which coordinates it there.
+replica of the key that answers (`Coordinate`), which coordinates it there.
 
 A write that reaches fewer than W replicas is reported as failed, but what did land is
 not undone: later reads may see it, and read repair spreads it.
@@ -23,21 +23,19 @@ not undone: later reads may see it, and read repair spreads it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from kvactors.core.clocks import VectorClock
-from kvactors.core.ops import MergeKey, ReadKey, StoreOp, WriteKey, Written
+from kvactors.core.ops import Coordinate, MergeKey, ReadKey, WriteKey, Written
 from kvactors.core.quorum import Decision, Outcome, QuorumKind, QuorumTracker
-from kvactors.core.versions import KeyState, state_to_wire
+from kvactors.core.versions import KeyState
 from kvactors.errors import InternalError, KVActorsError, PeerUnreachableError, UnavailableError
+from kvactors.replication.channel import IGNORE_ANSWERS, ReplicaChannel
 
 __all__ = [
-    "IGNORE_ANSWERS",
     "KeyOutcome",
     "ReadOperation",
     "ReadResult",
-    "ReplicaChannel",
-    "ReplicaTarget",
     "ResultSink",
     "WriteOperation",
     "WriteResult",
@@ -63,57 +61,6 @@ KeyOutcome = ReadResult | WriteResult | KVActorsError
 """What a key operation delivers: its result, or the error its client gets."""
 
 ResultSink = Callable[[KeyOutcome], None]
-
-
-class ReplicaTarget(Protocol):
-    """Who hears a replica's answer; `tag` says which replica (or attempt) it was."""
-
-    def replica_done(self, tag: Any, result: Any) -> None: ...
-
-    def replica_failed(self, tag: Any, error: KVActorsError) -> None: ...
-
-
-class ReplicaChannel(Protocol):
-    """How operations reach replicas; the RequestService implements it."""
-
-    @property
-    def me(self) -> str:
-        """This node's name."""
-
-    def to_local(self, partition: int, op: StoreOp, target: ReplicaTarget, tag: Any) -> None:
-        """Apply `op` on this node's StoreServer of `partition`; its result comes back."""
-
-    def to_peer(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
-        """Send a replica op (``["read", key]`` or ``["merge", key, state]``) to member
-        `name`; its result (a wire state for reads) comes back."""
-
-    def to_peer_later(self, name: str, wire_op: list[Any]) -> None:
-        """Send ``["merge", key, state]`` to member `name` when it suits: nobody waits for
-        it, so it may wait (up to a tick) to share one message with others."""
-
-    def coordinate_at(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
-        """Have member `name` coordinate ``["write", key, value, context, w]``; the result
-        is ``[existed, siblings]``."""
-
-    def count_read_repair(self) -> None: ...
-
-    def hint(self, partition: int, key: bytes, target: str) -> None:
-        """Keep a hint: replica `target` lacks `key`, which this node holds."""
-        ...
-
-
-class _IgnoreAnswers:
-    """The target of replica ops nobody waits for (read repair, anti-entropy repairs,
-    merges to next owners): their answers, and their failures, go nowhere."""
-
-    def replica_done(self, tag: Any, result: Any) -> None:
-        pass
-
-    def replica_failed(self, tag: Any, error: KVActorsError) -> None:
-        pass
-
-
-IGNORE_ANSWERS: ReplicaTarget = _IgnoreAnswers()
 
 
 def _unavailable(tracker: QuorumTracker) -> UnavailableError:
@@ -151,12 +98,9 @@ class ReadOperation:
         if tracker.decision.outcome is Outcome.UNAVAILABLE:
             self._deliver(_unavailable(tracker))
             return
-        me = channel.me
+        read, partition = ReadKey(self._key), self._partition
         for name in tracker.replicas:
-            if name == me:
-                channel.to_local(self._partition, ReadKey(self._key), self, name)
-            else:
-                channel.to_peer(name, ["read", self._key], self, name)
+            channel.send(name, partition, read, self, name)
 
     def replica_done(self, tag: Any, result: Any) -> None:
         if len(self._tracker.replicas) == 1:
@@ -184,18 +128,18 @@ class ReadOperation:
 
     def _repair(self) -> None:
         """Send the merged state to every replica whose answer lacked part of it."""
-        tracker, channel, key = self._tracker, self._channel, self._key
-        wire: list[object] | None = None
+        tracker, channel = self._tracker, self._channel
+        repair: MergeKey | None = None
         for name in tracker.stale_replicas():
             state = tracker.repair_for(name)
             if state is None:
                 continue
             channel.count_read_repair()
-            if name == channel.me:
-                channel.to_local(self._partition, MergeKey(key, state), IGNORE_ANSWERS, name)
-            else:
-                wire = state_to_wire(state) if wire is None else wire
-                channel.to_peer(name, ["merge", key, wire], IGNORE_ANSWERS, name)
+            if repair is None or repair.state is not state:
+                # One op for every stale replica (each gets the merged state): the
+                # channel encodes it once for all the peers among them.
+                repair = MergeKey(self._key, state)
+            channel.send(name, self._partition, repair, IGNORE_ANSWERS, name)
 
 
 class WriteOperation:
@@ -269,7 +213,7 @@ class WriteOperation:
             self._finish(_unavailable(tracker))
         elif self._local:
             op = WriteKey(self._key, self._value, self._context)
-            self._channel.to_local(self._partition, op, self, self._channel.me)
+            self._channel.send(self._channel.me, self._partition, op, self, self._channel.me)
         else:
             self._forward()
 
@@ -283,7 +227,7 @@ class WriteOperation:
             if len(self._tracker.replicas) == 1:
                 for name in self._hint_for:
                     self._channel.hint(self._partition, self._key, name)
-                self._to_next_owners(result.state)
+                self._to_next_owners(MergeKey(self._key, result.state))
                 self._finish(WriteResult(result.existed, len(result.state.live_values())))
                 return
             self._replicate(result.state)
@@ -304,24 +248,24 @@ class WriteOperation:
     # -- coordinated here -----------------------------------------------------------------
 
     def _replicate(self, state: KeyState) -> None:
-        me, channel = self._channel.me, self._channel
+        me, channel, partition = self._channel.me, self._channel, self._partition
         for name in self._hint_for:
-            channel.hint(self._partition, self._key, name)
-        others = [name for name in self._tracker.replicas if name != me]
-        if others:
-            wire_op = ["merge", self._key, state_to_wire(state)]
-            for name in others:
-                channel.to_peer(name, wire_op, self, name)
-        self._to_next_owners(state)
+            channel.hint(partition, self._key, name)
+        # One op for every other replica and next owner: the channel encodes it once.
+        merge = MergeKey(self._key, state)
+        for name in self._tracker.replicas:
+            if name != me:  # the write was made here
+                channel.send(name, partition, merge, self, name)
+        self._to_next_owners(merge)
 
-    def _to_next_owners(self, state: KeyState) -> None:
+    def _to_next_owners(self, merge: MergeKey) -> None:
         """The write to the joining members that will own the key; nobody waits for
         them (a merge lost here is caught by the join's catch-up), so they travel in
         bulk: one message per member for the many writes of a tick, not one each."""
         me = self._channel.me
         for name in self._next_owners:
-            if name != me:
-                self._channel.to_peer_later(name, ["merge", self._key, state_to_wire(state)])
+            if name != me:  # the write was made here
+                self._channel.send_later(name, self._partition, merge)
 
     def _settle(self, decision: Decision) -> None:
         if not decision.is_new:
@@ -337,8 +281,8 @@ class WriteOperation:
 
     def _forward(self) -> None:
         name = self._tracker.replicas[self._attempt]
-        wire_op = ["write", self._key, self._value, self._context_bytes, self._requested_w]
-        self._channel.coordinate_at(name, wire_op, self, self._attempt)
+        op = Coordinate(self._key, self._value, self._context_bytes, self._requested_w)
+        self._channel.send(name, self._partition, op, self, self._attempt)
 
     def _forwarded_done(self, result: Any) -> None:
         if (

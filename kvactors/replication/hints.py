@@ -23,29 +23,26 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import msgpack
 
-from kvactors.core.ops import ReadKey, StoreOp
+from kvactors.core.ops import MergeKey, ReadKey
 from kvactors.core.placement import RingHolder
-from kvactors.core.versions import KeyState, state_to_wire
+from kvactors.core.versions import KeyState
 from kvactors.errors import KVActorsError
+from kvactors.replication.channel import ReplicaChannel
 from kvactors.storage.tables import Table
 
-__all__ = ["HintChannel", "HintStats", "HintedHandoff"]
+__all__ = ["HintStats", "HintedHandoff"]
 
 logger = logging.getLogger(__name__)
 
 _SEPARATOR = b"\x00"  # member names are printable, so never hold a NUL
 
 
-class HintChannel(Protocol):
-    """How a delivery reaches the stores and the target (the RequestService provides it)."""
-
-    def to_local(self, partition: int, op: StoreOp, target: Any, tag: Any) -> None: ...
-
-    def to_peer(self, name: str, wire_op: list[Any], target: Any, tag: Any) -> None: ...
+HintChannel = ReplicaChannel
+"""Its former name, while code that imports it moves to `ReplicaChannel`."""
 
 
 @dataclass(slots=True)
@@ -70,7 +67,7 @@ class HintedHandoff:
         self,
         table: Table,
         ring: RingHolder,
-        channel: HintChannel,
+        channel: ReplicaChannel,
         wall_clock: Callable[[], float],
         *,
         max_age: float,
@@ -135,8 +132,9 @@ class HintedHandoff:
         batch = list(_first(hints, self._batch))
         self._delivering.add(target)
         delivery = _Delivery(self, target, len(batch))
+        channel = self._channel
         for key, hint in batch:
-            self._channel.to_local(hint.partition, ReadKey(key), delivery, (False, key, hint))
+            channel.send(channel.me, hint.partition, ReadKey(key), delivery, (False, key, hint))
 
     def _delivered(
         self, target: str, done: list[tuple[bytes, _Hint]], failed: KVActorsError | None
@@ -198,8 +196,8 @@ class _Delivery:
             self._done.append((key, hint))
             self._settled()
         elif isinstance(result, KeyState) and not result.is_empty:
-            wire = ["merge", key, state_to_wire(result)]
-            self._owner._channel.to_peer(self._target, wire, self, (True, key, hint))
+            merge = MergeKey(key, result)
+            self._owner._channel.send(self._target, hint.partition, merge, self, (True, key, hint))
         else:  # nothing here any more (purged): nothing to hand over
             self._done.append((key, hint))
             self._settled()

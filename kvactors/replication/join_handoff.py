@@ -43,7 +43,7 @@ from kvactors.core.ops import MergeMany
 from kvactors.core.placement import RingHolder, RingSnapshot
 from kvactors.core.versions import state_from_wire
 from kvactors.errors import BadRequestError, KVActorsError
-from kvactors.replication.anti_entropy import BackgroundChannel
+from kvactors.replication.channel import ReplicaChannel
 from kvactors.replication.pull import PARTITIONS_PER_PULL, PULL
 
 __all__ = ["CatchUp", "JoinHandoff", "Repairs"]
@@ -98,7 +98,7 @@ class JoinHandoff:
         self,
         me: str,
         ring: RingHolder,
-        channel: BackgroundChannel,
+        channel: ReplicaChannel,
         *,
         replicas: int,
         concurrency: int,
@@ -317,7 +317,8 @@ class JoinHandoff:
                 len(v.value) for _, state in states for v in state.versions if v.value
             )
             tag = (progress, states[-1][0], done, len(states), size)
-            self._channel.to_local(progress.partition, MergeMany(states), self, tag)
+            merge = MergeMany(states)
+            self._channel.send(self._me, progress.partition, merge, self, tag)
         self._pump()
 
     def _failed(self, source: str, chosen: list[_Progress], error: KVActorsError) -> None:

@@ -21,19 +21,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from kvactors.core.ops import MergeRecord
 from kvactors.errors import KVActorsError
+from kvactors.replication.channel import ReplicaChannel
 from kvactors.storage.records import read_wire_state
 from kvactors.storage.tables import StorageBackend
 
-__all__ = ["LeaveHandoff", "TransferChannel"]
+__all__ = ["LeaveHandoff"]
 
 logger = logging.getLogger(__name__)
-
-
-class TransferChannel(Protocol):
-    def to_peer(self, name: str, wire_op: list[Any], target: Any, tag: Any) -> None: ...
 
 
 @dataclass(slots=True)
@@ -71,7 +69,7 @@ class LeaveHandoff:
         self,
         pairs: list[tuple[int, str]],
         storage: StorageBackend,
-        channel: TransferChannel,
+        channel: ReplicaChannel,
         *,
         concurrency: int,
         batch: int = 500,
@@ -142,8 +140,9 @@ class LeaveHandoff:
             return
         transfer.waiting = len(batch)
         for key, record in batch:
-            wire = ["merge", key, read_wire_state(record)]  # the record's state as stored
-            self._channel.to_peer(transfer.target, wire, self, (transfer, len(record)))
+            merge = MergeRecord(key, read_wire_state(record))  # its state as stored
+            tag = (transfer, len(record))
+            self._channel.send(transfer.target, transfer.partition, merge, self, tag)
 
     def _finish(self, transfer: _Transfer) -> None:
         self._running.remove(transfer)

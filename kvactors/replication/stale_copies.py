@@ -22,7 +22,7 @@ from kvactors.core.membership import MemberStatus
 from kvactors.core.ops import Forget
 from kvactors.core.placement import RingHolder, RingSnapshot
 from kvactors.errors import KVActorsError
-from kvactors.replication.anti_entropy import BackgroundChannel
+from kvactors.replication.channel import ReplicaChannel
 from kvactors.storage.tables import StorageBackend
 
 __all__ = ["StaleCopies"]
@@ -39,7 +39,7 @@ class StaleCopies:
         me: str,
         ring: RingHolder,
         storage: StorageBackend,
-        channel: BackgroundChannel,
+        channel: ReplicaChannel,
         *,
         delay: float,
         holding: Callable[[], bool] = lambda: False,
@@ -84,7 +84,8 @@ class StaleCopies:
                 continue
             self.partitions_dropped += 1
             for key, record in table.items():
-                self._channel.to_local(partition, Forget(key, record), _DROPPED, self)
+                forget = Forget(key, record)
+                self._channel.send(self._me, partition, forget, _DROPPED, self)
                 dropped += 1
         if dropped:
             logger.info("dropping %d keys of partitions this node no longer replicates", dropped)

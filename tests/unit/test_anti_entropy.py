@@ -3,12 +3,12 @@ partition trees, and whole exchanges between two simulated nodes.
 
 A `Cluster` holds a few `Node`s, each with a dict store of `KeyState`s and the real
 `PartitionTrees` over it (updated with the record digest of every stored state, as a
-StoreServer does). `FakeChannel` is a node's `ExchangeChannel`: it serves `call_peer` by
-calling `answer` on the peer's trees, and the repair's `read` and `merge` ops against the
-stores. Nothing is answered at once: every answer is queued and `Cluster.run` delivers them
-in order, as the transport thread would. Arguments and answers that cross the network go
-through msgpack, so what the wire would mangle is mangled here too. No sockets, no
-threads, no sleeps.
+StoreServer does). `SimulatedChannel` is a node's `ReplicaChannel`: it serves `call_peer`
+by calling `answer` on the peer's trees, and the repair's `ReadKey` and `MergeKey` ops
+against the stores. Nothing is answered at once: every answer is queued and `Cluster.run`
+delivers them in order, as the transport thread would. Arguments, ops and answers that
+cross the network go through msgpack, so what the wire would mangle is mangled here too.
+No sockets, no threads, no sleeps.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from kvactors.core.hashtree import (
     record_digest,
 )
 from kvactors.core.membership import Member, MemberStatus
-from kvactors.core.ops import MergeKey, ReadKey, StoreOp
+from kvactors.core.ops import MergeKey, ReadKey, RemoteOp, StoreOp, from_wire, to_wire
 from kvactors.core.placement import RingHolder, RingSnapshot, build_snapshot
 from kvactors.core.versions import (
     EMPTY_STATE,
@@ -46,6 +46,7 @@ from kvactors.core.versions import (
 from kvactors.errors import BadRequestError, KVActorsError, UnavailableError
 from kvactors.replication.anti_entropy import AAE, AntiEntropy, AntiEntropyStats, answer
 from kvactors.storage.records import encode_state
+from kvactors.testing import FakeChannel
 
 INTERVAL = 10.0
 PARTITIONS = 16
@@ -111,7 +112,7 @@ class Node:
         for partition, replicas in enumerate(snapshot.replica_sets):
             if name in replicas:
                 self.trees.publish(partition, new_partition_tree())
-        self.channel = FakeChannel(self, cluster)
+        self.channel = SimulatedChannel(self, cluster)
         self.aae = AntiEntropy(
             name,
             self.trees,
@@ -146,46 +147,47 @@ class Node:
         ]
 
 
-class FakeChannel:
-    """A node's `ExchangeChannel`: serves everything from the simulated stores and trees,
-    answering later (through the cluster's queue), and logs what it was asked."""
+class SimulatedChannel(FakeChannel):
+    """A node's channel: the shared `FakeChannel`, whose ops are served from the simulated
+    stores and trees, answering later (through the cluster's queue), and logged. An op for
+    the peer travels as on the wire: `to_wire`, msgpack, `from_wire`."""
 
     def __init__(self, node: Node, cluster: Cluster) -> None:
+        super().__init__(node.name)
         self._node = node
         self._cluster = cluster
 
-    def to_local(self, partition: int, op: StoreOp, target: Any, tag: Any) -> None:
-        node = self._node
+    def send(
+        self, replica: str, partition: int, op: StoreOp | RemoteOp, target: Any, tag: Any
+    ) -> None:
+        super().send(replica, partition, op, target, tag)  # checks an op for a peer travels
+        self.take()  # answered here, not by the test
+        node = self._cluster.nodes[replica]
         assert isinstance(op, ReadKey | MergeKey), op
-        assert partition == node.partition_of(op.key), "a local op went to the wrong partition"
-        self._cluster.log.append((node.name, node.name, type(op).__name__, op.key))
+        assert partition == node.partition_of(op.key), "an op went to the wrong partition"
+        local = replica == self.me
+        served: StoreOp | RemoteOp = op
+        if local:
+            self._cluster.log.append((self.me, replica, type(op).__name__, op.key))
+        else:
+            raw = wire(to_wire(op))
+            self._cluster.log.append((self.me, replica, raw[0], op.key))
+            served = from_wire(raw, 1 << 16, lambda value: value)
 
         def serve() -> None:
-            if isinstance(op, ReadKey):
-                target.replica_done(tag, node.read(op.key))
-            else:
-                node.merge(op.key, op.state)
-                target.replica_done(tag, None)
-
-        self._cluster.later(serve)
-
-    def to_peer(self, name: str, wire_op: list[Any], target: Any, tag: Any) -> None:
-        assert name != self._node.name, "an op for this node went to the network"
-        peer = self._cluster.nodes[name]
-        verb, key, *rest = wire(wire_op)
-        self._cluster.log.append((self._node.name, name, verb, key))
-
-        def serve() -> None:
-            if self._cluster.fail_peer_ops:
-                target.replica_failed(tag, UnavailableError(f"{name} is down"))
-            elif verb == "read":
-                # The RequestService decodes a peer's read answer into a KeyState.
-                target.replica_done(tag, state_from_wire(wire(state_to_wire(peer.read(key)))))
-            elif verb == "merge":
-                peer.merge(key, state_from_wire(rest[0]))
+            if not local and self._cluster.fail_peer_ops:
+                target.replica_failed(tag, UnavailableError(f"{replica} is down"))
+            elif isinstance(served, ReadKey):
+                # Every read answers a KeyState; a peer's has been through msgpack.
+                state = node.read(served.key)
+                if not local:
+                    state = state_from_wire(wire(state_to_wire(state)))
+                target.replica_done(tag, state)
+            elif isinstance(served, MergeKey):
+                node.merge(served.key, served.state)
                 target.replica_done(tag, None)
             else:
-                raise AssertionError(f"unexpected peer op {wire_op!r}")
+                raise AssertionError(f"unexpected op {served!r}")
 
         self._cluster.later(serve)
 

@@ -1,15 +1,15 @@
 """Tests for kvactors.replication.coordinator: quorum reads with read repair, and writes
 coordinated here or forwarded to a replica.
 
-The operations only talk to a `ReplicaChannel`; here that is `FakeChannel`, an in-memory
-recorder: it records every call and the test decides when, and how, each replica answers
-(through the target and tag the operation passed). No sockets, actors or sleeps.
+The operations only talk to a `ReplicaChannel`; here that is `kvactors.testing.FakeChannel`,
+an in-memory recorder: it records every call and the test decides when, and how, each
+replica answers (through the target and tag the operation passed). No sockets, actors or
+sleeps.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from kvactors.core.clocks import HlcStamp, VectorClock
 from kvactors.core.context import encode_context
-from kvactors.core.ops import MergeKey, ReadKey, StoreOp, WriteKey, Written
+from kvactors.core.ops import Coordinate, MergeKey, ReadKey, WriteKey, Written, to_wire
 from kvactors.core.versions import (
     EMPTY_STATE,
     KeyState,
@@ -39,10 +39,10 @@ from kvactors.replication.coordinator import (
     KeyOutcome,
     ReadOperation,
     ReadResult,
-    ReplicaTarget,
     WriteOperation,
     WriteResult,
 )
+from kvactors.testing import FakeChannel, Sent
 
 KEY = b"user:42"
 PARTITION = 7
@@ -51,88 +51,31 @@ NODES = ("a", "b", "c")
 # -------------------------------------------------------------------------- the fake channel
 
 
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """One call the operation made on the channel."""
-
-    route: str  # "local" | "peer" | "coordinate"
-    name: str  # the member addressed (this node for "local")
-    op: Any  # a StoreOp for "local", a wire op (list) otherwise
-    target: ReplicaTarget
-    tag: Any
-    partition: int | None = None
-
-    def done(self, result: Any) -> None:
-        self.target.replica_done(self.tag, result)
-
-    def failed(self, error: KVActorsError) -> None:
-        self.target.replica_failed(self.tag, error)
-
-
-@dataclass
-class FakeChannel:
-    """A `ReplicaChannel` that records everything and answers nothing by itself."""
-
-    name: str
-    sent: list[Sent] = field(default_factory=list)
-    read_repairs: int = 0
-    hints: list[tuple[int, bytes, str]] = field(default_factory=list)
-    later: list[tuple[str, list[Any]]] = field(default_factory=list)  # to_peer_later
-
-    @property
-    def me(self) -> str:
-        return self.name
-
-    def to_local(self, partition: int, op: StoreOp, target: ReplicaTarget, tag: Any) -> None:
-        self.sent.append(Sent("local", self.name, op, target, tag, partition))
-
-    def to_peer(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
-        assert name != self.name, "a replica op for this node went to the network"
-        self.sent.append(Sent("peer", name, wire_op, target, tag))
-
-    def to_peer_later(self, name: str, wire_op: list[Any]) -> None:
-        assert name != self.name, "a replica op for this node went to the network"
-        self.later.append((name, wire_op))
-
-    def coordinate_at(self, name: str, wire_op: list[Any], target: ReplicaTarget, tag: Any) -> None:
-        self.sent.append(Sent("coordinate", name, wire_op, target, tag))
-
-    def count_read_repair(self) -> None:
-        self.read_repairs += 1
-
-    def hint(self, partition: int, key: bytes, target: str) -> None:
-        self.hints.append((partition, key, target))
-
-    # -- what the tests look at --
+class Channel(FakeChannel):
+    """The shared `FakeChannel`, with what these tests look for in what it recorded."""
 
     def reads(self) -> dict[str, Sent]:
         """The read request each replica got (at most one each)."""
         found: dict[str, Sent] = {}
         for sent in self.sent:
-            if isinstance(sent.op, ReadKey) or (isinstance(sent.op, list) and sent.op[0] == "read"):
-                assert sent.name not in found, f"{sent.name} was asked to read twice"
-                found[sent.name] = sent
+            if isinstance(sent.op, ReadKey):
+                assert sent.replica not in found, f"{sent.replica} was asked to read twice"
+                found[sent.replica] = sent
         return found
 
     def merges(self) -> list[Sent]:
-        """Every merge sent, local (`MergeKey`) or remote (``["merge", ...]``)."""
-        return [
-            sent
-            for sent in self.sent
-            if isinstance(sent.op, MergeKey)
-            or (isinstance(sent.op, list) and sent.op[0] == "merge")
-        ]
+        """Every merge sent, to this node or to a peer."""
+        return [sent for sent in self.sent if isinstance(sent.op, MergeKey)]
 
     def merged_state(self, sent: Sent) -> KeyState:
-        """The state a merge carries, decoded from the wire for remote ones."""
-        if isinstance(sent.op, MergeKey):
-            assert sent.route == "local" and sent.partition == PARTITION
-            assert sent.op.key == KEY
-            return sent.op.state
-        assert sent.route == "peer"
-        verb, key, wire = sent.op
-        assert (verb, key) == ("merge", KEY)
-        return state_from_wire(wire)
+        """The state a merge carries (as its wire form carries it, for a peer)."""
+        assert isinstance(sent.op, MergeKey)
+        assert sent.partition == PARTITION
+        assert sent.op.key == KEY
+        if not sent.local:
+            verb, key, wire = to_wire(sent.op)
+            assert (verb, key, state_from_wire(wire)) == ("merge", KEY, sent.op.state)
+        return sent.op.state
 
 
 class Outcomes(list[KeyOutcome]):
@@ -181,8 +124,8 @@ def test_the_sample_states_differ() -> None:
 
 def start_read(
     me: str, replicas: tuple[str, ...] = NODES, required: int = 2
-) -> tuple[FakeChannel, Outcomes]:
-    channel, outcomes = FakeChannel(me), Outcomes()
+) -> tuple[Channel, Outcomes]:
+    channel, outcomes = Channel(me), Outcomes()
     ReadOperation(
         channel,
         KEY,
@@ -201,13 +144,10 @@ def test_read_asks_every_replica_locally_or_by_peer(me: str) -> None:
     assert set(reads) == set(NODES)
     assert len(channel.sent) == 3
     for name, sent in reads.items():
-        if name == me:
-            assert sent.route == "local"
-            assert sent.partition == PARTITION
-            assert sent.op == ReadKey(KEY)
-        else:
-            assert sent.route == "peer"
-            assert sent.op == ["read", KEY]
+        assert sent.local == (name == me)
+        assert sent.partition == PARTITION
+        assert sent.op == ReadKey(KEY)
+        assert sent.local or to_wire(sent.op) == ["read", KEY]
     assert outcomes == []
     assert channel.read_repairs == 0
 
@@ -288,12 +228,12 @@ def play_read(
             assert merges == [], context
             assert channel.read_repairs == 0, context
         else:
-            got = {sent.name: channel.merged_state(sent) for sent in merges}
+            got = {sent.replica: channel.merged_state(sent) for sent in merges}
             assert got == repairs, context
             assert len(merges) == len(repairs), context
             assert channel.read_repairs == len(repairs), context
             for sent in merges:
-                assert (sent.route == "local") == (sent.name == me), context
+                assert sent.local == (sent.replica == me), context
     # Nothing but the reads and the repairs went anywhere.
     assert len(channel.sent) == len(replicas) + len(repairs)
 
@@ -354,27 +294,26 @@ def test_read_repair_waits_for_every_replica() -> None:
     assert channel.merges() == []
     reads["c"].failed(failure("c"))
     # a was stale; b held everything; c failed, so nothing is known about it.
-    assert [(sent.name, channel.merged_state(sent)) for sent in channel.merges()] == [("a", TWO)]
+    assert [(sent.replica, channel.merged_state(sent)) for sent in channel.merges()] == [("a", TWO)]
     assert channel.read_repairs == 1
 
 
-def test_read_repairs_locally_with_merge_key_and_remotely_with_wire_state() -> None:
+def test_read_repairs_every_stale_replica_with_one_merge_of_the_merged_state() -> None:
     channel, _ = start_read("b", required=3)
     reads = channel.reads()
     reads["a"].done(ONE)
     reads["b"].done(ONE)
     merged = merge_states(ONE, THREE)
     reads["c"].done(merged)  # up to date: no repair for c
-    by_name = {sent.name: sent for sent in channel.merges()}
+    by_name = {sent.replica: sent for sent in channel.merges()}
     assert set(by_name) == {"a", "b"}
     local, remote = by_name["b"], by_name["a"]
-    assert local.route == "local"
-    assert local.partition == PARTITION
+    assert local.local
+    assert local.partition == remote.partition == PARTITION
     assert local.op == MergeKey(KEY, merged)
-    assert remote.route == "peer"
-    assert remote.op[:2] == ["merge", KEY]
-    assert remote.op[2] == state_to_wire(merged)
-    assert state_from_wire(remote.op[2]) == merged
+    assert not remote.local
+    assert remote.op is local.op  # one op: a node encodes it once for all its peers
+    assert to_wire(remote.op) == ["merge", KEY, state_to_wire(merged)]
     assert channel.read_repairs == 2
 
 
@@ -403,7 +342,7 @@ def test_read_repair_uses_answers_that_came_after_the_decision() -> None:
     assert outcomes == [ReadResult(ONE)]
     reads["c"].done(GONE)  # late, and newer than what the client got
     assert outcomes == [ReadResult(ONE)]
-    repaired = {sent.name: channel.merged_state(sent) for sent in channel.merges()}
+    repaired = {sent.replica: channel.merged_state(sent) for sent in channel.merges()}
     assert repaired == {"a": GONE, "b": GONE}
 
 
@@ -433,7 +372,7 @@ def test_read_unavailable_once_and_still_repairs_what_answered() -> None:
     assert channel.merges() == []
     reads["c"].done(TWO)
     assert len(outcomes) == 1
-    assert {sent.name: channel.merged_state(sent) for sent in channel.merges()} == {"a": TWO}
+    assert {sent.replica: channel.merged_state(sent) for sent in channel.merges()} == {"a": TWO}
 
 
 def test_read_repair_answers_are_ignored() -> None:
@@ -454,7 +393,7 @@ def test_read_repair_answers_are_ignored() -> None:
 def test_read_of_a_single_replica_delivers_its_state(me: str) -> None:
     channel, outcomes = start_read(me, ("a",), required=1)
     (sent,) = channel.sent
-    assert sent.route == ("local" if me == "a" else "peer")
+    assert sent.local == (me == "a")
     sent.done(TWO)
     assert outcomes == [ReadResult(TWO)]
     assert channel.merges() == []
@@ -500,8 +439,8 @@ def start_write(
     coordinate_here: bool = False,
     hint_for: tuple[str, ...] = (),
     next_owners: tuple[str, ...] = (),
-) -> tuple[FakeChannel, Outcomes]:
-    channel, outcomes = FakeChannel(me), Outcomes()
+) -> tuple[Channel, Outcomes]:
+    channel, outcomes = Channel(me), Outcomes()
     WriteOperation(
         channel,
         KEY,
@@ -519,9 +458,9 @@ def start_write(
     return channel, outcomes
 
 
-def peer_merges(channel: FakeChannel) -> dict[str, Sent]:
+def peer_merges(channel: Channel) -> dict[str, Sent]:
     merges = channel.merges()
-    found = {sent.name: sent for sent in merges}
+    found = {sent.replica: sent for sent in merges}
     assert len(found) == len(merges), "a replica got the write twice"
     return found
 
@@ -541,7 +480,7 @@ def test_write_starts_with_the_local_write_alone(
 ) -> None:
     channel, outcomes = start_write(me, value=value, context=context)
     (sent,) = channel.sent
-    assert sent.route == "local"
+    assert sent.local
     assert sent.partition == PARTITION
     assert sent.op == WriteKey(KEY, value, None if context is None else context[0])
     assert outcomes == []
@@ -554,10 +493,11 @@ def test_a_write_reaches_the_next_owners_unhurried_and_does_not_wait_for_them(
     channel, outcomes = start_write("a", required=required, next_owners=("d", "e"))
     (local,) = channel.sent
     local.done(WRITTEN)
-    # Sent in bulk (`to_peer_later`), with the state the replicas get, to each next owner.
-    wire = state_to_wire(WRITTEN.state)
-    assert channel.later == [("d", ["merge", KEY, wire]), ("e", ["merge", KEY, wire])]
-    assert {sent.name for sent in channel.merges()} == {"b", "c"}  # the replicas, as usual
+    # Sent in bulk (`send_later`), the very merge the replicas get, to each next owner.
+    merge = MergeKey(KEY, WRITTEN.state)
+    assert channel.later == [("d", PARTITION, merge), ("e", PARTITION, merge)]
+    assert {sent.replica for sent in channel.merges()} == {"b", "c"}  # the replicas, as usual
+    assert all(op is channel.merges()[0].op for _, _, op in channel.later)
     if required == 2:
         assert outcomes == []
         peer_merges(channel)["b"].done(None)
@@ -576,10 +516,13 @@ def test_write_sends_the_written_state_to_the_other_replicas(
     local.done(WRITTEN)
     merges = peer_merges(channel)
     assert set(merges) == set(replicas) - {me}
+    ops = {id(sent.op) for sent in merges.values()}
+    assert len(ops) == 1  # one op for every peer: a node encodes it once
     for sent in merges.values():
-        assert sent.route == "peer"
-        assert sent.op == ["merge", KEY, state_to_wire(WRITTEN.state)]
-        assert state_from_wire(sent.op[2]) == WRITTEN.state
+        assert not sent.local
+        assert sent.partition == PARTITION
+        assert sent.op == MergeKey(KEY, WRITTEN.state)
+        assert to_wire(sent.op) == ["merge", KEY, state_to_wire(WRITTEN.state)]
     assert len(channel.sent) == len(replicas)
     assert outcomes == []
     for sent in merges.values():
@@ -770,13 +713,13 @@ def test_write_reports_existed_and_distinct_live_siblings(
 def test_write_coordinated_here_for_a_peer_replaces_the_last_replica() -> None:
     channel, outcomes = start_write("x", NODES, required=3, coordinate_here=True)
     (local,) = channel.sent
-    assert local.route == "local"
+    assert local.local
     assert local.op == WriteKey(KEY, b"new", None)
     local.done(WRITTEN)
     merges = peer_merges(channel)
     assert set(merges) == {"a", "b"}
     assert channel.reads() == {}
-    assert not any(sent.route == "coordinate" for sent in channel.sent)
+    assert not any(isinstance(sent.op, Coordinate) for sent in channel.sent)
     merges["a"].done(None)
     assert outcomes == []
     merges["b"].done(None)
@@ -812,15 +755,17 @@ CONTEXT = (TWO.context, TWO.encoded_context())
 def test_forwarded_write_goes_to_the_first_replica_whole() -> None:
     channel, outcomes = start_write("x", context=CONTEXT, requested_w=3, value=b"v")
     (sent,) = channel.sent
-    assert sent.route == "coordinate"
-    assert sent.name == "a"
-    assert sent.op == ["write", KEY, b"v", encode_context(TWO.context), 3]
+    assert sent.replica == "a"
+    assert not sent.local
+    assert sent.op == Coordinate(KEY, b"v", encode_context(TWO.context), 3)
+    assert to_wire(sent.op) == ["write", KEY, b"v", encode_context(TWO.context), 3]
     assert outcomes == []
 
 
 def test_forwarded_delete_without_context_or_w() -> None:
     channel, _ = start_write("x", value=None)
-    assert channel.sent[0].op == ["write", KEY, None, None, None]
+    assert channel.sent[0].op == Coordinate(KEY, None, None, None)
+    assert to_wire(channel.sent[0].op) == ["write", KEY, None, None, None]
 
 
 @pytest.mark.parametrize(
@@ -856,8 +801,8 @@ def test_forwarded_write_with_a_malformed_answer_is_an_internal_error(answer: An
 def test_forwarded_write_moves_on_from_an_unreachable_replica() -> None:
     channel, outcomes = start_write("x", context=CONTEXT, requested_w=2)
     channel.sent[0].failed(PeerUnreachableError("a is down"))
-    assert [sent.name for sent in channel.sent] == ["a", "b"]
-    assert channel.sent[1].route == "coordinate"
+    assert [sent.replica for sent in channel.sent] == ["a", "b"]
+    assert isinstance(channel.sent[1].op, Coordinate)
     assert channel.sent[1].op == channel.sent[0].op
     assert outcomes == []
     channel.sent[1].done([False, 1])
@@ -870,7 +815,7 @@ def test_forwarded_write_with_every_replica_unreachable_delivers_the_last_error(
     errors = [PeerUnreachableError(f"{name} is down") for name in NODES]
     for index, error in enumerate(errors):
         assert len(channel.sent) == index + 1
-        assert channel.sent[index].name == NODES[index]
+        assert channel.sent[index].replica == NODES[index]
         channel.sent[index].failed(error)
     assert outcomes == [errors[-1]]
     assert len(channel.sent) == 3
@@ -903,9 +848,9 @@ def test_forwarded_write_ignores_a_repeated_failure_of_an_attempt_already_retrie
     channel, outcomes = start_write("x")
     first = channel.sent[0]
     first.failed(PeerUnreachableError("a is down"))
-    assert [sent.name for sent in channel.sent] == ["a", "b"]
+    assert [sent.replica for sent in channel.sent] == ["a", "b"]
     first.failed(PeerUnreachableError("a is down"))  # reported again
-    assert [sent.name for sent in channel.sent] == ["a", "b"]
+    assert [sent.replica for sent in channel.sent] == ["a", "b"]
     assert outcomes == []
     channel.sent[1].done([True, 1])
     assert outcomes == [WriteResult(True, 1)]

@@ -3,34 +3,29 @@ once their target owns partitions again.
 
 `HintedHandoff` runs here over a real `MemoryTable` and a real `RingHolder` (snapshots
 built with `build_snapshot`, so whether the target owns anything is the ring's word). Its
-`HintChannel` is `FakeChannel`, an in-memory recorder: it records every op sent, and the
-test answers each one through the target and tag it carries, in any order it likes. The
-wall clock is a `FakeClock`. No sockets, no threads, no sleeps.
+channel is `kvactors.testing.FakeChannel`, an in-memory recorder: it records every op
+sent, and the test answers each one through the target and tag it carries, in any order
+it likes. The wall clock is a `FakeClock`. No sockets, no threads, no sleeps.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
 from kvactors.core.clocks import HlcStamp
 from kvactors.core.membership import Member, MemberStatus
-from kvactors.core.ops import MergeKey, ReadKey, StoreOp
+from kvactors.core.ops import MergeKey, ReadKey
 from kvactors.core.placement import RingHolder, RingSnapshot, build_snapshot
 from kvactors.core.versions import (
     EMPTY_STATE,
     KeyState,
     coordinate_write,
     merge_states,
-    state_from_wire,
-    state_to_wire,
 )
-from kvactors.errors import KVActorsError, UnavailableError
+from kvactors.errors import UnavailableError
 from kvactors.replication.hints import HintedHandoff, HintStats
 from kvactors.storage.memory import MemoryTable
-from kvactors.testing import FakeClock
+from kvactors.testing import FakeChannel, FakeClock, Sent
 
 ME = "a"
 TARGET = "c"
@@ -42,67 +37,35 @@ START = 1_000.0  # the wall clock's first reading
 # -------------------------------------------------------------------------- the fake channel
 
 
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """One op the handoff sent: a local read, or a merge into a peer."""
+class Channel(FakeChannel):
+    """The shared `FakeChannel` as this node's, with what these tests look for in it."""
 
-    name: str  # the member addressed (ME for a local op)
-    op: Any  # a StoreOp for a local op, a wire op (list) for a peer
-    target: Any
-    tag: Any
-    partition: int | None = None
-
-    def done(self, result: Any) -> None:
-        self.target.replica_done(self.tag, result)
-
-    def failed(self, error: KVActorsError) -> None:
-        self.target.replica_failed(self.tag, error)
-
-
-@dataclass
-class FakeChannel:
-    """A `HintChannel` that records everything and answers nothing by itself."""
-
-    sent: list[Sent] = field(default_factory=list)
-    unanswered: list[Sent] = field(default_factory=list)
-
-    def to_local(self, partition: int, op: StoreOp, target: Any, tag: Any) -> None:
-        self._record(Sent(ME, op, target, tag, partition))
-
-    def to_peer(self, name: str, wire_op: list[Any], target: Any, tag: Any) -> None:
-        assert name != ME, "an op for this node went to the network"
-        self._record(Sent(name, wire_op, target, tag))
-
-    def _record(self, sent: Sent) -> None:
-        self.sent.append(sent)
-        self.unanswered.append(sent)
+    def __init__(self) -> None:
+        super().__init__(ME)
 
     def take_reads(self) -> list[Sent]:
-        """The local reads not answered yet (which the test now answers)."""
-        return self._take(lambda sent: isinstance(sent.op, ReadKey))
+        """The reads not answered yet (which the test now answers): all of this node's."""
+        reads = self.take(ReadKey)
+        assert all(sent.local for sent in reads), "a hint's key read elsewhere"
+        return reads
 
     def take_merges(self) -> list[Sent]:
-        """The merges into peers not answered yet (which the test now answers)."""
-        return self._take(lambda sent: isinstance(sent.op, list) and sent.op[0] == "merge")
-
-    def _take(self, wanted: Any) -> list[Sent]:
-        taken = [sent for sent in self.unanswered if wanted(sent)]
-        self.unanswered = [sent for sent in self.unanswered if not wanted(sent)]
-        return taken
+        """The merges not answered yet (which the test now answers): all into peers."""
+        merges = self.take(MergeKey)
+        assert not any(sent.local for sent in merges), "a local merge"
+        return merges
 
     def read_keys(self) -> list[bytes]:
         return [sent.op.key for sent in self.sent if isinstance(sent.op, ReadKey)]
 
     def merged(self) -> dict[tuple[str, bytes], KeyState]:
-        """(member, key) -> the state merged into it, decoded from the wire."""
+        """(member, key) -> the state merged into it."""
         merged: dict[tuple[str, bytes], KeyState] = {}
         for sent in self.sent:
-            if isinstance(sent.op, list):
-                verb, key, wire = sent.op
-                assert verb == "merge"
-                assert (sent.name, key) not in merged, "a key merged twice"
-                merged[sent.name, key] = state_from_wire(wire)
-        assert not any(isinstance(sent.op, MergeKey) for sent in self.sent), "a local merge"
+            if isinstance(sent.op, MergeKey):
+                assert not sent.local, "a local merge"
+                assert (sent.replica, sent.op.key) not in merged, "a key merged twice"
+                merged[sent.replica, sent.op.key] = sent.op.state
         return merged
 
 
@@ -153,7 +116,7 @@ class World:
     ) -> None:
         self.table = MemoryTable() if table is None else table
         self.ring = RingHolder(snapshot(target_status))
-        self.channel = FakeChannel()
+        self.channel = Channel()
         self.clock = FakeClock(START) if clock is None else clock
         self.store: dict[bytes, KeyState] = {}
         self.now = 0.0  # the transport's monotonic time, for on_tick
@@ -211,8 +174,8 @@ class World:
         """The join of every state merged into the target for key `wanted`."""
         joined = EMPTY_STATE
         for sent in self.channel.sent:
-            if sent.name == TARGET and isinstance(sent.op, list) and sent.op[1] == wanted:
-                joined = merge_states(joined, state_from_wire(sent.op[2]))
+            if sent.replica == TARGET and isinstance(sent.op, MergeKey) and sent.op.key == wanted:
+                joined = merge_states(joined, sent.op.state)
         return joined
 
     def table_keys(self) -> set[bytes]:
@@ -324,8 +287,8 @@ def test_hints_go_to_the_target_once_it_owns_partitions_again(status: MemberStat
     assert world.answer_reads() == 5
     # Then each key's current state is merged into the target.
     merges = world.channel.unanswered
-    assert [s.op for s in merges] == [
-        ["merge", key(i), state_to_wire(states[key(i)])] for i in range(5)
+    assert [(s.replica, s.op, s.partition) for s in merges] == [
+        (TARGET, MergeKey(key(i), states[key(i)]), i) for i in range(5)
     ]
     assert world.channel.merged() == {(TARGET, k): state for k, state in states.items()}
     assert world.handoff.pending() == {TARGET: 5}  # not forgotten before the target answers
@@ -345,7 +308,7 @@ def test_a_key_with_nothing_here_is_forgotten_without_sending() -> None:
     world.write(2, b"v")
     world.tick()
     world.answer_reads()
-    assert [s.op[1] for s in world.channel.unanswered] == [key(2)]  # no merge of key 1
+    assert [s.op.key for s in world.channel.unanswered] == [key(2)]  # no merge of key 1
     world.answer_merges()
     assert world.handoff.pending() == {}
     assert len(world.table) == 0
@@ -375,7 +338,7 @@ def test_a_failed_read_or_merge_keeps_its_hint_for_a_later_round() -> None:
     reads[key(3)].failed(UnavailableError("the partition is restarting"))
     for index in range(3):
         reads[key(index)].done(world.store[key(index)])
-    merges = {s.op[1]: s for s in world.channel.take_merges()}
+    merges = {s.op.key: s for s in world.channel.take_merges()}
     assert set(merges) == {key(0), key(1), key(2)}
     merges[key(0)].done(None)
     merges[key(1)].failed(UnavailableError("c went away again"))
@@ -416,7 +379,7 @@ def test_each_target_gets_its_own_delivery() -> None:
     world.tick()
     assert [s.op for s in world.channel.unanswered] == [ReadKey(key(1)), ReadKey(key(1))]
     world.answer_reads()
-    assert sorted(s.name for s in world.channel.unanswered) == ["b", TARGET]
+    assert sorted(s.replica for s in world.channel.unanswered) == ["b", TARGET]
     world.answer_merges()
     assert world.handoff.pending() == {}
 

@@ -4,7 +4,6 @@ old copies after the switch (stale_copies)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from kvactors.core.clocks import HlcStamp
@@ -18,6 +17,7 @@ from kvactors.replication.pull import PULL, serve_pull
 from kvactors.replication.stale_copies import StaleCopies
 from kvactors.storage.memory import MemoryBackend
 from kvactors.storage.records import encode_state
+from kvactors.testing import FakeChannel, Sent
 
 PARTITIONS = 32
 
@@ -47,33 +47,30 @@ def joining_ring(*, joined: bool = False, dead: str | None = None) -> RingHolder
     return RingHolder(build_snapshot(1, me, [*others, me], PARTITIONS, replicas=2))
 
 
-@dataclass
-class FakeChannel:
-    calls: list[tuple[str, dict[str, Any], Callable[[Any, KVActorsError | None], None]]] = field(
-        default_factory=list
-    )
-    merges: list[tuple[int, Any, Any, Any]] = field(default_factory=list)
+class Channel(FakeChannel):
+    """The joiner's (d's) channel: the shared `FakeChannel`, serving pulls on demand."""
 
-    def to_local(self, partition: int, op: Any, target: Any, tag: Any) -> None:
-        self.merges.append((partition, op, target, tag))
+    def __init__(self) -> None:
+        super().__init__("d")
 
-    def call_peer(self, endpoint: str, op: str, args: dict[str, Any], settle: Any) -> None:
-        assert op == PULL
-        self.calls.append((endpoint, args, settle))
+    @property
+    def merges(self) -> list[Sent]:
+        """The local ops not acknowledged yet: the pull's merges, the dropped copies."""
+        assert all(sent.local for sent in self.unanswered), "a replica op left this node"
+        return self.unanswered
 
     def serve(self, backends: dict[str, MemoryBackend]) -> int:
         """Answer every call from the named source's backend, then ack every merge."""
         calls, self.calls = self.calls, []
-        for endpoint, args, settle in calls:
-            source = endpoint.removeprefix("tcp://").removesuffix(":1")
-            settle(serve_pull(backends[source], PARTITIONS, args), None)
+        for call in calls:
+            assert call.op == PULL
+            source = call.endpoint.removeprefix("tcp://").removesuffix(":1")
+            call.settle(serve_pull(backends[source], PARTITIONS, call.args), None)
         self.ack_merges()
         return len(calls)
 
     def ack_merges(self) -> None:
-        merges, self.merges = self.merges, []
-        for _, _, target, tag in merges:
-            target.replica_done(tag, None)
+        self.answer_all()
 
 
 class Clock:
@@ -84,7 +81,7 @@ class Clock:
         return self.now
 
 
-def handoff(ring: RingHolder, channel: FakeChannel, **options: Any) -> JoinHandoff:
+def handoff(ring: RingHolder, channel: Channel, **options: Any) -> JoinHandoff:
     options.setdefault("concurrency", 4)
     options.setdefault("batch_keys", 3)
     return JoinHandoff("d", ring, channel, replicas=2, **options)
@@ -97,72 +94,76 @@ def test_the_joiner_pulls_exactly_its_share_in_batches_with_at_most_concurrency_
     assert share
     source_data = {p: 4 for p in range(PARTITIONS)}
     backends = {name: filled_backend(source_data) for name in "abc"}
-    channel = FakeChannel()
+    channel = Channel()
     join = handoff(ring, channel)
     join.on_tick()
     rounds = 0
     while not join.finished:
         assert len(channel.calls) <= 4  # calls open at once
-        assert all(len(args["partitions"]) <= 64 for _, args, _ in channel.calls)
-        assert all(args["max_keys"] == 3 for _, args, _ in channel.calls)
+        assert all(len(call.args["partitions"]) <= 64 for call in channel.calls)
+        assert all(call.args["max_keys"] == 3 for call in channel.calls)
         assert channel.serve(backends) or join.finished
         rounds += 1
         assert rounds < 1_000
     status = join.status()
     assert status["partitions"] == status["done"] == len(share)
     assert status["keys_received"] == 4 * len(share)  # each key once, none of other partitions
-    merged = {(p, op.key) for p, op, _, _ in channel.merges}
-    assert not merged  # every merge acknowledged
+    assert not channel.merges  # every merge acknowledged
 
 
 def test_merges_land_in_the_pulled_partition_and_a_failed_pull_resumes_at_its_cursor() -> None:
     ring = joining_ring()
     backends = {name: filled_backend(dict.fromkeys(range(PARTITIONS), 5)) for name in "abc"}
-    channel = FakeChannel()
+    channel = Channel()
     clock = Clock()
     join = handoff(ring, channel, concurrency=1, clock=clock, retry=1.0)
     join.on_tick()
-    endpoint, args, settle = channel.calls.pop()
+    endpoint, _, args, settle = channel.calls.pop()
     partition, cursor = args["partitions"][0]
     assert cursor == b""
     source = endpoint.removeprefix("tcp://").removesuffix(":1")
     settle(serve_pull(backends[source], PARTITIONS, args), None)  # 3 keys of the first
     # One merge for the partition's answer, of its first 3 keys.
-    assert [(p, [key for key, _ in op.items]) for p, op, _, _ in channel.merges] == [
+    assert [(m.partition, [key for key, _ in m.op.items]) for m in channel.merges] == [
         (partition, [b"k%d-%03d" % (partition, i) for i in range(3)])
     ]
     assert not channel.calls  # the next call waits for the merges (flow control)
     channel.ack_merges()
-    _, again, settle = channel.calls.pop()
+    _, _, again, settle = channel.calls.pop()
     assert [partition, b"k%d-002" % partition] in again["partitions"]
     settle(None, RequestTimeoutError("no answer"))
     assert join.status()["failed_calls"] == 1
     join.on_tick()
-    assert all(e != endpoint for e, _, _ in channel.calls)  # that source waits `retry`
+    assert all(call.endpoint != endpoint for call in channel.calls)  # it waits `retry`
     for _ in range(3):  # the other sources fail too, until every source waits
         failing, channel.calls = channel.calls, []
-        for _, _, other in failing:
-            other(None, RequestTimeoutError("no answer"))
+        for call in failing:
+            call.settle(None, RequestTimeoutError("no answer"))
         join.on_tick()
     assert not channel.calls
     clock.now += 1.5
     join.on_tick()
-    resumed = [pair for e, a, _ in channel.calls if e == endpoint for pair in a["partitions"]]
+    resumed = [
+        pair
+        for call in channel.calls
+        if call.endpoint == endpoint
+        for pair in call.args["partitions"]
+    ]
     assert [partition, b"k%d-002" % partition] in resumed
 
 
 def test_a_dead_source_is_replaced_by_another_replica() -> None:
     ring = joining_ring()
-    channel = FakeChannel()
+    channel = Channel()
     join = handoff(ring, channel, concurrency=64)
     join.on_tick()
-    asked_of = {endpoint for endpoint, _, _ in channel.calls}
+    asked_of = {call.endpoint for call in channel.calls}
     gone = sorted(asked_of)[0].removeprefix("tcp://").removesuffix(":1")
     channel.calls.clear()  # the calls to it never answer... and it is declared dead
     ring.publish(joining_ring(dead=gone).current)
     join2 = handoff(ring, channel, concurrency=64)
     join2.on_tick()
-    assert all(f"tcp://{gone}:1" != endpoint for endpoint, _, _ in channel.calls)
+    assert all(f"tcp://{gone}:1" != call.endpoint for call in channel.calls)
 
 
 def test_partitions_whose_every_source_is_down_stay_wanted_until_one_answers() -> None:
@@ -177,11 +178,11 @@ def test_partitions_whose_every_source_is_down_stay_wanted_until_one_answers() -
     ]
     ring = RingHolder(build_snapshot(1, me, members, PARTITIONS, replicas=2))
     share = [p for p in range(PARTITIONS) if ring.current.next_owners(p) == ("d",)]
-    channel = FakeChannel()
+    channel = Channel()
     join = handoff(ring, channel, concurrency=64)
     join.on_tick()
     assert join.status()["partitions"] == len(share)
-    asked = {pair[0]: e for e, args, _ in channel.calls for pair in args["partitions"]}
+    asked = {pair[0]: call.endpoint for call in channel.calls for pair in call.args["partitions"]}
     assert set(asked) == set(share)
     stranded = [p for p, e in asked.items() if e != "tcp://c:1"]
     assert stranded, "the ring here has partitions only suspects replicate"
@@ -194,7 +195,7 @@ def test_partitions_whose_every_source_is_down_stay_wanted_until_one_answers() -
 def test_catch_up_runs_after_the_settle_time_and_until_a_round_repairs_nothing() -> None:
     ring = joining_ring()
     backends = {name: MemoryBackend() for name in "abc"}  # empty partitions: pulled at once
-    channel = FakeChannel()
+    channel = Channel()
     clock = Clock()
     exchanges: list[tuple[str, list[int], Callable[[KVActorsError | None], None]]] = []
     repaired = [0]
@@ -232,7 +233,7 @@ def test_copies_are_dropped_only_once_settled_for_the_delay_and_only_if_unchange
     ring = RingHolder(build_snapshot(1, me, members, PARTITIONS, replicas=2))
     mine = {p for p in range(PARTITIONS) if "d" in ring.current.replicas(p)}
     backend = filled_backend(dict.fromkeys(range(PARTITIONS), 2))
-    channel = FakeChannel()
+    channel = Channel()
     clock = Clock()
     stale = StaleCopies("d", ring, backend, channel, delay=5.0, clock=clock)
     stale.on_tick()
@@ -241,13 +242,13 @@ def test_copies_are_dropped_only_once_settled_for_the_delay_and_only_if_unchange
     assert not channel.merges  # not settled for 5 s yet
     clock.now += 1.5
     stale.on_tick()
-    dropped = {p for p, op, _, _ in channel.merges}
+    dropped = {sent.partition for sent in channel.merges}
     assert dropped == set(range(PARTITIONS)) - mine
-    assert all(isinstance(op, Forget) for _, op, _, _ in channel.merges)
+    assert all(isinstance(sent.op, Forget) for sent in channel.merges)
 
     joining = [*members, member("e", MemberStatus.JOINING)]
     ring.publish(build_snapshot(2, me, joining, PARTITIONS, replicas=2))
-    channel.merges.clear()
+    channel.take()
     clock.now += 60
     stale.on_tick()
     stale.on_tick()
@@ -257,7 +258,7 @@ def test_copies_are_dropped_only_once_settled_for_the_delay_and_only_if_unchange
 def test_never_dropped_with_a_negative_delay() -> None:
     ring = joining_ring(joined=True)
     backend = filled_backend(dict.fromkeys(range(PARTITIONS), 1))
-    channel = FakeChannel()
+    channel = Channel()
     clock = Clock()
     stale = StaleCopies("d", ring, backend, channel, delay=-1, clock=clock)
     for _ in range(3):
@@ -269,7 +270,7 @@ def test_never_dropped_with_a_negative_delay() -> None:
 def test_the_pull_keeps_to_its_rate() -> None:
     ring = joining_ring()
     backends = {name: filled_backend(dict.fromkeys(range(PARTITIONS), 400)) for name in "abc"}
-    channel = FakeChannel()
+    channel = Channel()
     clock = Clock()
     join = handoff(ring, channel, concurrency=16, batch_keys=100, rate=200.0, clock=clock)
     received = []
@@ -289,7 +290,7 @@ def test_copies_are_kept_while_this_node_has_hints_to_deliver() -> None:
     members = [member("a"), member("b"), member("c"), me]
     ring = RingHolder(build_snapshot(1, me, members, PARTITIONS, replicas=2))
     backend = filled_backend(dict.fromkeys(range(PARTITIONS), 2))
-    channel = FakeChannel()
+    channel = Channel()
     clock = Clock()
     hints = [True]
     stale = StaleCopies(
@@ -309,7 +310,7 @@ def test_copies_are_kept_while_this_node_has_hints_to_deliver() -> None:
 def test_nothing_to_pull_when_every_member_is_joining() -> None:
     me = member("d", MemberStatus.JOINING)
     ring = RingHolder(build_snapshot(1, me, [me, member("e", MemberStatus.JOINING)], PARTITIONS))
-    join = handoff(ring, FakeChannel())
+    join = handoff(ring, Channel())
     assert join.finished  # somebody must own the keys: the joiner does, at once
     alone = RingHolder(build_snapshot(1, me, [me], PARTITIONS))
-    assert not handoff(alone, FakeChannel()).finished  # nobody answered yet: not a join
+    assert not handoff(alone, Channel()).finished  # nobody answered yet: not a join

@@ -10,7 +10,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvactors.node.peer_calls import CALL_OPS, _wire_op_bytes, call_bounds
+from kvactors.core.ops import wire_bytes
+from kvactors.node.peer_calls import CALL_OPS, call_bounds
 
 
 def merge(key: bytes, value_bytes: int) -> list[Any]:
@@ -47,6 +48,11 @@ def test_large_values_are_cut_by_size_and_one_op_alone_is_always_a_call() -> Non
                 st.binary(min_size=1, max_size=8),
                 st.binary(max_size=300),
             ),
+            st.builds(
+                lambda k, v: ["put", k, v],
+                st.binary(min_size=1, max_size=8),
+                st.binary(max_size=400_000),
+            ),
         ),
         max_size=200,
     )
@@ -64,5 +70,5 @@ def test_the_cuts_cover_every_op_once_in_order_and_keep_each_call_bounded(
         assert end == start  # contiguous: every op once, in order
     for start, end in bounds:
         assert 0 < end - start <= CALL_OPS
-        size = sum(_wire_op_bytes(op) for op in ops[start:end])
+        size = sum(wire_bytes(op) for op in ops[start:end])
         assert end - start == 1 or size <= limit

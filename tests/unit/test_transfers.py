@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import pytest
 
 from kvactors.core.clocks import HlcStamp
 from kvactors.core.handoff import leave_transfers
+from kvactors.core.ops import MergeRecord
 from kvactors.core.ring import Ring
 from kvactors.core.versions import blind_write, state_from_wire
 from kvactors.errors import RequestTimeoutError
 from kvactors.replication.leave_handoff import LeaveHandoff
 from kvactors.storage.memory import MemoryBackend
-from kvactors.storage.records import encode_state
+from kvactors.storage.records import encode_state, read_wire_state
+from kvactors.testing import FakeChannel
 
 PARTITIONS = 64
 STAYING = ["a", "b", "c"]
@@ -34,23 +33,6 @@ def test_a_leaver_hands_each_of_its_partitions_to_the_members_that_gain_it() -> 
 def test_leaving_a_cluster_no_bigger_than_n_moves_nothing() -> None:
     assert leave_transfers("c", ["a", "b"], PARTITIONS, 3) == []
     assert leave_transfers("a", [], PARTITIONS, 3) == []
-
-
-@dataclass
-class FakeChannel:
-    sent: list[tuple[str, list[Any], Any, Any]] = field(default_factory=list)
-
-    def to_peer(self, name: str, wire_op: list[Any], target: Any, tag: Any) -> None:
-        self.sent.append((name, wire_op, target, tag))
-
-    def answer_all(self, fail: bool = False) -> int:
-        sent, self.sent = self.sent, []
-        for _, _, target, tag in sent:
-            if fail:
-                target.replica_failed(tag, RequestTimeoutError("no answer"))
-            else:
-                target.replica_done(tag, None)
-        return len(sent)
 
 
 class Clock:
@@ -78,7 +60,7 @@ def handoff(
     backend = MemoryBackend()
     for partition, count in sizes.items():
         stored(backend, partition, count)
-    channel, clock = FakeChannel(), Clock()
+    channel, clock = FakeChannel("d"), Clock()
     driver = LeaveHandoff(
         pairs, backend, channel, concurrency=concurrency, batch=batch, retry=1.0, clock=clock
     )
@@ -87,17 +69,22 @@ def handoff(
 
 def test_every_key_goes_to_its_target_as_a_merge_in_acknowledged_batches() -> None:
     driver, channel, _ = handoff([(1, "a"), (2, "b"), (3, "c")], {1: 25, 2: 5, 3: 0}, batch=10)
+    # What the leaver holds (records are deterministic: the same again in a new backend).
+    stored_records = {**stored(MemoryBackend(), 1, 25), **stored(MemoryBackend(), 2, 5)}
     driver.on_tick()
     # Two transfers at a time, one batch each in flight.
-    assert sorted({name for name, *_ in channel.sent}) == ["a", "b"]
-    assert len(channel.sent) == 10 + 5
+    assert sorted({sent.replica for sent in channel.unanswered}) == ["a", "b"]
+    assert len(channel.unanswered) == 10 + 5
     merged: dict[str, set[bytes]] = {}
     rounds = 0
     while not driver.finished:
-        for name, wire, _, _ in channel.sent:
-            assert wire[0] == "merge"
-            state_from_wire(wire[2])  # a valid state on the wire
-            merged.setdefault(name, set()).add(wire[1])
+        for sent in channel.unanswered:
+            assert not sent.local
+            assert isinstance(sent.op, MergeRecord)  # the record's state, as stored
+            assert sent.op.wire_state == read_wire_state(stored_records[sent.op.key])
+            assert sent.partition == {"a": 1, "b": 2, "c": 3}[sent.replica]
+            state_from_wire(sent.op.wire_state)  # a valid state on the wire
+            merged.setdefault(sent.replica, set()).add(sent.op.key)
         channel.answer_all()
         driver.on_tick()
         rounds += 1
@@ -111,14 +98,14 @@ def test_every_key_goes_to_its_target_as_a_merge_in_acknowledged_batches() -> No
 def test_a_failed_batch_is_sent_again_after_the_retry_delay() -> None:
     driver, channel, clock = handoff([(1, "a")], {1: 15}, batch=10)
     driver.on_tick()
-    assert channel.answer_all(fail=True) == 10
+    assert channel.fail_all(RequestTimeoutError("no answer")) == 10
     driver.on_tick()
-    assert channel.sent == []  # waits for the retry delay
+    assert channel.unanswered == []  # waits for the retry delay
     clock.now += 1.5
     driver.on_tick()
-    assert len(channel.sent) == 10  # the same batch again, from its start
+    assert len(channel.unanswered) == 10  # the same batch again, from its start
     channel.answer_all()
-    assert len(channel.sent) == 5
+    assert len(channel.unanswered) == 5
     channel.answer_all()
     driver.on_tick()
     assert driver.finished and driver.status()["keys_sent"] == 15
@@ -147,9 +134,9 @@ def test_a_finished_transfer_starts_the_next_at_once_not_on_the_next_tick() -> N
     driver, channel, _ = handoff(pairs, {2_997: 3, 2_998: 3, 2_999: 3}, concurrency=1)
     driver.on_tick()
     assert driver.status()["done"] == 2_997
-    assert len(channel.sent) == 3  # partition 2,997 runs; 2,998 and 2,999 wait their turn
+    assert len(channel.unanswered) == 3  # partition 2,997 runs; 2,998 and 2,999 wait
     channel.answer_all()  # 2,997's batch is acknowledged: its transfer ends, 2,998 starts
-    assert driver.status()["done"] == 2_998 and len(channel.sent) == 3
+    assert driver.status()["done"] == 2_998 and len(channel.unanswered) == 3
     channel.answer_all()
     channel.answer_all()
     assert driver.finished  # without a single tick more
