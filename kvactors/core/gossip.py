@@ -26,6 +26,10 @@ another node. Any node with no reachable peer falls back to its seeds the same w
 Leaving: `leave` marks the node LEAVING at a new incarnation and tells `announce_fanout`
 peers; `complete_leave` marks it LEFT and tells them again; after that the node sends nothing.
 
+On the wire a message is a map carrying `GOSSIP_FORMAT` under ``"format"``; a message in
+another format (or without one) is refused with a `BadRequestError` naming both formats,
+never read as this one.
+
 Pure logic: no I/O, no clock (`now` comes in, in seconds, from any monotonic clock) and no
 global random (a `random.Random` comes in).
 """
@@ -49,11 +53,13 @@ from kvactors.core.membership import (
     is_membership_change,
     wire_text,
 )
+from kvactors.errors import BadRequestError
 
 if TYPE_CHECKING:
     import random
 
 __all__ = [
+    "GOSSIP_FORMAT",
     "GossipConfig",
     "GossipMessage",
     "GossipState",
@@ -102,6 +108,11 @@ class GossipConfig:
 
 # ------------------------------------------------------------------------------ messages
 
+GOSSIP_FORMAT = 1
+"""The format of a gossip message's wire form, carried in it as ``"format"``. Raise it with
+any change that a node of the previous format would misread (keys a node does not know
+it ignores, so adding one needs no new format)."""
+
 WireValue: TypeAlias = (
     "str | int | float | bool | bytes | list[WireValue] | dict[str, WireValue] | None"
 )
@@ -123,6 +134,7 @@ class _TableMessage:
         # only tells mypy so, since list is invariant.
         members = [cast("WireValue", record.to_wire()) for record in self.members]
         return {
+            "format": GOSSIP_FORMAT,
             "type": self.KIND,
             "sender": self.sender,
             "endpoint": self.sender_endpoint,
@@ -130,11 +142,11 @@ class _TableMessage:
         }
 
     @classmethod
-    def from_wire(cls, data: object) -> Self:
-        """Inverse of `to_wire`; raises ValueError on anything malformed or of another type.
-        Keys it does not know are ignored, so that newer nodes may add some."""
-        if not isinstance(data, Mapping):
-            raise ValueError("a gossip message must be a map")
+    def from_wire(cls, wire: object) -> Self:
+        """Inverse of `to_wire`; raises ValueError on anything malformed or of another type,
+        BadRequestError (a ValueError) on another format. Keys it does not know are
+        ignored, so that newer nodes may add some."""
+        data = _check_format(wire)
         if data.get("type") != cls.KIND:
             raise ValueError(f"not a {cls.KIND!r} message: {data.get('type')!r}")
         wire_members = data.get("members")
@@ -172,10 +184,23 @@ _MESSAGE_KINDS: dict[object, type[Sync] | type[SyncReply]] = {
 }
 
 
-def message_from_wire(data: object) -> GossipMessage:
-    """Any gossip message from its wire form; ValueError on anything malformed."""
+def _check_format(data: object) -> Mapping[str, object]:
+    """`data` as a message map of GOSSIP_FORMAT; BadRequestError on another format."""
     if not isinstance(data, Mapping):
-        raise ValueError("a gossip message must be a map")
+        raise BadRequestError("a gossip message must be a map")
+    found = data.get("format")
+    if type(found) is not int or found != GOSSIP_FORMAT:
+        described = "without a format" if found is None else f"in gossip format {found!r:.20}"
+        raise BadRequestError(
+            f"a gossip message {described}; this node speaks gossip format {GOSSIP_FORMAT}"
+        )
+    return data
+
+
+def message_from_wire(data: object) -> GossipMessage:
+    """Any gossip message from its wire form; ValueError on anything malformed,
+    BadRequestError (a ValueError) on a message of another gossip format."""
+    data = _check_format(data)  # first: another format may not even have a type
     kind = _MESSAGE_KINDS.get(data.get("type"))
     if kind is None:
         raise ValueError(f"unknown gossip message type: {data.get('type')!r}")

@@ -5,9 +5,18 @@ A call travels on this node's DEALER to the peer's ROUTER as two frames,
 answers the same way, so the reply reaches the DEALER that asked. The marker keeps node
 traffic apart from client requests, which never have it as their second frame.
 
+A payload is one byte, its format (`RPC_FORMAT`), then a msgpack map:
+
     call:   {"id": 12, "op": "store", "timeout": 2.0, "ops": [["read", K], ["merge", K, S]]}
     reply:  {"id": 12, "ok": true, "result": {...}}
             {"id": 12, "ok": false, "error": {"code": "timeout", "message": "..."}}
+
+The format byte is what lets nodes of different releases recognise each other instead of
+misreading each other's maps. A node reads nothing after a format byte other than its own:
+it answers such a call with a `bad_request` error in its own format that names both
+formats (without the call's id, which it did not read), and it fails every call it has
+waiting on a peer that answers in another format with `RpcFormatError`, naming both. Only
+byte 0 is ever compared, so any two formats can tell each other apart.
 
 `RpcClient` lives in the transport thread: `call()` sends, and its callback gets the
 result or a typed error when the peer does not answer in time (`PeerUnreachableError`
@@ -48,12 +57,16 @@ __all__ = [
     "GOSSIP",
     "MARKER",
     "PING",
+    "RPC_FORMAT",
     "STORE",
     "BadCall",
     "Call",
     "PeerNetwork",
     "RpcClient",
+    "RpcFormatError",
     "decode_call",
+    "decode_reply",
+    "encode_call",
     "encode_error",
     "encode_result",
     "store_ops",
@@ -62,11 +75,49 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MARKER: Final = b"KVRPC1"
+"""The frame in front of every call and reply: it tells node traffic from client requests.
+It never changes (a node routes on it); the payload's format byte says how to read it."""
+RPC_FORMAT: Final = 1
+"""The format of every payload this node sends and the only one it reads: its first byte.
+Raise it with any change to the payload that a node of the previous format would misread."""
+_FORMAT_PREFIX: Final = bytes((RPC_FORMAT,))
+# Below this size, copying a payload's body costs less than a memoryview of it.
+_SMALL_PAYLOAD: Final = 4096
 PING: Final = "ping"
 STORE: Final = "store"
 GOSSIP: Final = "gossip"
 _MAX_OP_NAME = 64
 MAX_CALL_OPS: Final = 10_000
+
+
+class RpcFormatError(BadRequestError):
+    """A call or a reply in another RPC format than this node's: nothing after its format
+    byte was read. The message names the format found and `RPC_FORMAT`."""
+
+
+def _foreign_format(what: str, payload: bytes) -> RpcFormatError:
+    """The error for a payload whose first byte is not RPC_FORMAT; `what` says whose."""
+    if not payload:
+        found = "with no payload"
+    elif payload[0] >> 4 == 0x8 or payload[0] in (0xDE, 0xDF):
+        # A msgpack map where the byte should be: how nodes spoke before formats were
+        # numbered (no format byte; the marker was the same).
+        found = "without a format byte (from a node older than RPC format 1)"
+    else:
+        found = f"in RPC format {payload[0]}"
+    return RpcFormatError(f"{what} {found}; this node speaks RPC format {RPC_FORMAT}")
+
+
+def _unpack_body(payload: bytes) -> Any:
+    """The msgpack map after a payload's format byte (which the caller checked)."""
+    body = payload[1:] if len(payload) <= _SMALL_PAYLOAD else memoryview(payload)[1:]
+    return msgpack.unpackb(body, raw=False, strict_map_key=True)
+
+
+def _pack(message: dict[str, Any]) -> bytes:
+    # One copy more than packb alone: a memcpy, next to the packing it follows.
+    packed: bytes = msgpack.packb(message)
+    return _FORMAT_PREFIX + packed
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,17 +139,21 @@ class BadCall:
 
 
 def encode_call(call_id: int, op: str, timeout: float, args: dict[str, Any]) -> bytes:
-    payload: bytes = msgpack.packb({"id": call_id, "op": op, "timeout": timeout, **args})
-    return payload
+    """The payload of a call (the frame after MARKER), in RPC_FORMAT."""
+    return _pack({"id": call_id, "op": op, "timeout": timeout, **args})
 
 
 def decode_call(body: list[bytes]) -> Call | BadCall:
-    """The call in an RPC body (the frames after the marker), validated."""
+    """The call in an RPC body (the frames after the marker), validated. A call in another
+    RPC format is a BadCall with an `RpcFormatError` and no id: nothing else of it is read."""
     call_id = None
     try:
         if len(body) != 1:
             raise BadRequestError(f"an RPC call is one frame after the marker, got {len(body)}")
-        message = msgpack.unpackb(body[0], raw=False, strict_map_key=True)
+        payload = body[0]
+        if payload[:1] != _FORMAT_PREFIX:
+            raise _foreign_format("an RPC call", payload)
+        message = _unpack_body(payload)
         if not isinstance(message, dict):
             raise BadRequestError("an RPC call is a map")
         call_id = message.pop("id", None)
@@ -154,14 +209,25 @@ def checked_value(value: bytes, max_value_bytes: int) -> bytes:
 
 
 def encode_result(call_id: int, result: Any) -> bytes:
-    payload: bytes = msgpack.packb({"id": call_id, "ok": True, "result": result})
-    return payload
+    """The payload of a successful reply, in RPC_FORMAT."""
+    return _pack({"id": call_id, "ok": True, "result": result})
 
 
 def encode_error(call_id: int | None, error: KVActorsError) -> bytes:
+    """The payload of an error reply, in RPC_FORMAT."""
     body = {"code": error.code, "message": str(error)[:1000]}
-    payload: bytes = msgpack.packb({"id": call_id, "ok": False, "error": body})
-    return payload
+    return _pack({"id": call_id, "ok": False, "error": body})
+
+
+def decode_reply(payload: bytes) -> dict[str, Any]:
+    """The map of a reply's payload (the frame after MARKER): `RpcFormatError` if it is in
+    another RPC format, ValueError (or a msgpack error) if it is not a map."""
+    if payload[:1] != _FORMAT_PREFIX:
+        raise _foreign_format("an RPC reply", payload)
+    reply = _unpack_body(payload)
+    if not isinstance(reply, dict):
+        raise ValueError("an RPC reply is a map")
+    return reply
 
 
 ResultCallback = Callable[[Any, KVActorsError | None], None]
@@ -193,6 +259,9 @@ class RpcClient:
         self._outstanding: dict[int, _Outstanding] = {}
         self._deadlines: list[tuple[float, int]] = []
         self._resend: list[int] = []
+        # (endpoint, format byte) of each peer found answering in another RPC format,
+        # so that the log says so once per peer, not once per reply.
+        self._foreign_peers: set[tuple[str, int]] = set()
 
     def call(
         self,
@@ -233,8 +302,12 @@ class RpcClient:
         if len(frames) != 2 or frames[0] != MARKER:
             logger.warning("ignoring a malformed RPC reply from %s", endpoint)
             return
+        payload = frames[1]
+        if payload[:1] != _FORMAT_PREFIX:
+            self._peer_speaks_another_format(endpoint, payload)
+            return
         try:
-            reply = msgpack.unpackb(frames[1], raw=False, strict_map_key=True)
+            reply = decode_reply(payload)
             call_id = reply["id"]
         except (ValueError, TypeError, KeyError, msgpack.UnpackException):
             logger.warning("ignoring an undecodable RPC reply from %s", endpoint)
@@ -268,6 +341,23 @@ class RpcClient:
             else:
                 error = PeerUnreachableError(f"{outstanding.endpoint} is not reachable")
             outstanding.callback(None, error)
+
+    def _peer_speaks_another_format(self, endpoint: str, payload: bytes) -> None:
+        """A reply in another RPC format: which call it answers is unknown (its id is not
+        read), but every call waiting on that peer is in this node's format, which the
+        peer does not speak, so they all fail, now rather than at their deadlines."""
+        error = _foreign_format(f"{endpoint} answered", payload)
+        seen = (endpoint, payload[0] if payload else -1)
+        if seen not in self._foreign_peers:
+            self._foreign_peers.add(seen)
+            logger.warning("%s", error)
+        waiting = [
+            call_id
+            for call_id, outstanding in self._outstanding.items()
+            if outstanding.endpoint == endpoint
+        ]
+        for call_id in waiting:
+            self._outstanding.pop(call_id).callback(None, error)
 
     def fail_all(self, error: KVActorsError) -> None:
         outstanding, self._outstanding = self._outstanding, {}

@@ -9,7 +9,10 @@ merges it into X, then forgets the hint. What is sent is the newest state, not t
 missed write alone, so one hint covers any number of writes to its key.
 
 Hints live in the storage backend's hints table (one entry per target and key), so they
-survive a restart where the backend is durable. They are bounded: a hint older than
+survive a restart where the backend is durable. An entry is `HINT_FORMAT` (one byte), then
+msgpack ``[partition, made_ms]``; one in another format stops the load with a
+`StorageError` naming both formats (entries without the byte, from earlier releases, are
+read as they were written). They are bounded: a hint older than
 `max_age` seconds is dropped, and so is a new one that would take the table past
 `max_bytes`; both are counted (`dropped`). Anti-entropy repairs whatever a dropped hint
 would have.
@@ -30,15 +33,21 @@ import msgpack
 from kvactors.core.ops import MergeKey, ReadKey
 from kvactors.core.placement import RingHolder
 from kvactors.core.versions import KeyState
-from kvactors.errors import KVActorsError
+from kvactors.errors import KVActorsError, StorageError
 from kvactors.replication.channel import ReplicaChannel
 from kvactors.storage.tables import Table
 
-__all__ = ["HintStats", "HintedHandoff"]
+__all__ = ["HINT_FORMAT", "HintStats", "HintedHandoff"]
 
 logger = logging.getLogger(__name__)
 
 _SEPARATOR = b"\x00"  # member names are printable, so never hold a NUL
+
+HINT_FORMAT = 1
+"""The format byte in front of every entry of the hints table."""
+_HINT_PREFIX = bytes((HINT_FORMAT,))
+# What entries began with before they had a format byte: msgpack's array of 2.
+_UNNUMBERED_HINT = 0x92
 
 
 HintChannel = ReplicaChannel
@@ -107,7 +116,8 @@ class HintedHandoff:
         if old is None:
             self._bytes += size
             self.stats.stored += 1
-        self._table.apply([(_table_key(target, key), msgpack.packb([partition, made]))])
+        entry = _HINT_PREFIX + msgpack.packb([partition, made])
+        self._table.apply([(_table_key(target, key), entry)])
 
     def pending(self) -> dict[str, int]:
         """Hints waiting, per target."""
@@ -174,7 +184,7 @@ class HintedHandoff:
         """The hints a durable backend kept across a restart."""
         for stored_key, value in self._table.items():
             target, _, key = stored_key.partition(_SEPARATOR)
-            partition, made = msgpack.unpackb(value)
+            partition, made = _read_entry(value)
             size = len(target) + len(key) + 16
             self._pending[target.decode()][key] = _Hint(partition, made, size)
             self._bytes += size
@@ -210,6 +220,20 @@ class _Delivery:
         self._waiting -= 1
         if self._waiting == 0:
             self._owner._delivered(self._target, self._done, self._failed)
+
+
+def _read_entry(value: bytes) -> tuple[int, int]:
+    """(partition, made_ms) of a hints table entry; StorageError if of another format."""
+    if value[:1] == _HINT_PREFIX:
+        partition, made = msgpack.unpackb(value[1:])
+    elif value[:1] == bytes((_UNNUMBERED_HINT,)):
+        partition, made = msgpack.unpackb(value)
+    else:
+        found = value[0] if value else "none"
+        raise StorageError(
+            f"a hint entry of format {found}; this node reads hint format {HINT_FORMAT}"
+        )
+    return partition, made
 
 
 def _table_key(target: str, key: bytes) -> bytes:

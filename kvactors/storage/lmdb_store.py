@@ -2,7 +2,8 @@
 (``data.mdb`` and ``lock.mdb``), holding named databases:
 
 - ``p:<n>``: partition n's table, one per partition this node keeps;
-- ``hints``: the hinted-handoff table (`open_hints`);
+- ``hints``: the hinted-handoff table (`open_hints`), whose entries carry the format
+  of kvactors.replication.hints (HINT_FORMAT);
 - ``meta``: the node's metadata: ``record_format`` (the RECORD_FORMAT of the code
   that created the environment), ``layout_format`` (this module's on-disk layout:
   database names and key encoding) and ``identity`` (the `NodeIdentity`), each
@@ -428,6 +429,11 @@ class LmdbBackend:
                     f"data directory {self.path} was written by a newer kvactors: "
                     f"{label} {stored}, this version reads up to {supported}"
                 )
+            if stored is not None and stored != supported:  # no release wrote it
+                raise StorageError(
+                    f"data directory {self.path} has {label} {stored}, which this "
+                    f"version does not read (it reads {label} {supported})"
+                )
         identity = self.read_identity()
         if identity is not None and identity.cluster != cluster:
             raise ConfigError(
@@ -564,6 +570,11 @@ class LmdbBackend:
                     f"data directory {self.path} was written by a newer kvactors: "
                     f"node identity format {fields[0]}, this version reads up to "
                     f"{IDENTITY_FORMAT}"
+                )
+            if fields[0] != IDENTITY_FORMAT:  # no release wrote it
+                raise StorageError(
+                    f"{self.path}: the stored node identity has format {fields[0]}, which "
+                    f"this version does not read (it reads format {IDENTITY_FORMAT})"
                 )
             identity = _identity_from_fields(fields)
             if identity is not None:

@@ -19,11 +19,14 @@ winning value with its context (`read_winner`), and a write without a client con
 which supersedes everything and so needs only the context (`read_blind_base`). A
 1-sibling record costs the value twice plus about 50 bytes.
 
-The leading byte lets a later format be read beside this one; a record in an unknown
-format, or one that does not decode to a valid state, raises `RecordFormatError` (a
-ValueError) and never any other exception. `decode_state` checks everything (for bytes
-from a disk or a peer); the `trusted` readers check nothing, for records this process
-wrote into its own memory.
+The leading byte lets a later format be read beside this one. Every reader checks it
+first (one byte compare), so a record of another format is refused, never misread: it
+raises `RecordFormatError`, a `StorageError` (so a request that meets one fails with an
+``internal`` error and the store keeps serving) and a ValueError, whose message names the
+format found and the one this code reads. `decode_state` checks everything else too (for
+bytes from a disk or a peer), and raises RecordFormatError on any corruption, never any
+other exception; the `trusted` readers check nothing but the format byte, for records
+this process wrote.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from kvactors.core.versions import (
     trusted_clock_from_flat,
     trusted_state_from_parts,
 )
+from kvactors.errors import StorageError
 
 __all__ = [
     "RECORD_FORMAT",
@@ -58,8 +62,18 @@ _FORMAT_PREFIX = bytes((RECORD_FORMAT,))
 _FIELDS = 5
 
 
-class RecordFormatError(ValueError):
-    """Stored bytes that are not a record this code can read."""
+class RecordFormatError(StorageError, ValueError):
+    """Stored bytes that are not a record this code can read: another format, or corrupt."""
+
+
+def _format_error(data: bytes) -> RecordFormatError:
+    """The error for a record whose first byte is not RECORD_FORMAT: it names both formats."""
+    if not data:
+        return RecordFormatError("empty record")
+    return RecordFormatError(
+        f"record format {data[0]} is not one this node reads (it reads record format "
+        f"{RECORD_FORMAT})"
+    )
 
 
 def encode_state(state: KeyState) -> bytes:
@@ -78,11 +92,9 @@ def encode_state(state: KeyState) -> bytes:
 
 
 def decode_state(data: bytes) -> KeyState:
-    """The state a record holds; raises RecordFormatError on an unknown format or corruption."""
-    if not data:
-        raise RecordFormatError("empty record")
-    if data[0] != RECORD_FORMAT:
-        raise RecordFormatError(f"unknown record format {data[0]}")
+    """The state a record holds; raises RecordFormatError on another format or corruption."""
+    if data[:1] != _FORMAT_PREFIX:
+        raise _format_error(data)
     try:
         fields = msgpack.unpackb(data[1:], raw=False, strict_map_key=True)
         if not isinstance(fields, list) or len(fields) != _FIELDS:
@@ -105,8 +117,9 @@ def decode_state(data: bytes) -> KeyState:
 
 
 def decode_trusted_state(data: bytes) -> KeyState:
-    """`decode_state` for a record this process wrote and kept in its own memory: no
-    checks, so it costs little more than unpacking. Never for bytes from a disk or a peer."""
+    """`decode_state` for a record this process wrote (in memory or on its disk): no
+    checks but the format byte, so it costs little more than unpacking. Never for bytes
+    from a peer."""
     _, context, _, obsolete, versions = _unpack(data)
     # The state keeps the record's encoded context: a get that reads it needs no encoding.
     return trusted_state_from_parts(obsolete, versions, context)
@@ -115,6 +128,9 @@ def decode_trusted_state(data: bytes) -> KeyState:
 def read_winner(data: bytes) -> tuple[bytes | None, bytes]:
     """(winning value or None, encoded context) of a record this process wrote: what a
     plain get answers, without building the state."""
+    # Every reader checks the format byte inline (a call would cost more than the compare).
+    if data[:1] != _FORMAT_PREFIX:
+        raise _format_error(data)
     # The two leading fields are read in place, leaving the clocks and versions packed.
     value, end = _bin_at(data, _FIRST_FIELD)
     context, _ = _bin_at(data, end)
@@ -141,6 +157,8 @@ _SMALL_RECORD = 4096
 
 
 def _unpack(data: bytes) -> Any:
+    if data[:1] != _FORMAT_PREFIX:
+        raise _format_error(data)
     body = data[1:] if len(data) <= _SMALL_RECORD else memoryview(data)[1:]
     return msgpack.unpackb(body)  # msgpack >= 1.0: str as str, arrays as lists
 

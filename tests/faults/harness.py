@@ -46,7 +46,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Self
 
-import msgpack
 import pytest
 import zmq
 from checker import Window
@@ -55,7 +54,7 @@ from kvactors import Client
 from kvactors.core.ring import Ring
 from kvactors.core.versions import KeyState, state_from_wire
 from kvactors.launcher import node_answers
-from kvactors.net.rpc import MARKER, STORE, encode_call
+from kvactors.net.rpc import MARKER, STORE, decode_reply, encode_call
 
 PREFIX = "kva-"
 NODE_PORT = 7000
@@ -632,7 +631,7 @@ def replica_states(
             sock.send_multipart([MARKER, encode_call(start + 1, STORE, timeout, {"ops": ops})])
             if not sock.poll(int(timeout * 1000)):
                 raise TimeoutError(f"{endpoint} did not answer a store read in {timeout}s")
-            reply = msgpack.unpackb(sock.recv_multipart()[-1], raw=False)
+            reply = decode_reply(sock.recv_multipart()[-1])
             if not reply.get("ok"):
                 raise RuntimeError(f"{endpoint} refused a store read: {reply.get('error')}")
             for key, result in zip(part, reply["result"]["results"], strict=True):

@@ -45,7 +45,8 @@ from kvactors.net.protocol import (
     Codec,
 )
 from kvactors.net.replies import decode_reply
-from kvactors.net.rpc import MARKER
+from kvactors.net.rpc import MARKER, RPC_FORMAT
+from kvactors.net.rpc import decode_reply as decode_rpc_reply
 
 # The node runs on the defaults: these are its limits.
 MAX_KEY_BYTES: Final = NodeConfig().max_key_bytes
@@ -774,10 +775,13 @@ def rpc_garbage(draw: st.DrawFn) -> BadInput:
         "timeout": draw(st.one_of(st.floats(), st.integers(-5, 5000), st.text(max_size=3))),
         "ops": draw(st.lists(rpc_junk_ops, max_size=3)),
     }
+    rpc_format = bytes((RPC_FORMAT,))
     body = draw(
         st.one_of(
             st.lists(st.binary(max_size=64), min_size=1, max_size=4),
-            st.just([msgpack.packb(call)]),
+            st.binary(max_size=64).map(lambda garbage: [rpc_format + garbage]),
+            st.just([rpc_format + msgpack.packb(call)]),
+            st.just([msgpack.packb(call)]),  # no format byte: refused unread
         )
     )
     return BadInput("rpc_garbage", "", (MARKER, *body), None, may_succeed=True)
@@ -851,7 +855,7 @@ def check_answer(case: BadInput, reply: list[bytes]) -> None:
 
 def check_rpc_answer(reply: list[bytes]) -> None:
     assert len(reply) == 2 and reply[0] == MARKER, f"not an RPC reply: {reply!r:.300}"
-    answer = msgpack.unpackb(reply[1], raw=False)
+    answer = decode_rpc_reply(reply[1])  # in the node's RPC format, whatever the call's
     assert isinstance(answer, dict) and isinstance(answer.get("ok"), bool), answer
     if not answer["ok"]:
         assert answer["error"]["code"] in ERROR_CODES, answer
@@ -991,9 +995,9 @@ def test_a_deeply_nested_rpc_store_op_is_answered_without_a_restart(node: Node, 
     call = msgpack.packb({"id": 5, "op": "store", "timeout": 1.0, "ops": [None]})
     deep_call = call.replace(b"\xa3ops\x91\xc0", b"\xa3ops\x91" + _nested(1_010))
     for _ in range(3):
-        reply = wire.exchange([MARKER, deep_call])
+        reply = wire.exchange([MARKER, bytes((RPC_FORMAT,)) + deep_call])
         assert reply[0] == MARKER, reply
-        answer = msgpack.unpackb(reply[1], raw=False)
+        answer = decode_rpc_reply(reply[1])
         assert answer["ok"] is False and answer["id"] == 5, answer
         assert answer["error"]["code"] in ("bad_request", "internal"), answer
     assert _status(wire)["requests"] > requests_before, "the request service was restarted"
@@ -1004,8 +1008,8 @@ def test_the_rpc_marker_cannot_store_a_value_a_get_cannot_return(wire: Wire) -> 
     """The client port also serves node RPC: a store call's value is held to the same
     rules as a client's, or a get would splice bytes that are not msgpack into its reply."""
     call = {"id": 6, "op": "store", "timeout": 1.0, "ops": [["put", b"rpc-injected", b"\xc1"]]}
-    reply = wire.exchange([MARKER, msgpack.packb(call)])
-    answer = msgpack.unpackb(reply[1], raw=False)
+    reply = wire.exchange([MARKER, bytes((RPC_FORMAT,)) + msgpack.packb(call)])
+    answer = decode_rpc_reply(reply[1])
     assert answer["ok"] is False and answer["error"]["code"] == "bad_request", answer
     got = decode_reply(wire.exchange([msgpack.packb({"op": "get", "key": "rpc-injected"})])[0])
     assert got == {"ok": True, "found": False, "context": b"\x01\x00"}  # an empty clock
