@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,8 +29,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
-# As kvactors.launcher chooses ports: below Linux's ephemeral range (32768 and up).
-_PORT_RANGE = (20_000, 30_000)
 # `kvactors cluster` prints one line per node, then this, once every node sees the others.
 _CLUSTER_READY = "nodes running"
 
@@ -76,27 +72,6 @@ class Build:
         if self.root.resolve() not in loaded.parents:
             raise RuntimeError(f"{self.label}: its processes would import {loaded}")
         return loaded
-
-
-def free_port_block(count: int, host: str = "127.0.0.1") -> int:
-    """The first of `count` consecutive ports free on `host` now: what
-    `kvactors.launcher.free_port_block` does, here so that a benchmark comparing builds
-    imports neither of them into its own process."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(_PORT_RANGE[0], _PORT_RANGE[1] - count)
-        if all(_port_is_free(host, base + offset) for offset in range(count)):
-            return base
-    raise RuntimeError(f"found no {count} free consecutive ports in {_PORT_RANGE}")
-
-
-def _port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def git(*args: str) -> str:

@@ -67,11 +67,12 @@ from _builds import (
     add_build_options,
     builds,
     cluster_of,
-    free_port_block,
     in_turn,
     rate_row,
     ratio_row,
 )
+
+from kvactors.launcher import free_port_block
 
 if TYPE_CHECKING:
     from kvactors.launcher import LocalCluster

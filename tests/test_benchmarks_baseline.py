@@ -14,6 +14,8 @@ import msgpack
 import pytest
 import zmq
 
+from kvactors.launcher import free_port_block
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -133,7 +135,7 @@ def answers_ping(endpoint: str, timeout_ms: int) -> bool:
 
 def test_the_real_cluster_command_is_what_cluster_of_reads() -> None:
     # `kvactors cluster` of this checkout: its output is what the benchmark parses.
-    with builds.cluster_of(builds.current_build(), 1, builds.free_port_block(1)) as endpoints:
+    with builds.cluster_of(builds.current_build(), 1, free_port_block(1)) as endpoints:
         assert len(endpoints) == 1
         assert answers_ping(endpoints[0], 5000)
     assert not answers_ping(endpoints[0], 300)
