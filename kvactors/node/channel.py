@@ -56,16 +56,20 @@ class NodeChannel:
             if isinstance(op, _REMOTE_ONLY):
                 op = _for_local(op)
             self._local.queued[partition].append((target, tag, op))
-        elif type(op) is Coordinate:
-            self._peers.to_coordinator(replica, self._wire(op), target, tag)
+            return
+        # Inline, not a method: this runs for every replica of every write.
+        wire = self._encoded_wire if op is self._encoded else self._encode(op)
+        if type(op) is Coordinate:
+            self._peers.to_coordinator(replica, wire, target, tag)
         else:
-            self._peers.to_replica(replica, self._wire(op), target, tag)
+            self._peers.to_replica(replica, wire, target, tag)
 
     def send_later(self, replica: str, partition: int, op: MergeKey | MergeRecord) -> None:
         if replica == self.me:
             self.send(replica, partition, op, IGNORE_ANSWERS, None)
         else:
-            self._peers.later(replica, self._wire(op))
+            wire = self._encoded_wire if op is self._encoded else self._encode(op)
+            self._peers.later(replica, wire)
 
     def call_peer(self, endpoint: str, op: str, args: dict[str, Any], settle: Settle) -> None:
         self._rpc.call(endpoint, op, args, settle, self._timeout)
@@ -77,11 +81,10 @@ class NodeChannel:
     def count_read_repair(self) -> None:
         self.read_repairs += 1
 
-    def _wire(self, op: StoreOp | RemoteOp) -> list[Any]:
-        """`op`'s wire form, encoded once for consecutive sends of the same op."""
-        if op is not self._encoded:
-            self._encoded_wire = to_wire(op)  # TypeError: an op that never travels
-            self._encoded = op
+    def _encode(self, op: StoreOp | RemoteOp) -> list[Any]:
+        """`op`'s wire form, kept for the sends of the same op that follow."""
+        self._encoded_wire = to_wire(op)  # TypeError: an op that never travels
+        self._encoded = op
         return self._encoded_wire
 
 
