@@ -50,10 +50,6 @@ _HINT_PREFIX = bytes((HINT_FORMAT,))
 _UNNUMBERED_HINT = 0x92
 
 
-HintChannel = ReplicaChannel
-"""Its former name, while code that imports it moves to `ReplicaChannel`."""
-
-
 @dataclass(slots=True)
 class HintStats:
     stored: int = 0
