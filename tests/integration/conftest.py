@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from kvactors import ActorSystem, NodeConfig
 from kvactors.launcher import node_answers
 
 
@@ -97,3 +98,13 @@ def start_node(tmp_path: Path) -> Iterator[object]:
 def node(start_node: object) -> NodeProcess:
     """One running node process."""
     return start_node()  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture
+def local_node() -> Iterator[ActorSystem]:
+    """Node "a", in this process, with a real transport on a free loopback port."""
+    system = ActorSystem(NodeConfig(name="a", bind="tcp://127.0.0.1:0")).start()
+    try:
+        yield system
+    finally:
+        system.stop()

@@ -335,16 +335,6 @@ def test_dealer_keeps_100_requests_in_flight(node: Node, envelope: list[bytes]) 
 # -- node-to-node RPC ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def local_node() -> Iterator[ActorSystem]:
-    """Node "a", in this process, with a real transport on a free loopback port."""
-    system = ActorSystem(NodeConfig(name="a", bind="tcp://127.0.0.1:0")).start()
-    try:
-        yield system
-    finally:
-        system.stop()
-
-
 def outcome(future: Future[Any], within: float) -> tuple[Any, BaseException | None, float]:
     """(result, error, seconds waited) of an RPC's Future, failing the test after `within`."""
     started = time.monotonic()

@@ -14,22 +14,12 @@ import msgpack
 import pytest
 import zmq
 
-from kvactors import ActorSystem, Client, NodeConfig
+from kvactors import ActorSystem, Client
 from kvactors.net.rpc import MARKER, RPC_FORMAT, RpcFormatError, decode_reply, encode_call
 
 # Far above what a reply takes: a busy shared machine must not fail these tests.
 REPLY_TIMEOUT = 10.0
 OTHER = RPC_FORMAT + 1
-
-
-@pytest.fixture
-def node() -> Iterator[ActorSystem]:
-    """Node "a", in this process, with a real transport on a free loopback port."""
-    system = ActorSystem(NodeConfig(name="a", bind="tcp://127.0.0.1:0")).start()
-    try:
-        yield system
-    finally:
-        system.stop()
 
 
 @contextlib.contextmanager
@@ -61,9 +51,9 @@ def endpoint_of(system: ActorSystem) -> str:
 
 
 def test_a_call_in_another_format_is_refused_naming_both_and_the_node_serves_on(
-    node: ActorSystem,
+    local_node: ActorSystem,
 ) -> None:
-    endpoint = endpoint_of(node)
+    endpoint = endpoint_of(local_node)
     refusals = {
         f"in RPC format {OTHER}": bytes((OTHER,)) + call_map(1, "ping"),
         "without a format byte (from a node older than RPC format 1)": call_map(2, "ping"),
@@ -112,11 +102,11 @@ def peer_of_another_format() -> Iterator[str]:
         sock.close()
 
 
-def test_the_caller_reports_a_peer_that_answers_in_another_format(node: ActorSystem) -> None:
+def test_the_caller_reports_a_peer_that_answers_in_another_format(local_node: ActorSystem) -> None:
     timeout = 8.0
     with peer_of_another_format() as peer:
         started = time.monotonic()
-        future = node.rpc(peer, "ping", timeout=timeout)
+        future = local_node.rpc(peer, "ping", timeout=timeout)
         with pytest.raises(RpcFormatError) as refused:
             future.result(timeout=REPLY_TIMEOUT)
         # At the answer, not at the call's deadline.
@@ -125,4 +115,6 @@ def test_the_caller_reports_a_peer_that_answers_in_another_format(node: ActorSys
         f"{peer} answered in RPC format {OTHER}; this node speaks RPC format {RPC_FORMAT}"
     )
     # Calls to a node of this format still work.
-    assert node.rpc(endpoint_of(node), "ping", timeout=5.0).result(REPLY_TIMEOUT) == {"node": "a"}
+    assert local_node.rpc(endpoint_of(local_node), "ping", timeout=5.0).result(REPLY_TIMEOUT) == {
+        "node": "a"
+    }

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import lmdb
 import msgpack
 import pytest
+from _stores import put_meta  # tests/unit is on the path, as for conftest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -359,20 +359,9 @@ def test_identity_survives_reopen(tmp_path: Path) -> None:
     backend.close()
 
 
-def _put_meta(path: Path, key: bytes, value: bytes) -> None:
-    """Write into the metadata database behind the backend's back."""
-    env = lmdb.open(str(path), max_dbs=8)
-    try:
-        meta = env.open_db(b"meta")
-        with env.begin(write=True, db=meta) as txn:
-            txn.put(key, value)
-    finally:
-        env.close()
-
-
 def test_check_compatible_refuses_a_newer_record_format(tmp_path: Path) -> None:
     LmdbBackend(tmp_path).close()
-    _put_meta(tmp_path, b"record_format", msgpack.packb(RECORD_FORMAT + 1))
+    put_meta(tmp_path, b"record_format", msgpack.packb(RECORD_FORMAT + 1))
     backend = LmdbBackend(tmp_path)
     expected = (
         f"{tmp_path} was written by a newer kvactors: record format {RECORD_FORMAT + 1}, "
@@ -387,12 +376,12 @@ def test_check_compatible_refuses_a_newer_record_format(tmp_path: Path) -> None:
 def test_check_compatible_refuses_a_newer_identity_and_a_corrupt_one(tmp_path: Path) -> None:
     LmdbBackend(tmp_path).close()
     newer = [IDENTITY_FORMAT + 1, "blue", "n1", 1, [], [], "a field from the future"]
-    _put_meta(tmp_path, b"identity", msgpack.packb(newer))
+    put_meta(tmp_path, b"identity", msgpack.packb(newer))
     backend = LmdbBackend(tmp_path)
     with pytest.raises(ConfigError, match=f"node identity format {IDENTITY_FORMAT + 1}"):
         backend.check_compatible("blue")
     backend.close()
-    _put_meta(tmp_path, b"identity", msgpack.packb([IDENTITY_FORMAT, "blue", "n1"]))
+    put_meta(tmp_path, b"identity", msgpack.packb([IDENTITY_FORMAT, "blue", "n1"]))
     backend = LmdbBackend(tmp_path)
     with pytest.raises(StorageError, match="identity is corrupt"):
         backend.read_identity()

@@ -11,6 +11,7 @@ from typing import Any, cast
 import lmdb
 import msgpack
 import pytest
+from _stores import put_meta  # tests/unit is on the path, as for conftest
 
 from kvactors.core.clocks import HlcStamp, VectorClock
 from kvactors.core.gossip import GOSSIP_FORMAT, Sync, SyncReply, message_from_wire
@@ -55,7 +56,6 @@ from kvactors.storage.tables import NodeIdentity
 
 OTHER = 2  # a format byte no release has written yet
 assert OTHER not in (RECORD_FORMAT, RPC_FORMAT, GOSSIP_FORMAT, HINT_FORMAT, IDENTITY_FORMAT)
-
 
 # -- records ------------------------------------------------------------------------------
 
@@ -102,17 +102,6 @@ def test_every_record_reader_refuses_another_format_naming_both(
 
 
 # -- the lmdb metadata ----------------------------------------------------------------------
-
-
-def put_meta(path: Path, key: bytes, value: bytes) -> None:
-    """Write into the metadata database behind the backend's back."""
-    env = lmdb.open(str(path), max_dbs=8)
-    try:
-        meta = env.open_db(b"meta")
-        with env.begin(write=True, db=meta) as txn:
-            txn.put(key, value)
-    finally:
-        env.close()
 
 
 def read_meta(path: Path, key: bytes) -> object:

@@ -6,32 +6,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kvactors.core.clocks import HlcStamp
+from _stores import filled_backend  # tests/unit is on the path, as for conftest
+
 from kvactors.core.membership import Member, MemberStatus
 from kvactors.core.ops import Forget
 from kvactors.core.placement import RingHolder, build_snapshot
-from kvactors.core.versions import EMPTY_STATE, blind_write
 from kvactors.errors import KVActorsError, RequestTimeoutError
 from kvactors.replication.join_handoff import JoinHandoff
 from kvactors.replication.pull import PULL, serve_pull
 from kvactors.replication.stale_copies import StaleCopies
 from kvactors.storage.memory import MemoryBackend
-from kvactors.storage.records import encode_state
 from kvactors.testing import FakeChannel, Sent
 
 PARTITIONS = 32
-
-
-def record(value: bytes) -> bytes:
-    return encode_state(blind_write(EMPTY_STATE.obsolete, "a", value, HlcStamp(1_000, 0, "a"), 1))
-
-
-def filled_backend(keys_per_partition: dict[int, int]) -> MemoryBackend:
-    backend = MemoryBackend()
-    for partition, count in keys_per_partition.items():
-        writes = [(f"k{partition}-{i:03}".encode(), record(b"v%d" % i)) for i in range(count)]
-        backend.open_table(partition).apply(writes)
-    return backend
 
 
 # -- the joining side -----------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from _stores import filled_backend  # tests/unit is on the path, as for conftest
 
 from kvactors.core.clocks import HlcStamp
 from kvactors.core.versions import EMPTY_STATE, blind_write, state_from_wire
@@ -14,18 +15,6 @@ from kvactors.storage.memory import MemoryBackend
 from kvactors.storage.records import encode_state
 
 PARTITIONS = 32
-
-
-def record(value: bytes) -> bytes:
-    return encode_state(blind_write(EMPTY_STATE.obsolete, "a", value, HlcStamp(1_000, 0, "a"), 1))
-
-
-def filled_backend(keys_per_partition: dict[int, int]) -> MemoryBackend:
-    backend = MemoryBackend()
-    for partition, count in keys_per_partition.items():
-        writes = [(f"k{partition}-{i:03}".encode(), record(b"v%d" % i)) for i in range(count)]
-        backend.open_table(partition).apply(writes)
-    return backend
 
 
 def test_a_pull_pages_through_a_partition_in_key_order() -> None:
