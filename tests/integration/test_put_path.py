@@ -39,6 +39,7 @@ STEPS = [
     "storage/replica.py",  # the write's new version, stored
     "node/replies.py",  # the reply, shaped
     "net/replies.py",  # and encoded
+    "node/peer_calls.py",  # the flush's calls to peers: none on a node alone
 ]
 # Not steps: what the steps use. The pure core, the storage engine under the replica,
 # the actor base classes and the partition directory.
@@ -51,20 +52,36 @@ HELPERS = {
 
 
 class _Recorder:
-    """Records the kvactors files entered on threads named like the transport's."""
+    """Records the kvactors files entered on the transport thread from when it is armed
+    until the end of the flush in which a reply was sent (deterministic: it does not
+    depend on when the client's thread sees the reply)."""
 
     def __init__(self) -> None:
-        self.recording = False
+        self.armed = False
+        self.replied = False
+        self.done = threading.Event()
         self.files: set[str] = set()
 
     def __call__(self, frame: FrameType, event: str, _arg: Any) -> None:
-        if not self.recording or event != "call":
+        if not self.armed or not threading.current_thread().name.endswith("-transport"):
             return
-        if not threading.current_thread().name.endswith("-transport"):
+        name = frame.f_code.co_name
+        if event == "return":
+            if name == "on_flush" and self.replied and _is_service(frame):
+                self.armed = False
+                self.done.set()
             return
+        if event != "call" or _in_tick(frame):
+            return
+        if name == "send_to_client":
+            self.replied = True
         filename = frame.f_code.co_filename
-        if filename.startswith(str(PACKAGE)) and not _in_tick(frame):
+        if filename.startswith(str(PACKAGE)):
             self.files.add(Path(filename).relative_to(PACKAGE).as_posix())
+
+
+def _is_service(frame: FrameType) -> bool:
+    return frame.f_code.co_filename.endswith("node/request_handler.py")
 
 
 def _in_tick(frame: FrameType | None) -> bool:
@@ -101,8 +118,8 @@ def test_a_put_passes_through_the_documented_files(recorder: _Recorder) -> None:
                 assert decode_reply(sock.recv())["ok"]
 
             put("warm-up")
-            recorder.recording = True
+            recorder.armed = True
             put("the-put")
-            recorder.recording = False
+            assert recorder.done.wait(5.0), "the put's flush did not end"
     steps = {name for name in recorder.files if not name.startswith("core/")} - HELPERS
     assert steps == set(STEPS), sorted(steps ^ set(STEPS))
