@@ -126,9 +126,9 @@ class Frontend:
             self._tell_gossip(Leave())
             self._answer(envelope, request, ping_reply(request.request_id))
         else:
-            self.start(request, lambda slots, deadline: _ClientRequest(
-                self._replies, envelope, request, slots, deadline
-            ))  # fmt: skip
+            self._inflight.admit()
+            slots, deadline = _slots(request), self._deadline(request)
+            self.start(request, _ClientRequest(self._replies, envelope, request, slots, deadline))
 
     def _answer(self, envelope: list[bytes], request: Request, reply: Reply) -> None:
         self._replies.send([*envelope, encode_reply(reply, request.fmt)])
@@ -138,27 +138,27 @@ class Frontend:
     def submit(self, request: Request, future: Future[Reply]) -> None:
         """Coordinate a key request of the embedded client (on the transport thread)."""
         try:
-            self.start(request, lambda slots, deadline: _LocalRequest(
-                future, request, slots, deadline
-            ))  # fmt: skip
+            self._inflight.admit()
+            slots, deadline = _slots(request), self._deadline(request)
+            self.start(request, _LocalRequest(future, request, slots, deadline))
         except KVActorsError as error:
             future.set_exception(error)
 
     # -- key operations ---------------------------------------------------------------------
 
-    def start(self, request: Request, pending_for: Callable[[int, float], Pending]) -> None:
-        """Start one quorum operation per key of `request`; `pending_for(slots,
-        deadline)` makes the request's Pending, which hears their outcomes."""
-        self._inflight.admit()
+    def _deadline(self, request: Request) -> float:
         timeout_ms = request.timeout_ms
-        own_timeout = timeout_ms is not None
-        deadline = self._inflight.deadline(None if timeout_ms is None else timeout_ms / 1000)
+        return self._inflight.deadline(None if timeout_ms is None else timeout_ms / 1000)
+
+    def start(self, request: Request, pending: Pending) -> None:
+        """Start one quorum operation per key of the admitted `request`; `pending`, with a
+        slot per key, hears their outcomes."""
+        own_timeout = request.timeout_ms is not None
         snapshot = self._ring.current
         refuse_if_detached(snapshot)
         op = request.op
         if op is Op.GET or op is Op.GET_MANY:
             keys = (request.key,) if op is Op.GET else request.keys
-            pending = pending_for(len(keys), deadline)
             r = quorum(request.r, self._config.read_quorum, snapshot.n_val)
             self._inflight.track(pending, own_timeout)
             for slot, key in enumerate(keys):
@@ -174,7 +174,6 @@ class Frontend:
         else:
             value = request.value_bytes if op is Op.PUT else None
             writes = [(request.key, value, client_context(request.context))]
-        pending = pending_for(len(writes), deadline)
         w = quorum(request.w, self._config.write_quorum, snapshot.n_val)
         self._inflight.track(pending, own_timeout)
         for slot, (key, value, context) in enumerate(writes):
@@ -336,6 +335,16 @@ class _SoleWrite(_SoleRead):
         written: Written = result
         outcome = WriteResult(written.existed, len(written.state.live_values()))
         self.inflight.fill(self.pending, self.slot, outcome)
+
+
+def _slots(request: Request) -> int:
+    """A request's keys: one result slot each."""
+    op = request.op
+    if op is Op.GET_MANY:
+        return len(request.keys)
+    if op is Op.PUT_MANY:
+        return len(request.items)
+    return 1
 
 
 def refuse_if_detached(snapshot: RingSnapshot) -> None:

@@ -69,6 +69,9 @@ def reply_for(request: Request, results: list[Any]) -> Reply:
     if isinstance(outcome, KVActorsError):
         raise outcome
     if op is Op.GET:
+        if type(outcome) is tuple:  # a key only this node holds: (value, context)
+            value, context = outcome
+            return Reply(request_id, value is not None, value, None, context)
         return Reply(request_id, *_read(outcome, request.siblings))
     if op is Op.PUT:
         return put_reply(request_id, conflict=outcome.siblings > 1)
