@@ -377,4 +377,3 @@ class Joined:
 class HandedOver:
     """To the gossip protocol: this leaving node has handed every partition over, so it
     may announce the leave complete."""
-
