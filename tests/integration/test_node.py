@@ -10,7 +10,6 @@ sleeps in the hope that something happened meanwhile.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import re
 import signal
@@ -19,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,6 +26,7 @@ from typing import Any, Protocol
 import msgpack
 import pytest
 import zmq
+from _sockets import connected  # tests/integration is on the path, as for conftest
 
 from kvactors import (
     ActorSystem,
@@ -68,17 +68,6 @@ def unused_endpoint() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
-
-
-@contextlib.contextmanager
-def connected(kind: int, endpoint: str) -> Iterator[zmq.Socket[bytes]]:
-    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(kind)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    try:
-        yield sock
-    finally:
-        sock.close()
 
 
 def receive(sock: zmq.Socket[bytes], timeout: float = REPLY_TIMEOUT) -> list[bytes]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import msgpack
 import pytest
 import zmq
+from _sockets import connected  # tests/integration is on the path, as for conftest
 
 from kvactors import ActorSystem, Client
 from kvactors.net.rpc import MARKER, RPC_FORMAT, RpcFormatError, decode_reply, encode_call
@@ -20,17 +21,6 @@ from kvactors.net.rpc import MARKER, RPC_FORMAT, RpcFormatError, decode_reply, e
 # Far above what a reply takes: a busy shared machine must not fail these tests.
 REPLY_TIMEOUT = 10.0
 OTHER = RPC_FORMAT + 1
-
-
-@contextlib.contextmanager
-def dealer(endpoint: str) -> Iterator[zmq.Socket[bytes]]:
-    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    try:
-        yield sock
-    finally:
-        sock.close()
 
 
 def exchange(sock: zmq.Socket[bytes], frames: list[bytes]) -> list[bytes]:
@@ -58,7 +48,7 @@ def test_a_call_in_another_format_is_refused_naming_both_and_the_node_serves_on(
         f"in RPC format {OTHER}": bytes((OTHER,)) + call_map(1, "ping"),
         "without a format byte (from a node older than RPC format 1)": call_map(2, "ping"),
     }
-    with dealer(endpoint) as sock:
+    with connected(zmq.DEALER, endpoint) as sock:
         for found, payload in refusals.items():
             marker, answer = exchange(sock, [MARKER, payload])
             assert marker == MARKER
