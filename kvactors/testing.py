@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from kvactors.core.ops import MergeKey, MergeRecord, RemoteOp, StoreOp
+    from kvactors.core.ops import AnyOp, MergeKey, MergeRecord
     from kvactors.core.versions import KeyState
     from kvactors.errors import KVActorsError
     from kvactors.replication.channel import ReplicaTarget, Settle
@@ -133,7 +133,7 @@ class Sent(NamedTuple):
 
     replica: str
     partition: int
-    op: StoreOp | RemoteOp
+    op: AnyOp
     target: ReplicaTarget
     tag: Any
     local: bool
@@ -181,12 +181,7 @@ class FakeChannel:
     read_repairs: int = 0
 
     def send(
-        self,
-        replica: str,
-        partition: int,
-        op: StoreOp | RemoteOp,
-        target: ReplicaTarget,
-        tag: Any,
+        self, replica: str, partition: int, op: AnyOp, target: ReplicaTarget, tag: Any
     ) -> None:
         from kvactors.core.ops import Coordinate, to_wire  # noqa: PLC0415
 

@@ -25,6 +25,7 @@ from kvactors.core.versions import KeyState, state_from_wire, state_to_wire
 from kvactors.errors import BadRequestError, TooLargeError
 
 __all__ = [
+    "AnyOp",
     "Coordinate",
     "Delete",
     "Forget",
@@ -155,11 +156,14 @@ StoreOp = Get | Put | Delete | ReadKey | ReadWinner | WriteKey | MergeKey | Merg
 RemoteOp = Get | Put | Delete | ReadKey | MergeKey | MergeRecord | Coordinate
 """The ops that can travel to another node."""
 
+AnyOp = StoreOp | RemoteOp
+"""Any op a replica channel carries."""
+
 CheckValue = Callable[[bytes], bytes]
 """Checks a value from the wire (size, one msgpack object); returns it or raises."""
 
 
-def to_wire(op: StoreOp | RemoteOp) -> list[Any]:
+def to_wire(op: AnyOp) -> list[Any]:
     """The wire form of `op`, for a replica on another node; TypeError for an op that
     only this node's StoreServers take (`WriteKey`, `MergeMany`, ...)."""
     # The hot path first: every replicated write sends a merge to each other replica.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from kvactors.core.ops import Coordinate, MergeKey, MergeRecord, RemoteOp, StoreOp, to_wire
+from kvactors.core.ops import AnyOp, Coordinate, MergeKey, MergeRecord, StoreOp, to_wire
 from kvactors.core.versions import state_from_wire
 from kvactors.net import rpc
 from kvactors.node.local_batches import LocalBatches
@@ -41,16 +41,11 @@ class NodeChannel:
         # The last op encoded, and its wire form: a write sends the same MergeKey to each
         # other replica and each next owner, one after the other, and is encoded once.
         # Holding the op keeps its identity from being reused by another object.
-        self._encoded: StoreOp | RemoteOp | None = None
+        self._encoded: AnyOp | None = None
         self._encoded_wire: list[Any] = []
 
     def send(
-        self,
-        replica: str,
-        partition: int,
-        op: StoreOp | RemoteOp,
-        target: ReplicaTarget,
-        tag: Any,
+        self, replica: str, partition: int, op: AnyOp, target: ReplicaTarget, tag: Any
     ) -> None:
         if replica == self.me:
             if isinstance(op, _REMOTE_ONLY):
@@ -81,7 +76,7 @@ class NodeChannel:
     def count_read_repair(self) -> None:
         self.read_repairs += 1
 
-    def _encode(self, op: StoreOp | RemoteOp) -> list[Any]:
+    def _encode(self, op: AnyOp) -> list[Any]:
         """`op`'s wire form, kept for the sends of the same op that follow."""
         self._encoded_wire = to_wire(op)  # TypeError: an op that never travels
         self._encoded = op

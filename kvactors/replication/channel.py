@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from kvactors.core.ops import MergeKey, MergeRecord, RemoteOp, StoreOp
+from kvactors.core.ops import AnyOp, MergeKey, MergeRecord
 from kvactors.errors import KVActorsError
 
 __all__ = ["IGNORE_ANSWERS", "ReplicaChannel", "ReplicaTarget", "Settle"]
@@ -56,12 +56,7 @@ class ReplicaChannel(Protocol):
         """This node's name: a replica named so is this node's StoreServer."""
 
     def send(
-        self,
-        replica: str,
-        partition: int,
-        op: StoreOp | RemoteOp,
-        target: ReplicaTarget,
-        tag: Any,
+        self, replica: str, partition: int, op: AnyOp, target: ReplicaTarget, tag: Any
     ) -> None:
         """Apply `op` on `replica`'s copy of `partition`; the answer (or the failure)
         reaches `target` with `tag`.

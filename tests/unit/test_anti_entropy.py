@@ -33,7 +33,7 @@ from kvactors.core.hashtree import (
     record_digest,
 )
 from kvactors.core.membership import Member, MemberStatus
-from kvactors.core.ops import MergeKey, ReadKey, RemoteOp, StoreOp, from_wire, to_wire
+from kvactors.core.ops import AnyOp, MergeKey, ReadKey, from_wire, to_wire
 from kvactors.core.placement import RingHolder, RingSnapshot, build_snapshot
 from kvactors.core.versions import (
     EMPTY_STATE,
@@ -157,16 +157,14 @@ class SimulatedChannel(FakeChannel):
         self._node = node
         self._cluster = cluster
 
-    def send(
-        self, replica: str, partition: int, op: StoreOp | RemoteOp, target: Any, tag: Any
-    ) -> None:
+    def send(self, replica: str, partition: int, op: AnyOp, target: Any, tag: Any) -> None:
         super().send(replica, partition, op, target, tag)  # checks an op for a peer travels
         self.take()  # answered here, not by the test
         node = self._cluster.nodes[replica]
         assert isinstance(op, ReadKey | MergeKey), op
         assert partition == node.partition_of(op.key), "an op went to the wrong partition"
         local = replica == self.me
-        served: StoreOp | RemoteOp = op
+        served: AnyOp = op
         if local:
             self._cluster.log.append((self.me, replica, type(op).__name__, op.key))
         else:
