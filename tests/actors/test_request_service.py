@@ -257,4 +257,29 @@ def test_background_tasks_report_in_status(node: Node) -> None:
     for task in ("handoff", "join", "dropped", "hints", "anti_entropy"):
         assert task in status
     assert status["dropped"] == {"partitions": 0, "keys": 0}
-    assert Joined() != HandedOver()
+
+
+def test_a_finished_join_is_told_to_gossip_once(node: Node) -> None:
+    # An embedded node's join has nothing to pull: it is finished on the first tick.
+    assert node.service.background.join is not None
+    inbox = _Inbox()
+    real_gossip, node.services.gossip = node.services.gossip, inbox  # type: ignore[assignment]
+    try:
+        node.service.on_tick(node.clock.advance(0.05))
+        assert inbox.told == [Joined()]
+        node.service.on_tick(node.clock.advance(0.05))
+        assert inbox.told == [Joined()]
+    finally:
+        node.services.gossip = real_gossip
+
+
+def test_a_join_told_while_gossip_is_down_is_told_again_on_a_later_tick(node: Node) -> None:
+    real_gossip, node.services.gossip = node.services.gossip, None
+    try:
+        node.service.on_tick(node.clock.advance(0.05))  # nobody to tell: not lost
+        inbox = _Inbox()
+        node.services.gossip = inbox  # type: ignore[assignment]
+        node.service.on_tick(node.clock.advance(0.05))
+        assert inbox.told == [Joined()]
+    finally:
+        node.services.gossip = real_gossip
