@@ -53,6 +53,7 @@ from kvactors.storage.records import (
     read_wire_state,
 )
 from kvactors.storage.tables import NodeIdentity
+from kvactors.testing import FakeTransport
 
 OTHER = 2  # a format byte no release has written yet
 assert OTHER not in (RECORD_FORMAT, RPC_FORMAT, GOSSIP_FORMAT, HINT_FORMAT, IDENTITY_FORMAT)
@@ -273,17 +274,6 @@ def test_a_reply_of_another_format_is_refused_by_decode_reply() -> None:
         decode_reply(bytes((OTHER,)) + msgpack.packb({"id": 1, "ok": True, "result": None}))
 
 
-class FakeTransport:
-    """Takes every frame an RpcClient sends, as a connected DEALER would."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, list[bytes]]] = []
-
-    def send_to_peer(self, endpoint: str, frames: list[bytes]) -> bool:
-        self.sent.append((endpoint, frames))
-        return True
-
-
 Outcome = tuple[Any, KVActorsError | None]
 
 
@@ -299,8 +289,8 @@ def test_the_caller_fails_every_call_to_a_peer_that_answers_in_another_format() 
     calling(client, "tcp://b:1", to_b)
     calling(client, "tcp://b:1", to_b)
     calling(client, "tcp://c:1", to_c)
-    assert [frames[0] for _, frames in transport.sent] == [MARKER] * 3
-    assert all(frames[1][0] == RPC_FORMAT for _, frames in transport.sent)
+    assert [frames[0] for _, frames in transport.to_peers] == [MARKER] * 3
+    assert all(frames[1][0] == RPC_FORMAT for _, frames in transport.to_peers)
 
     foreign = bytes((OTHER,)) + msgpack.packb({"whatever": "format 2 says"})
     client.on_reply("tcp://b:1", [MARKER, foreign])
@@ -312,7 +302,7 @@ def test_the_caller_fails_every_call_to_a_peer_that_answers_in_another_format() 
         )
 
     # c speaks this format: its answer is read as ever.
-    c_call_id = decode_call([transport.sent[2][1][1]])
+    c_call_id = decode_call([transport.to_peers[2][1][1]])
     assert isinstance(c_call_id, Call)
     client.on_reply("tcp://c:1", [MARKER, encode_result(c_call_id.call_id, {"node": "c"})])
     assert to_c == [({"node": "c"}, None)]
