@@ -144,6 +144,21 @@ class NodeConfig:
     max_value_bytes: int = 1024 * 1024
     """Largest value accepted, in bytes of its msgpack encoding."""
 
+    max_siblings: int = 100
+    """Most concurrent values (siblings) a client write may leave on a key. A write that
+    would leave more is refused with ``bad_request``; the key stays readable, and a write
+    with the context of a read resolves it. Merges between replicas are never refused."""
+
+    max_state_bytes: int = 4 * 1024 * 1024
+    """Largest stored state of one key (every sibling, its context and tombstones), in
+    bytes. A client write that would grow a key past it is refused with ``bad_request``;
+    merges between replicas are never refused."""
+
+    max_clock_skew: float = 60.0
+    """Seconds a clock stamp from outside may run ahead of this node's clock. A context or
+    a replica's state stamped further in the future is refused: a stamp near the end of
+    time would leave the key unwritable."""
+
     request_timeout: float = 5.0
     """Seconds a client request may take before it fails with ``timeout``."""
 
@@ -191,6 +206,9 @@ class NodeConfig:
         _check(self.tombstone_grace >= 0, "tombstone_grace must be zero or more")
         _check(self.max_key_bytes > 0, "max_key_bytes must be positive")
         _check(self.max_value_bytes > 0, "max_value_bytes must be positive")
+        _check(self.max_siblings >= 1, "max_siblings must be at least 1")
+        _check(self.max_state_bytes > 0, "max_state_bytes must be positive")
+        _check(self.max_clock_skew > 0, "max_clock_skew must be positive")
         _check(self.request_timeout > 0, "request_timeout must be positive")
         _check(self.max_inflight > 0, "max_inflight must be positive")
         _check(self.max_restarts >= 0, "max_restarts must be zero or more")
