@@ -289,6 +289,7 @@ class GossipState:
         incarnation: int = 0,
         hold_joining: bool = False,
         remembered: Iterable[Member] = (),
+        client_endpoint: str = "",
     ) -> GossipState:
         """A node about to join a cluster through any of `seeds` (endpoints; its own is
         skipped). It stays JOINING until another node sends it a table; with
@@ -296,10 +297,11 @@ class GossipState:
         `finish_joining`. A node restarted on its data passes the incarnation after the
         one it last had and the members it `remembered`: it is ALIVE at once (a member
         already, it must not look like a newcomer that owns nothing yet), and starts
-        with them in its table."""
+        with them in its table. `endpoint` is where peers reach it, `client_endpoint`
+        where clients do."""
         remembered = [m for m in remembered if m.name != name]
         status = _ALIVE if remembered else _JOINING
-        me = Member(name, endpoint, status, incarnation, 0)
+        me = Member(name, endpoint, status, incarnation, 0, client_endpoint)
         table = MemberTable(remembered)
         state = cls(me, now, config=config, table=table, seeds=seeds, hold_joining=hold_joining)
         if not state.seeds:
@@ -315,9 +317,12 @@ class GossipState:
         *,
         config: GossipConfig | None = None,
         incarnation: int = 0,
+        client_endpoint: str = "",
     ) -> GossipState:
-        """The first node of a new cluster: ALIVE, alone, waiting for others to join it."""
-        return cls(Member(name, endpoint, _ALIVE, incarnation, 0), now, config=config)
+        """The first node of a new cluster: ALIVE, alone, waiting for others to join it.
+        `endpoint` is where peers reach it, `client_endpoint` where clients do."""
+        me = Member(name, endpoint, _ALIVE, incarnation, 0, client_endpoint)
+        return cls(me, now, config=config)
 
     # ------------------------------------------------------------------ read-only views
 

@@ -1,6 +1,7 @@
 """The member table: what one node believes about every member of its cluster.
 
-A `Member` is one record: name, endpoint, status, incarnation and heartbeat. Nodes exchange
+A `Member` is one record: name, endpoint (where peers reach it), status, incarnation,
+heartbeat and client endpoint (where clients reach it; empty when not known). Nodes exchange
 their tables by gossip and merge what they receive with `MemberTable.merge`; the merge is
 commutative, associative and idempotent, so every node that has seen the same records holds
 the same table, whatever order they arrived in.
@@ -96,6 +97,10 @@ class Member:
     status: MemberStatus
     incarnation: int
     heartbeat: int
+    client_endpoint: str = ""
+    """Where clients reach this member; `endpoint` is where its peers do. Empty when not
+    known. It travels with the record but takes no part in the merge order: a member
+    announces it with every incarnation, and nobody else changes it."""
     precedence: tuple[int, int, str] = field(init=False, repr=False, compare=False)
     """(incarnation, status rank, endpoint): the record with the higher precedence wins a
     merge. Derived once here, because merging compares it for every record of every table."""
@@ -103,6 +108,8 @@ class Member:
     def __post_init__(self) -> None:
         _check_text(self.name, "member name", MAX_NAME_LENGTH)
         _check_text(self.endpoint, "member endpoint", MAX_ENDPOINT_LENGTH)
+        if self.client_endpoint:
+            _check_text(self.client_endpoint, "member client endpoint", MAX_ENDPOINT_LENGTH)
         _check_counter(self.incarnation, "incarnation")
         _check_counter(self.heartbeat, "heartbeat")
         precedence = (self.incarnation, self.status.rank, self.endpoint)
@@ -128,23 +135,36 @@ class Member:
         return winner.with_heartbeat(loser.heartbeat)
 
     def to_wire(self) -> list[str | int]:
-        """`[name, endpoint, status, incarnation, heartbeat]`, builtin types only."""
-        return [self.name, self.endpoint, self.status.value, self.incarnation, self.heartbeat]
+        """`[name, endpoint, status, incarnation, heartbeat, client_endpoint]`, builtin types
+        only; without the client endpoint when it is empty (the record as it was before)."""
+        wire: list[str | int] = [
+            self.name, self.endpoint, self.status.value, self.incarnation, self.heartbeat,
+        ]  # fmt: skip
+        if self.client_endpoint:
+            wire.append(self.client_endpoint)
+        return wire
 
     @classmethod
     def from_wire(cls, data: object) -> Member:
-        """Inverse of `to_wire`; raises ValueError on anything that is not a valid record."""
-        if not isinstance(data, list | tuple) or len(data) != 5:
-            raise ValueError("a member is [name, endpoint, status, incarnation, heartbeat]")
-        name, endpoint, status, incarnation, heartbeat = data
+        """Inverse of `to_wire`; raises ValueError on anything that is not a valid record.
+        A record without a client endpoint has an empty one."""
+        if not isinstance(data, list | tuple) or len(data) not in (5, 6):
+            raise ValueError(
+                "a member is [name, endpoint, status, incarnation, heartbeat, client_endpoint]"
+            )
+        name, endpoint, status, incarnation, heartbeat = data[:5]
         if not isinstance(status, str) or status not in _STATUS_BY_WIRE:
             raise ValueError(f"unknown member status: {status!r}")
+        client_endpoint = ""
+        if len(data) == 6 and data[5] != "":
+            client_endpoint = wire_text(data[5], "member client endpoint", MAX_ENDPOINT_LENGTH)
         return cls(
             wire_text(name, "member name", MAX_NAME_LENGTH),
             wire_text(endpoint, "member endpoint", MAX_ENDPOINT_LENGTH),
             _STATUS_BY_WIRE[status],
             wire_counter(incarnation, "incarnation"),
             wire_counter(heartbeat, "heartbeat"),
+            client_endpoint,
         )
 
 

@@ -310,6 +310,24 @@ def test_join_flow_through_a_seed_known_by_endpoint_only() -> None:
     assert seed.table["new"].status is ALIVE
 
 
+def test_the_client_endpoint_of_the_local_member_reaches_the_other_node() -> None:
+    seed = GossipState.found_cluster(
+        "seed", endpoint_of("seed"), 0.0, client_endpoint="tcp://seed:1"
+    )
+    joiner = GossipState.join(
+        "new", endpoint_of("new"), [endpoint_of("seed")], 0.0, client_endpoint="tcp://new:1"
+    )
+    assert seed.me.client_endpoint == "tcp://seed:1"
+    assert joiner.me.client_endpoint == "tcp://new:1"
+    assert GossipState.found_cluster("x", endpoint_of("x"), 0.0).me.client_endpoint == ""
+    (hello,) = joiner.tick(0.25, random.Random(4)).messages
+    (answer,) = seed.on_message(message_from_wire(hello.message.to_wire()), 0.3).messages
+    joiner.on_message(message_from_wire(answer.message.to_wire()), 0.3)
+    assert seed.table["new"].client_endpoint == "tcp://new:1"
+    assert joiner.table["seed"].client_endpoint == "tcp://seed:1"
+    assert joiner.me.client_endpoint == "tcp://new:1"  # kept through the refutation logic
+
+
 def test_joiner_retries_its_seeds_until_one_answers() -> None:
     rng = random.Random(5)
     seeds = [endpoint_of("s1"), endpoint_of("s2"), endpoint_of("new")]  # its own is skipped

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kvactors.core.membership import (
+    MAX_ENDPOINT_LENGTH,
     MAX_NAME_LENGTH,
     Member,
     MemberChange,
@@ -276,3 +277,43 @@ def test_member_wire_round_trip(record: Member) -> None:
 def test_malformed_member_wire_is_refused(data: object) -> None:
     with pytest.raises(ValueError):
         Member.from_wire(data)
+
+
+# ------------------------------------------------------------------------------ client endpoint
+
+
+def test_client_endpoint_travels_and_an_absent_one_is_empty() -> None:
+    record = Member("a", "tcp://a:6001", ALIVE, 3, 4, "tcp://a:6000")
+    wire = record.to_wire()
+    assert wire[-1] == "tcp://a:6000"
+    assert Member.from_wire(wire) == record
+    plain = member("a", incarnation=3, heartbeat=4, endpoint="tcp://a:6001")
+    assert plain.client_endpoint == ""
+    assert len(plain.to_wire()) == 5  # the record as it was before the field
+    assert Member.from_wire(plain.to_wire()).client_endpoint == ""
+    assert Member.from_wire([*plain.to_wire(), ""]) == plain
+
+
+@pytest.mark.parametrize(
+    "client_endpoint", [7, None, b"tcp://a:6000", "x" * (MAX_ENDPOINT_LENGTH + 1)]
+)
+def test_a_malformed_client_endpoint_is_refused(client_endpoint: object) -> None:
+    with pytest.raises(ValueError):
+        Member.from_wire(["a", "tcp://a:6001", "alive", 0, 0, client_endpoint])
+
+
+def test_client_endpoint_at_its_length_limit_is_taken() -> None:
+    longest = "x" * MAX_ENDPOINT_LENGTH
+    assert Member.from_wire(["a", "tcp://a:1", "alive", 0, 0, longest]).client_endpoint == longest
+    with pytest.raises(ValueError):
+        Member("a", "tcp://a:1", ALIVE, 0, 0, longest + "x")
+
+
+def test_client_endpoint_takes_no_part_in_precedence() -> None:
+    with_client = Member("a", "tcp://a:1", ALIVE, 2, 0, "tcp://a:2")
+    without = Member("a", "tcp://a:1", ALIVE, 2, 0)
+    assert with_client.precedence == without.precedence
+    assert not is_membership_change(without, with_client)
+    newer = Member("a", "tcp://a:1", ALIVE, 3, 0, "tcp://a:2")
+    assert without.merged_with(newer) is newer
+    assert newer.merged_with(without) is newer
