@@ -16,6 +16,7 @@ __all__ = [
     "ChildStartError",
     "ConfigError",
     "DuplicateChildError",
+    "ForbiddenError",
     "InternalError",
     "KVActorsError",
     "OverloadedError",
@@ -65,6 +66,14 @@ class PeerUnreachableError(UnavailableError):
     """A peer node did not answer an RPC: it is down, unreachable or too slow."""
 
 
+class ForbiddenError(KVActorsError):
+    """The authenticated key's role does not allow the operation (or the key is no
+    longer trusted). The decision comes from the key the connection authenticated with,
+    never from anything in the request."""
+
+    code = "forbidden"
+
+
 class RequestTimeoutError(KVActorsError, TimeoutError):
     """The request did not complete within its timeout."""
 
@@ -109,6 +118,7 @@ ERROR_CODES: dict[str, type[KVActorsError]] = {
         UnavailableError,
         RequestTimeoutError,
         OverloadedError,
+        ForbiddenError,
         InternalError,
     )
 }

@@ -6,7 +6,9 @@ import pytest
 
 from kvactors import errors
 
-WIRE_CODES = {"bad_request", "too_large", "unavailable", "timeout", "overloaded", "internal"}
+WIRE_CODES = {
+    "bad_request", "too_large", "unavailable", "timeout", "overloaded", "forbidden", "internal",
+}  # fmt: skip
 
 
 def test_every_wire_code_has_exactly_one_class() -> None:
