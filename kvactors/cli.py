@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_node(commands)
     _add_client_commands(commands)
+    _add_keygen(commands)
     selftest = commands.add_parser(
         "selftest",
         help="start an embedded node, write and read back some keys, and stop",
@@ -87,6 +88,26 @@ def _add_node(commands: Any) -> None:
         help="one transaction and fsync per write batch (for comparison)",
     )
     node.add_argument("--config", metavar="FILE", help="a TOML file of node settings")
+
+
+def _add_keygen(commands: Any) -> None:
+    keygen = commands.add_parser(
+        "keygen",
+        help="make a CURVE key pair: DIR/NAME.key (public) and DIR/NAME.key_secret",
+        description="Write a new key pair for NAME: DIR/NAME.key, the public certificate "
+        "to put in the trust dir of those who must trust NAME, and DIR/NAME.key_secret "
+        "(mode 0600), which stays with NAME. Both record NAME and ROLE. Existing files "
+        "are never overwritten.",
+        epilog="example: kvactors keygen --dir keys --role node node-a",
+    )
+    keygen.add_argument("name", metavar="NAME", help="the node's or client's name")
+    keygen.add_argument("--dir", required=True, metavar="DIR", help="where to write the files")
+    keygen.add_argument(
+        "--role",
+        choices=("node", "read", "write", "admin"),
+        default="node",
+        help="node (a cluster member), or a client's read, write or admin (default node)",
+    )
 
 
 def _add_client_commands(commands: Any) -> None:
@@ -153,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _client_command(args)
     if args.command == "cluster":
         return _run_cluster(args)
+    if args.command == "keygen":
+        return _keygen(args)
     parser.print_help()
     return 0
 
@@ -220,6 +243,20 @@ def _run_node(args: argparse.Namespace) -> int:
     if system.failure is not None:
         log.critical("node %s stopped on a failure: %r", config.name, system.failure)
         return 1
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from kvactors.errors import ConfigError  # noqa: PLC0415 - keep `--help` fast
+    from kvactors.net.certs import write_key_pair  # noqa: PLC0415
+
+    try:
+        public_path, secret_path = write_key_pair(args.dir, args.name, args.role)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(public_path)
+    print(secret_path)
     return 0
 
 
