@@ -311,11 +311,13 @@ def load_certificate(path: str | os.PathLike[str]) -> Certificate:
         with where.open("rb") as file:
             raw = file.read(MAX_CERTIFICATE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read certificate {where}: {exc.strerror or exc}") from exc
+        raise ConfigError(
+            f"cannot read certificate {_shown(where)}: {exc.strerror or exc}"
+        ) from exc
     try:
         return _certificate(_parse_zpl(raw))
     except ConfigError as exc:
-        raise ConfigError(f"certificate {where}: {exc}") from None
+        raise ConfigError(f"certificate {_shown(where)}: {exc}") from None
 
 
 _Sections = dict[str, dict[str, str]]
@@ -374,6 +376,21 @@ def _zpl_value(value: str, number: int) -> str:
             raise ConfigError(f"line {number}: the value's quote is not closed")
         return value[1:-1]
     return value
+
+
+def _shown(path: Path) -> str:
+    """A path as a log line may carry it: a file name can hold a line break."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+_MAX_PROBLEMS_LISTED: Final = 10
+
+
+def _listed(problems: list[str]) -> str:
+    shown = "; ".join(problems[:_MAX_PROBLEMS_LISTED])
+    more = len(problems) - _MAX_PROBLEMS_LISTED
+    return f"{shown}; and {more} more" if more > 0 else shown
 
 
 def _excerpt(line: str) -> str:
@@ -490,7 +507,7 @@ class TrustSet:
                     cert.name for path, cert in old.by_path.items() if path not in kept
                 )
                 note = f"; trust withdrawn from {', '.join(withdrawn)}" if withdrawn else ""
-                raise ConfigError(f"trust dir {self.directory}: {'; '.join(problems)}{note}")
+                raise ConfigError(f"trust dir {_shown(self.directory)}: {_listed(problems)}{note}")
             self._snapshot = snapshot
             return dict(snapshot.by_path) != dict(old.by_path)
 
@@ -521,13 +538,13 @@ class TrustSet:
 def _read_directory(directory: Path) -> tuple[dict[Path, Certificate], list[str]]:
     """The certificates of the `.key` files in `directory`, and the problems found."""
     if not directory.is_dir():
-        return {}, [f"{directory} is not a directory"]
+        return {}, [f"{_shown(directory)} is not a directory"]
     read: dict[Path, Certificate] = {}
     problems: list[str] = []
     try:
         paths = sorted(directory.glob(f"*{PUBLIC_SUFFIX}"))
     except OSError as exc:
-        return {}, [f"cannot list {directory}: {exc}"]
+        return {}, [f"cannot list {_shown(directory)}: {exc}"]
     for path in paths:
         try:
             certificate = load_certificate(path)
@@ -536,7 +553,7 @@ def _read_directory(directory: Path) -> tuple[dict[Path, Certificate], list[str]
             continue
         if certificate.is_secret:
             problems.append(
-                f"{path} holds a secret key; a trust dir holds public certificates only "
+                f"{_shown(path)} holds a secret key; a trust dir holds public certificates only "
                 f"(the {SECRET_SUFFIX} file stays with its owner)"
             )
             continue
@@ -553,9 +570,11 @@ def _snapshot_of(read: Mapping[Path, Certificate]) -> tuple[_Snapshot, list[str]
     problems: list[str] = []
     for path, cert in read.items():
         if cert.name in paths_by_name:
-            problems.append(f"{paths_by_name[cert.name]} and {path} both name {cert.name!r}")
+            first = _shown(paths_by_name[cert.name])
+            problems.append(f"{first} and {_shown(path)} both name {cert.name!r}")
         elif cert.public_key in paths_by_key:
-            problems.append(f"{paths_by_key[cert.public_key]} and {path} hold the same key")
+            first = _shown(paths_by_key[cert.public_key])
+            problems.append(f"{first} and {_shown(path)} hold the same key")
         else:
             paths_by_name[cert.name] = paths_by_key[cert.public_key] = path
             by_name[cert.name] = by_key[cert.public_key] = cert

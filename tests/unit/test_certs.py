@@ -443,3 +443,17 @@ def test_keygen_refuses_to_overwrite_and_bad_names_with_a_message(
     assert not (tmp_path.parent / "escape.key").exists()
     with pytest.raises(SystemExit):
         main(["keygen", "--dir", str(tmp_path), "--role", "root", "x"])
+
+
+def test_problems_never_carry_a_raw_line_break_and_are_listed_up_to_ten(
+    tmp_path: Path,
+) -> None:
+    directory, _ = trust_dir(tmp_path, ("bob", Role.READ))
+    (directory / "forged\nline.key").write_text("nonsense\n")
+    with pytest.raises(ConfigError) as refused:
+        TrustSet.load(directory)
+    assert "\n" not in str(refused.value) and "forged\\nline.key" in str(refused.value)
+    for number in range(14):
+        (directory / f"bad-{number:02}.key").write_text("nonsense\n")
+    with pytest.raises(ConfigError, match=r"; and 5 more$"):
+        TrustSet.load(directory)
