@@ -26,9 +26,34 @@ another node. Any node with no reachable peer falls back to its seeds the same w
 Leaving: `leave` marks the node LEAVING at a new incarnation and tells `announce_fanout`
 peers; `complete_leave` marks it LEFT and tells them again; after that the node sends nothing.
 
+Removing: `remove` turns a DEAD or LEFT member's record into a tombstone (REMOVED, see
+kvactors.core.membership), announced to `announce_fanout` peers, so that stale gossip
+cannot bring the member back. The ring never sees tombstones: they are gossip's own.
+
 On the wire a message is a map carrying `GOSSIP_FORMAT` under ``"format"``; a message in
 another format (or without one) is refused with a `BadRequestError` naming both formats,
 never read as this one.
+
+What a node takes from gossip. Anyone who reaches a node can send it gossip, and a node
+relays what it takes, so every message is checked before a record of it is merged:
+
+- a message is refused whole (`message_from_wire` raises `BadRequestError`, and nothing of
+  it is merged) when it is malformed, lists more than `MAX_GOSSIP_RECORDS` records (checked
+  before any is read), names a member twice, or holds a name or endpoint that is not
+  printable or too long (kvactors.core.membership);
+- the merge then refuses single records that are implausibly far ahead and ignores new
+  members past `MAX_MEMBERS` (kvactors.core.membership); `Output.refused` and
+  `Output.ignored` count them, and so do `GossipState.refused_records` and
+  `ignored_members`;
+- refutation: a node that sees a record of itself that outranks its own (an accusation,
+  or an incarnation it never issued) takes the record's incarnation plus one, keeping its
+  status, endpoint and client endpoint; so does one that sees its own incarnation with
+  another client endpoint. Since an accepted record is at most `MAX_INCARNATION_STEP`
+  ahead, there is always room above it: a member "left" at incarnation 2**63 - 1, or a
+  member's endpoint pointed elsewhere at 2**63 - 1, is refused by every node that holds
+  the member, and one step ahead of what it holds is outranked by the member at once;
+- `RefusalLog` decides which refusals a node logs: the first of each sender in each
+  interval, the rest counted in one line.
 
 Pure logic: no I/O, no clock (`now` comes in, in seconds, from any monotonic clock) and no
 global random (a `random.Random` comes in).
@@ -44,13 +69,17 @@ from typing import TYPE_CHECKING, ClassVar, Self, TypeAlias, cast
 from kvactors.core.membership import (
     MAX_COUNTER,
     MAX_ENDPOINT_LENGTH,
+    MAX_MEMBERS,
     MAX_NAME_LENGTH,
     Member,
     MemberChange,
     MemberStatus,
     MemberTable,
     MergeResult,
+    RemoveOutcome,
+    RemoveResult,
     is_membership_change,
+    printable,
     wire_text,
 )
 from kvactors.errors import BadRequestError
@@ -60,19 +89,23 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GOSSIP_FORMAT",
+    "MAX_GOSSIP_RECORDS",
     "GossipConfig",
     "GossipMessage",
     "GossipState",
     "Outgoing",
     "Output",
+    "RefusalLog",
     "Sync",
     "SyncReply",
     "WireValue",
+    "claimed_sender",
     "message_from_wire",
 ]
 
 _JOINING, _ALIVE, _LEAVING = MemberStatus.JOINING, MemberStatus.ALIVE, MemberStatus.LEAVING
 _SUSPECT, _DEAD, _LEFT = MemberStatus.SUSPECT, MemberStatus.DEAD, MemberStatus.LEFT
+_REMOVED = MemberStatus.REMOVED
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +146,10 @@ GOSSIP_FORMAT = 1
 any change that a node of the previous format would misread (keys a node does not know
 it ignores, so adding one needs no new format)."""
 
+MAX_GOSSIP_RECORDS = MAX_MEMBERS
+"""Most member records one message lists: a Sync carries a whole table, which holds at
+most `MAX_MEMBERS`. A message that lists more is refused whole, before any is read."""
+
 WireValue: TypeAlias = (
     "str | int | float | bool | bytes | list[WireValue] | dict[str, WireValue] | None"
 )
@@ -152,6 +189,11 @@ class _TableMessage:
         wire_members = data.get("members")
         if not isinstance(wire_members, list | tuple):
             raise ValueError("gossip members must be a list of member records")
+        if len(wire_members) > MAX_GOSSIP_RECORDS:
+            raise BadRequestError(
+                f"a gossip message lists {len(wire_members)} members; "
+                f"at most {MAX_GOSSIP_RECORDS} are taken"
+            )
         members = tuple(Member.from_wire(item) for item in wire_members)
         if len({record.name for record in members}) != len(members):
             raise ValueError("a gossip message names a member twice")
@@ -198,13 +240,31 @@ def _check_format(data: object) -> Mapping[str, object]:
 
 
 def message_from_wire(data: object) -> GossipMessage:
-    """Any gossip message from its wire form; ValueError on anything malformed,
-    BadRequestError (a ValueError) on a message of another gossip format."""
+    """Any gossip message from its wire form. Whatever `data` is, this returns a message
+    or raises `BadRequestError` (a ValueError): on anything malformed, on a message over
+    the bounds, and on a message of another gossip format. Its text never holds a raw
+    control character."""
     data = _check_format(data)  # first: another format may not even have a type
-    kind = _MESSAGE_KINDS.get(data.get("type"))
+    kind_name = data.get("type")
+    kind = _MESSAGE_KINDS.get(kind_name) if isinstance(kind_name, str) else None
     if kind is None:
-        raise ValueError(f"unknown gossip message type: {data.get('type')!r}")
-    return kind.from_wire(data)
+        raise BadRequestError(f"unknown gossip message type: {printable(kind_name, 40)}")
+    try:
+        return kind.from_wire(data)
+    except BadRequestError:
+        raise
+    except ValueError as exc:
+        raise BadRequestError(printable(str(exc))) from None
+
+
+def claimed_sender(data: object) -> str:
+    """The sender a gossip message's wire form names, fit for a log line (escaped by
+    `printable`, cut short); "unknown" when it names none. Only a claim: anyone may
+    send any name."""
+    sender = data.get("sender") if isinstance(data, Mapping) else None
+    if not isinstance(sender, str) or not sender:
+        return "unknown"
+    return printable(sender, MAX_NAME_LENGTH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,9 +283,58 @@ class Output:
 
     messages: tuple[Outgoing, ...] = ()
     changes: tuple[MemberChange, ...] = ()
+    refused: int = 0
+    """Records of the message refused as implausible (kvactors.core.membership)."""
+    ignored: int = 0
+    """Records of new members the message brought that a full table left out."""
 
 
 _NOTHING = Output()
+
+
+class RefusalLog:
+    """Which gossip refusals a node logs, so that a flood of them costs a few lines.
+
+    The first refusal of each sender in each `interval` seconds is logged, for at most
+    `max_senders` senders an interval (a sender is only a claimed name, and a forger
+    may claim a new one each time); the rest are counted, and `summary` hands the count
+    over once their interval is over.
+    """
+
+    __slots__ = ("_interval", "_logged", "_max_senders", "_started", "_suppressed", "_unreported")
+
+    def __init__(self, interval: float = 10.0, max_senders: int = 8) -> None:
+        if not interval > 0 or max_senders < 1:
+            raise ValueError("a refusal log needs an interval > 0 and max_senders >= 1")
+        self._interval = interval
+        self._max_senders = max_senders
+        self._started: float | None = None
+        self._logged: set[str] = set()
+        self._suppressed = 0  # in the current interval
+        self._unreported = 0  # in intervals that are over
+
+    def note(self, sender: str, now: float) -> bool:
+        """A refusal of `sender`'s gossip at `now`: True when it should be logged."""
+        self._roll(now)
+        if sender in self._logged or len(self._logged) >= self._max_senders:
+            self._suppressed += 1
+            return False
+        self._logged.add(sender)
+        return True
+
+    def summary(self, now: float) -> int:
+        """Refusals not logged in intervals that are over by `now`, counted once."""
+        self._roll(now)
+        count, self._unreported = self._unreported, 0
+        return count
+
+    def _roll(self, now: float) -> None:
+        if self._started is not None and now - self._started < self._interval:
+            return
+        self._unreported += self._suppressed
+        self._suppressed = 0
+        self._logged.clear()
+        self._started = now
 
 
 # ------------------------------------------------------------------------------ the state
@@ -247,6 +356,8 @@ class GossipState:
         "_me",
         "_seeds",
         "_table",
+        "ignored_members",
+        "refused_records",
     )
 
     def __init__(
@@ -268,14 +379,19 @@ class GossipState:
         self._table = (table or MemberTable()).with_member(me)
         self._seeds = tuple(dict.fromkeys(seed for seed in seeds if seed != me.endpoint))
         # When each watched member's heartbeat or incarnation last advanced here. Members
-        # that are DEAD or LEFT drop out (lazily, see `_detect_failures`); so does this node.
+        # that are DEAD, LEFT or REMOVED drop out (lazily, see `_detect_failures`); so does
+        # this node.
         self._last_advance = {
             name: now
             for name, record in self._table.items()
-            if name != me.name and record.status not in (_DEAD, _LEFT)
+            if name != me.name and record.status.is_watched
         }
         # (reachable peers, DEAD peers) by name, rebuilt after any membership change.
         self._candidates: tuple[list[str], list[str]] | None = None
+        self.refused_records = 0
+        """Records refused as implausible since this state was built."""
+        self.ignored_members = 0
+        """Records of new members left out of a full table since this state was built."""
 
     @classmethod
     def join(
@@ -356,10 +472,10 @@ class GossipState:
 
     def silence(self, name: str, now: float) -> float | None:
         """Seconds since `name`'s heartbeat last advanced here; None when it is not watched
-        (unknown, DEAD, LEFT, or this node itself)."""
+        (unknown, DEAD, LEFT, REMOVED, or this node itself)."""
         record = self._table.get(name)
         last = self._last_advance.get(name)
-        if record is None or last is None or record.status in (_DEAD, _LEFT):
+        if record is None or last is None or not record.status.is_watched:
             return None
         return now - last
 
@@ -390,11 +506,13 @@ class GossipState:
             return _NOTHING
         result = self._table.merge_tracking(message.members)
         changes = self._absorb(result, now)
+        self.refused_records += result.refused
+        self.ignored_members += result.ignored
         if isinstance(message, SyncReply):
-            return Output((), changes)
+            return Output((), changes, result.refused, result.ignored)
         reply = SyncReply(self._me.name, self._me.endpoint, self._reply_records(message, result))
         outgoing = Outgoing(message.sender, message.sender_endpoint, reply)
-        return Output((outgoing,), changes)
+        return Output((outgoing,), changes, result.refused, result.ignored)
 
     def leave(self, now: float, rng: random.Random) -> Output:
         """Start leaving: LEAVING at a new incarnation (so that it outranks any suspicion),
@@ -425,6 +543,27 @@ class GossipState:
     def holding_join(self) -> bool:
         """JOINING after contact, waiting for `finish_joining`."""
         return self._hold_joining and not self._first_contact and self._me.status is _JOINING
+
+    def remove(self, name: str, now: float, rng: random.Random) -> tuple[RemoveResult, Output]:
+        """Take DEAD or LEFT member `name` out of the cluster for good: its record becomes
+        a tombstone, announced to `announce_fanout` peers (gossip spreads it on from there).
+        Refused, with the reason in the result, for any other member and for this node.
+
+        `now` is unused today; every driving call takes it so that an actor calls them alike.
+        """
+        record = self._table.get(name)
+        status = None if record is None else record.status
+        if name == self._me.name:
+            return RemoveResult(name, RemoveOutcome.SELF, status), _NOTHING
+        table, outcome = self._table.remove(name)
+        result = RemoveResult(name, outcome, status)
+        if outcome is not RemoveOutcome.REMOVED or record is None:
+            return result, _NOTHING
+        self._table = table
+        self._candidates = None
+        self._last_advance.pop(name, None)
+        change = MemberChange(record, table[name])
+        return result, Output(tuple(self._syncs(self._config.announce_fanout, rng)), (change,))
 
     def complete_leave(self, now: float, rng: random.Random) -> Output:
         """Finish leaving: LEFT (the strongest status, so the incarnation stays), announced
@@ -467,8 +606,11 @@ class GossipState:
         if first_contact and seen.precedence > me.precedence:
             # The cluster knew this node before (it restarted): it is a member already.
             self._hold_joining = False
-        if seen.precedence > me.precedence:
-            # An accusation, or a record of an earlier life: outrank it, keep our status.
+        if seen.precedence > me.precedence or (
+            seen.precedence == me.precedence and seen.client_endpoint != me.client_endpoint
+        ):
+            # An accusation, a record of an earlier life, or a claim this node never made
+            # (it decides its client endpoint): outrank it, keep our status and endpoints.
             incarnation = min(seen.incarnation + 1, MAX_COUNTER)
             me = dataclasses.replace(me, incarnation=incarnation, heartbeat=seen.heartbeat)
         elif seen.heartbeat > me.heartbeat:
@@ -503,8 +645,8 @@ class GossipState:
         accusations: list[Member] = []
         for name in silent:
             record = self._table[name]
-            if record.status in (_DEAD, _LEFT):
-                del last_advance[name]  # no longer watched
+            if not record.status.is_watched:
+                del last_advance[name]  # DEAD, LEFT or REMOVED: no longer watched
             elif record.status is not _SUSPECT:
                 accusations.append(dataclasses.replace(record, status=_SUSPECT))
             elif now - last_advance[name] >= self._config.dead_timeout:

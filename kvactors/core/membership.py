@@ -16,10 +16,46 @@ The merge rule, record by record:
   left stays left;
 - the endpoint breaks what ties remain, so that the order is total and two nodes never keep
   different records of the same member;
-- the heartbeat is the highest either side has seen, whichever record wins.
+- the heartbeat is the highest either side has seen, whichever record wins;
+- REMOVED, the strongest status, is a tombstone: `MemberTable.remove` turns a DEAD or LEFT
+  record into one at the same incarnation, so every older record of that member (stale
+  gossip) loses to it. A record at a higher incarnation still wins: only the member itself
+  raises its incarnation, so a removed member that runs again (it was not dead after all,
+  or was started again on its data) is a member again, as after any restart. A member
+  that must stay out is kept out by not starting it again, and in a secure cluster by
+  revoking its key.
+
+The client endpoint travels with the record but takes no part in the order: a member
+announces it with each incarnation. A member that sees its own record at its incarnation
+with another client endpoint refutes it (kvactors.core.gossip).
 
 A heartbeat that only moved on is not a membership change (`is_membership_change`), but the
 failure detector needs to hear of it: `MemberTable.merge_tracking` reports those advances.
+
+Bounds and plausibility. Gossip relays records from anyone who can reach a node, so the
+merge takes only what an honest member could have sent:
+
+- names and endpoints are printable text (`str.isprintable`: no control characters, no
+  line breaks), names at most `MAX_NAME_LENGTH` (255) UTF-8 bytes and endpoints at most
+  `MAX_ENDPOINT_LENGTH`; a record that breaks this is malformed, and `from_wire` refuses it;
+- a table holds at most `MAX_MEMBERS` records, tombstones included. A new name past that
+  takes the place of a tombstone (the first in table order) when there is one, and is
+  ignored otherwise (`MergeResult.ignored` counts it); a tombstone of a name the table
+  does not hold is not worth a place in a full table;
+- a record whose incarnation is more than `MAX_INCARNATION_STEP` above the incarnation
+  the table holds for that member (above `INCARNATION_LIMIT`, half the counter's range,
+  for a member it does not hold), or whose heartbeat is above `HEARTBEAT_LIMIT`, is
+  refused (`MergeResult.refused` counts it). A member raises its incarnation by one at a
+  time (a refutation, a leave, a restart), so an honest record is never that far ahead;
+  an accusation that is (a member "left" at incarnation 2**63 - 1) would win every merge
+  for good, since the accused could never outrank it. An accusation within the step is
+  taken, and the accused outranks it by one (kvactors.core.gossip): the counter's range
+  leaves room for more than 2**42 such accusations, each of which takes a message.
+
+Without signatures this bounds what a forger can do, but does not stop it: a node that
+has not heard of a member yet takes the first record of it that it is told, up to
+`INCARNATION_LIMIT`. The merge rule holds (commutative, associative, idempotent) for
+tables within these bounds.
 
 Pure logic: no I/O, no clock, no randomness. `to_wire` / `from_wire` turn records into lists
 of builtin types for the node-to-node codec, and `from_wire` refuses anything malformed.
@@ -28,13 +64,18 @@ of builtin types for the node-to-node codec, and `from_wire` refuses anything ma
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass, field
 from enum import Enum
 
 __all__ = [
+    "HEARTBEAT_LIMIT",
+    "INCARNATION_LIMIT",
     "MAX_COUNTER",
     "MAX_ENDPOINT_LENGTH",
+    "MAX_INCARNATION_STEP",
+    "MAX_MEMBERS",
     "MAX_NAME_LENGTH",
     "HandedOver",
     "Joined",
@@ -45,7 +86,11 @@ __all__ = [
     "MemberTable",
     "MembersChanged",
     "MergeResult",
+    "Remove",
+    "RemoveOutcome",
+    "RemoveResult",
     "is_membership_change",
+    "printable",
     "wire_counter",
     "wire_text",
 ]
@@ -59,6 +104,22 @@ MAX_ENDPOINT_LENGTH = 1024
 MAX_COUNTER = 2**63 - 1
 """Incarnations and heartbeats fit a signed 64-bit integer, which every msgpack reader takes."""
 
+MAX_MEMBERS = 1024
+"""Most records a member table holds, tombstones included (see the module docstring)."""
+
+INCARNATION_LIMIT = MAX_COUNTER // 2
+"""Highest incarnation taken from gossip for a member the table does not hold yet, so that
+the member has the upper half of the range to refute in."""
+
+MAX_INCARNATION_STEP = 2**20
+"""Furthest a record's incarnation may be ahead of the one held for its member. A member
+raises its own by one per refutation, leave or restart, so a million is far above what
+an honest member reaches while another node is not listening."""
+
+HEARTBEAT_LIMIT = MAX_COUNTER // 2
+"""Highest heartbeat taken from gossip, so that a forged one leaves the member room to
+beat on (a heartbeat that can no longer advance looks like silence)."""
+
 
 class MemberStatus(Enum):
     """What a node believes about a member. The order of definition is the merge order."""
@@ -69,6 +130,8 @@ class MemberStatus(Enum):
     SUSPECT = "suspect"
     DEAD = "dead"
     LEFT = "left"
+    REMOVED = "removed"
+    """A tombstone: the member was taken out of the cluster (`MemberTable.remove`)."""
 
     @property
     def rank(self) -> int:
@@ -80,11 +143,19 @@ class MemberStatus(Enum):
         """Worth talking to: running, as far as we know. A suspect may only be slow."""
         return self in _REACHABLE
 
+    @property
+    def is_watched(self) -> bool:
+        """Worth a failure detector's attention: not DEAD, LEFT or REMOVED already."""
+        return self not in _UNWATCHED
+
 
 _RANKS = {status: rank for rank, status in enumerate(MemberStatus)}
 _REACHABLE = frozenset(
     {MemberStatus.JOINING, MemberStatus.ALIVE, MemberStatus.LEAVING, MemberStatus.SUSPECT}
 )
+_REMOVED = MemberStatus.REMOVED
+_UNWATCHED = frozenset({MemberStatus.DEAD, MemberStatus.LEFT, MemberStatus.REMOVED})
+_REMOVABLE = frozenset({MemberStatus.DEAD, MemberStatus.LEFT})
 _STATUS_BY_WIRE = {status.value: status for status in MemberStatus}
 
 
@@ -199,6 +270,10 @@ class MergeResult:
     differing: tuple[Member, ...]
     """The merged records of the members the other side sent in an older or weaker form:
     what a reply must carry for the other side to catch up on what it sent."""
+    refused: int = 0
+    """Records refused as implausible: too far ahead (see the module docstring)."""
+    ignored: int = 0
+    """Records of new members left out because the table was full (`MAX_MEMBERS`)."""
 
 
 class MemberTable(Mapping[str, Member]):
@@ -288,14 +363,21 @@ class MemberTable(Mapping[str, Member]):
         result = self.merge_tracking(other)
         return result.table, result.changes
 
-    def merge_tracking(self, other: MemberTable | Iterable[Member]) -> MergeResult:
-        """Merge, and report what the failure detector and a gossip reply need to know."""
+    def merge_tracking(
+        self, other: MemberTable | Iterable[Member], *, max_members: int = MAX_MEMBERS
+    ) -> MergeResult:
+        """Merge, and report what the failure detector and a gossip reply need to know.
+
+        Implausible records are refused and new members past `max_members` ignored (see
+        the module docstring); both are counted in the result."""
         incoming = other.members() if isinstance(other, MemberTable) else other
         merged = dict(self._records)
         replaced = False
         changes: list[MemberChange] = []
         advanced: list[str] = []
         differing: list[Member] = []
+        refused = ignored = 0
+        room = _Room(max_members)
         # The hot path of gossip (every node merges a whole table every round), so the rule
         # of `Member.merged_with` is inlined here and decided on `precedence` tuples.
         for theirs in incoming:
@@ -303,7 +385,15 @@ class MemberTable(Mapping[str, Member]):
             mine = merged.get(name)
             if mine is theirs:
                 continue
+            if theirs.heartbeat > HEARTBEAT_LIMIT or theirs.incarnation > (
+                INCARNATION_LIMIT if mine is None else mine.incarnation + MAX_INCARNATION_STEP
+            ):
+                refused += 1
+                continue
             if mine is None:
+                if not room.admits(merged, theirs):
+                    ignored += 1
+                    continue
                 merged[name] = theirs
                 replaced = True
                 changes.append(MemberChange(None, theirs))
@@ -338,14 +428,57 @@ class MemberTable(Mapping[str, Member]):
             changes=tuple(changes),
             advanced=frozenset(advanced),
             differing=tuple(differing),
+            refused=refused,
+            ignored=ignored,
         )
+
+    def remove(self, name: str) -> tuple[MemberTable, RemoveOutcome]:
+        """This table with `name`'s record turned into a tombstone at its incarnation (see
+        the module docstring), and what happened: only a DEAD or LEFT member is removed."""
+        record = self._records.get(name)
+        if record is None:
+            return self, RemoveOutcome.UNKNOWN
+        if record.status is MemberStatus.REMOVED:
+            return self, RemoveOutcome.ALREADY_REMOVED
+        if record.status not in _REMOVABLE:
+            return self, RemoveOutcome.NOT_DOWN
+        tombstone = dataclasses.replace(record, status=MemberStatus.REMOVED)
+        return self.with_member(tombstone), RemoveOutcome.REMOVED
+
+
+class _Room:
+    """Places for new names in a table being merged, at most `limit` records in all."""
+
+    __slots__ = ("_limit", "_tombstones")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        # The tombstones of the table in order, listed once it is full.
+        self._tombstones: deque[str] | None = None
+
+    def admits(self, records: dict[str, Member], newcomer: Member) -> bool:
+        """True when `records` may take `newcomer`, a new name, dropping the first
+        tombstone to make room if the table is full."""
+        if len(records) < self._limit:
+            return True
+        if newcomer.status is _REMOVED:
+            return False  # a tombstone of a name this table lacks removes nothing here
+        if self._tombstones is None:
+            self._tombstones = deque(n for n, r in records.items() if r.status is _REMOVED)
+        while self._tombstones:
+            name = self._tombstones.popleft()
+            if records[name].status is _REMOVED:  # not replaced by a newer record since
+                del records[name]
+                return True
+        return False
 
 
 # ------------------------------------------------------------------------------ validation
 
 
 def wire_text(value: object, what: str, max_length: int) -> str:
-    """`value` if it is a non-empty str of at most `max_length` UTF-8 bytes; else ValueError."""
+    """`value` if it is a non-empty printable str of at most `max_length` UTF-8 bytes;
+    else ValueError."""
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a string, not {type(value).__name__}")
     _check_text(value, what, max_length)
@@ -367,6 +500,24 @@ def _check_text(text: str, what: str, max_length: int) -> None:
     size = len(text) if text.isascii() else len(text.encode("utf-8"))
     if not 0 < size <= max_length:
         raise ValueError(f"{what} must be 1 to {max_length} bytes of UTF-8, got {size}")
+    if not text.isprintable():
+        # The text itself stays out of the message: it is someone else's, bound for a log.
+        raise ValueError(f"{what} must be printable, without control characters")
+
+
+_PRINTABLE_LIMIT = 256
+
+
+def printable(text: object, limit: int = _PRINTABLE_LIMIT) -> str:
+    """`text` fit for a log line: control and other unprintable characters escaped as in
+    a Python literal (a newline becomes the two characters backslash and n), cut at
+    `limit` characters. For names and messages that came from outside."""
+    value = text if isinstance(text, str) else repr(text)
+    if len(value) > limit:
+        value = value[:limit] + "..."
+    if value.isprintable():
+        return value
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in value)
 
 
 def _check_counter(value: int, what: str) -> None:
@@ -391,6 +542,52 @@ class Leave:
 class Joined:
     """To the gossip protocol: this joining node holds every partition it will own (its
     join handoff is done), so it may announce itself alive and take its share."""
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    """To the gossip protocol: take member `name`, DEAD or LEFT, out of the cluster for
+    good, leaving a tombstone (`MemberTable.remove`). Answered with a `RemoveResult`."""
+
+    name: str
+
+
+class RemoveOutcome(Enum):
+    """What a `Remove` did."""
+
+    REMOVED = "removed"
+    ALREADY_REMOVED = "already removed"
+    UNKNOWN = "no member of that name"
+    NOT_DOWN = "only a dead or left member can be removed"
+    SELF = "a node cannot remove itself"
+
+    @property
+    def removed(self) -> bool:
+        """The member is out of the cluster now (whether by this call or an earlier one)."""
+        return self in (RemoveOutcome.REMOVED, RemoveOutcome.ALREADY_REMOVED)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveResult:
+    """The answer to a `Remove`: what happened, and the member's status before it."""
+
+    name: str
+    outcome: RemoveOutcome
+    status: MemberStatus | None = None
+    """The member's status when the call came; None when it was unknown."""
+
+    @property
+    def removed(self) -> bool:
+        return self.outcome.removed
+
+    def describe(self) -> str:
+        """In words, for a reply or a log line (the name escaped by `printable`)."""
+        who = f"member '{printable(self.name)}'"
+        if self.outcome is RemoveOutcome.NOT_DOWN and self.status is not None:
+            return f"{who} is {self.status.value}: {self.outcome.value}"
+        if self.outcome is RemoveOutcome.UNKNOWN:
+            return f"{self.outcome.value}: '{printable(self.name)}'"
+        return f"{who}: {self.outcome.value}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from kvactors.core.membership import (
 
 ALIVE, SUSPECT, DEAD = MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD
 JOINING, LEAVING, LEFT = MemberStatus.JOINING, MemberStatus.LEAVING, MemberStatus.LEFT
+REMOVED = MemberStatus.REMOVED
 
 
 def member(
@@ -45,7 +46,7 @@ tables = st.lists(members, unique_by=lambda m: m.name).map(MemberTable)
 def reference_merge(*records: Member) -> Member:
     """The documented rule, written independently: the record of highest
     (incarnation, status strength, endpoint) with the highest heartbeat of all."""
-    order = [JOINING, ALIVE, LEAVING, SUSPECT, DEAD, LEFT]
+    order = [JOINING, ALIVE, LEAVING, SUSPECT, DEAD, LEFT, REMOVED]
     best = max(records, key=lambda m: (m.incarnation, order.index(m.status), m.endpoint))
     heartbeat = max(m.heartbeat for m in records)
     return Member(best.name, best.endpoint, best.status, best.incarnation, heartbeat)
@@ -56,7 +57,14 @@ def reference_merge(*records: Member) -> Member:
 
 @pytest.mark.parametrize(
     ("weaker", "stronger"),
-    [(JOINING, ALIVE), (ALIVE, LEAVING), (LEAVING, SUSPECT), (SUSPECT, DEAD), (DEAD, LEFT)],
+    [
+        (JOINING, ALIVE),
+        (ALIVE, LEAVING),
+        (LEAVING, SUSPECT),
+        (SUSPECT, DEAD),
+        (DEAD, LEFT),
+        (LEFT, REMOVED),
+    ],
 )
 def test_stronger_status_wins_at_equal_incarnation(
     weaker: MemberStatus, stronger: MemberStatus
