@@ -15,17 +15,35 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
+    "COUNTER_MARGIN",
     "MAX_COUNTER",
+    "MAX_STAMP_LOGICAL",
     "Dot",
     "Hlc",
     "HlcStamp",
     "VectorClock",
+    "counter_ceiling",
+    "dot_floor",
+    "first_counter_above",
     "hlc_observe",
     "hlc_tick",
 ]
 
 # Counters travel as unsigned 64-bit integers (msgpack uint64, context varints).
 MAX_COUNTER = 2**64 - 1
+
+# The most a stamp from outside may count within one millisecond. A node's own clock
+# counts one per event while its physical clock stands still or runs behind: 2**48 is
+# more events than any replica makes, and leaves 2**64 - 2**48 increments before a
+# counter would outgrow its 64 bits.
+MAX_STAMP_LOGICAL = 2**48 - 1
+
+# How far a replica's own counters for one key may run ahead of its dot floor: one per
+# write beyond 1,024 writes of the key within one millisecond of its clock. 2**32 is
+# far more than that, and a counter this far ahead still leaves room for 2**63 writes.
+COUNTER_MARGIN = 2**32
+_FLOOR_LOGICAL_BITS = 10
+_FLOOR_LOGICAL_MAX = (1 << _FLOOR_LOGICAL_BITS) - 1
 
 
 # --------------------------------------------------------------------------- vector clocks
@@ -215,6 +233,35 @@ class Dot:
     def covered_by(self, clock: VectorClock) -> bool:
         """True when `clock` has seen this write."""
         return clock.counter(self.node) >= self.counter
+
+
+def dot_floor(stamp: HlcStamp) -> int:
+    """The least counter for a dot made at `stamp`: never below the clock's reading, so a
+    key forgotten after its tombstones were purged (or lost with a memory node) does not
+    reuse a dot that a lagging replica still counts as superseded (Riak's kv679).
+
+    Ten bits for the logical part; past 1023 stamps in one millisecond the floor stops
+    rising, and the key's own counters keep its dots apart (`coordinate_write` takes the
+    greater of the two)."""
+    return (stamp.wall_ms << _FLOOR_LOGICAL_BITS) + min(stamp.logical, _FLOOR_LOGICAL_MAX)
+
+
+def counter_ceiling(max_wall_ms: int) -> int:
+    """The highest counter an honest replica whose clock reads at most `max_wall_ms` can
+    have put in a dot: its dot floor then, plus `COUNTER_MARGIN`.
+
+    Counters are clock readings (`dot_floor`), so a counter above the ceiling came from
+    a clock further ahead than allowed, or from no clock at all: a counter near 2**64
+    would leave its key no room for another write."""
+    return (max(max_wall_ms, 0) << _FLOOR_LOGICAL_BITS) + _FLOOR_LOGICAL_MAX + COUNTER_MARGIN
+
+
+def first_counter_above(clock: VectorClock, ceiling: int) -> tuple[str, int] | None:
+    """The first entry of `clock` whose counter is above `ceiling`; None when none is."""
+    for node, counter in clock.entries:
+        if counter > ceiling:
+            return node, counter
+    return None
 
 
 # A trusted constructor: builds a stamp through its slot descriptors, skipping __init__

@@ -2,6 +2,11 @@
 `put` or `delete` of the key sends, a `VectorClock` in a canonical binary form
 (docs/protocol.md describes it for clients).
 
+`decode_context` reads the format (any clock a context can spell); `client_context` also
+holds what a client sends to what a node could have made (`MAX_CLIENT_COUNTER`). The
+replica that coordinates the write holds it to its clock as well
+(`kvactors.core.clocks.counter_ceiling`) and to the key's history.
+
 Pure logic: no I/O.
 """
 
@@ -9,11 +14,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from kvactors.core.clocks import MAX_COUNTER, VectorClock
+from kvactors.core.clocks import MAX_COUNTER, VectorClock, first_counter_above
 from kvactors.errors import BadRequestError
 
 __all__ = [
     "CONTEXT_FORMAT",
+    "MAX_CLIENT_COUNTER",
     "MAX_CONTEXT_BYTES",
     "MAX_CONTEXT_ENTRIES",
     "MAX_NODE_NAME_BYTES",
@@ -40,6 +46,12 @@ MAX_CONTEXT_ENTRIES = 256
 MAX_NODE_NAME_BYTES = 255
 _MAX_VARINT_BYTES = 10  # enough for MAX_COUNTER
 MAX_CONTEXT_BYTES = 1 + 2 + MAX_CONTEXT_ENTRIES * (2 + MAX_NODE_NAME_BYTES + _MAX_VARINT_BYTES)
+
+# The highest counter a client's context may carry. Counters are clock readings: a
+# node's dots count its clock's milliseconds times 1,024 (`kvactors.core.clocks.dot_floor`),
+# which stays below 2**52 until the year 144,000. A context at 2**64 - 2 would leave its
+# key no room for another write; one below 2**62 leaves room for 3 x 2**62 writes.
+MAX_CLIENT_COUNTER = 2**62 - 1
 
 
 _ONE_BYTE_VARINTS = tuple(bytes((number,)) for number in range(0x80))
@@ -168,10 +180,18 @@ def decode_context(data: object) -> VectorClock:
 
 def client_context(context: bytes | None) -> tuple[VectorClock, bytes] | None:
     """The clock of the context a client sent with a write, and the context itself; None
-    when it sent none. A context no node made is the client's error: BadRequestError."""
+    when it sent none. A context no node made is the client's error: BadRequestError,
+    also for a counter above MAX_CLIENT_COUNTER."""
     if context is None:
         return None
     try:
-        return decode_context(context), context
+        clock = decode_context(context)
     except ValueError as exc:
         raise BadRequestError(f"context is not one a node made: {exc}") from None
+    too_high = first_counter_above(clock, MAX_CLIENT_COUNTER)
+    if too_high is not None:
+        raise BadRequestError(
+            f"context is not one a node made: a counter is {too_high[1]}, above "
+            f"{MAX_CLIENT_COUNTER} (2**62 - 1); use the context a get returned"
+        )
+    return clock, context

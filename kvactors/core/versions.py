@@ -15,7 +15,8 @@ context (`past`) it superseded, in the spirit of dotted version vectors (Preguic
   forgets a deleted key after a grace period.
 - `state_to_wire` / `state_from_wire` turn a state into builtin types for peer messages
   and storage records (`kvactors.storage.records`); kvactors.core.context turns a
-  clock into the opaque bytes clients carry.
+  clock into the opaque bytes clients carry. `check_state_bounds` holds a state from
+  outside to what honest replicas with clocks at most so far ahead could have made.
 
 Pure logic: no I/O, no clock reads (physical time comes in as an argument), no msgpack.
 """
@@ -27,7 +28,15 @@ from dataclasses import dataclass, field
 from itertools import chain, pairwise
 from typing import Any, TypeAlias
 
-from kvactors.core.clocks import MAX_COUNTER, Dot, HlcStamp, VectorClock
+from kvactors.core.clocks import (
+    MAX_COUNTER,
+    MAX_STAMP_LOGICAL,
+    Dot,
+    HlcStamp,
+    VectorClock,
+    counter_ceiling,
+    first_counter_above,
+)
 from kvactors.core.context import MAX_CONTEXT_ENTRIES, MAX_NODE_NAME_BYTES, encode_context
 
 __all__ = [
@@ -36,6 +45,7 @@ __all__ = [
     "KeyState",
     "Version",
     "blind_write",
+    "check_state_bounds",
     "coordinate_write",
     "merge_states",
     "purge_tombstones",
@@ -622,3 +632,36 @@ def state_from_wire(data: object) -> KeyState:
         obsolete_clock,
         [_version_from_wire(item, obsolete, obsolete_clock) for item in versions],
     )
+
+
+def check_state_bounds(state: KeyState, max_wall_ms: int) -> None:
+    """Raise ValueError unless `state` is one honest replicas could have made with clocks
+    that read at most `max_wall_ms`: no stamp later than that, none counting more than
+    MAX_STAMP_LOGICAL within its millisecond, no counter above `counter_ceiling`.
+
+    `state_from_wire` checks the format (any uint64); this checks the values, against a
+    receiver's clock: a stamp or a counter near 2**64 would leave the key no room for
+    another write, and a stamp from the future would carry the receiver's clock there.
+    """
+    versions, obsolete = state.versions, state.obsolete
+    # Versions are sorted newest stamp first: the first has the latest wall time.
+    if versions and versions[0].stamp.wall_ms > max_wall_ms:
+        ahead = versions[0].stamp.wall_ms - max_wall_ms
+        raise _malformed(f"a stamp is {ahead} ms further ahead than this node's clock allows")
+    ceiling = counter_ceiling(max_wall_ms)
+    too_high = first_counter_above(obsolete, ceiling)
+    for version in versions:
+        if too_high is not None:
+            break
+        if version.stamp.logical > MAX_STAMP_LOGICAL:
+            raise _malformed(f"a stamp's logical part is above {MAX_STAMP_LOGICAL}")
+        dot = version.dot
+        if dot.counter > ceiling:
+            too_high = dot.node, dot.counter
+        elif version.past is not obsolete:
+            too_high = first_counter_above(version.past, ceiling)
+    if too_high is not None:
+        raise _malformed(
+            f"a counter is {too_high[1]}, above {ceiling}, the highest a clock this node "
+            "allows could have made"
+        )

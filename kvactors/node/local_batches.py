@@ -116,9 +116,12 @@ class LocalBatches:
             self.group.applied((partition, entries, results))  # its flush syncs them
 
     def done(self, entries: list[Entry], results: list[Any]) -> None:
-        """Each op's result to its target."""
+        """Each op's result to its target; an op the replica refused fails alone."""
         for (target, tag, _), result in zip(entries, results):  # noqa: B905 - equal by design
-            target.replica_done(tag, result)
+            if isinstance(result, KVActorsError):
+                target.replica_failed(tag, result)
+            else:
+                target.replica_done(tag, result)
 
     def failed(self, partition: int, entries: list[Entry], error: BaseException) -> None:
         """The batch may have been partly applied: each op fails."""

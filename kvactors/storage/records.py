@@ -37,6 +37,7 @@ from typing import Any
 import msgpack
 
 from kvactors.core.clocks import VectorClock
+from kvactors.core.context import MAX_NODE_NAME_BYTES
 from kvactors.core.versions import (
     KeyState,
     state_from_wire,
@@ -55,6 +56,7 @@ __all__ = [
     "read_blind_base",
     "read_winner",
     "read_wire_state",
+    "record_size_bound",
 ]
 
 RECORD_FORMAT = 1
@@ -89,6 +91,28 @@ def encode_state(state: KeyState) -> bytes:
     # the options costs a keyword parse per record.
     packed: bytes = msgpack.packb(fields)
     return _FORMAT_PREFIX + packed
+
+
+# Upper bounds of the parts of a record, for `record_size_bound`. A clock entry: a name
+# (msgpack str header and bytes) and a uint64, or in a context a name's length, its bytes
+# and a varint. A version: its array, value and past headers, a dot, a stamp and two
+# names at most.
+_ENTRY_BOUND = MAX_NODE_NAME_BYTES + 3 + 9
+_VERSION_BOUND = 2 * (MAX_NODE_NAME_BYTES + 3) + 5 * 9
+_RECORD_BOUND = 64
+
+
+def record_size_bound(state: KeyState) -> int:
+    """At least `len(encode_state(state))`, from counts alone (no name is measured, no
+    byte encoded): cheap enough to ask of every write, and close enough that only a
+    state near a size limit needs encoding to know its size."""
+    versions = state.versions
+    entries = 2 * len(state.context.entries) + len(state.obsolete.entries)
+    size = _RECORD_BOUND + (len(versions[0].value or b"") if versions else 0)
+    for version in versions:
+        entries += len(version.past.entries)
+        size += _VERSION_BOUND + len(version.value or b"")
+    return size + entries * _ENTRY_BOUND
 
 
 def decode_state(data: bytes) -> KeyState:

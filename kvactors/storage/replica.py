@@ -17,7 +17,15 @@ causal pasts, and the clock of what is known to be superseded (kvactors.core.ver
   in front (`read_blind_base`), so the state is not built;
 - a key whose versions are all tombstones older than the grace period is forgotten when
   a batch reads it;
-- a new version's dot is never below the reading of the hybrid logical clock (`_dot_floor`).
+- a new version's dot is never below the reading of the hybrid logical clock (`dot_floor`).
+
+What comes from outside is held to `ReplicaLimits` (docs/security.md): a client write
+whose context counts further than the clock allows, or that would leave the key more
+siblings than `max_siblings`, a larger state than `max_state_bytes` or a history naming
+too many nodes, is refused; a merge is never refused for its siblings or size (that
+would leave the replicas apart for good), only for stamps or counters from further
+ahead than `max_clock_skew`, or a history no context can hold. A refusal is a
+`BadRequestError` in that operation's result; the batch's other operations go on.
 
 This is the hottest code of a node: operations are told apart by `type() is` tests
 (commonest first, cheaper than `match`), and a batch costs one method call, an operation
@@ -26,11 +34,22 @@ little more than the work it asks for.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
-from kvactors.core.clocks import Hlc, HlcStamp, VectorClock
+from kvactors.config import NodeConfig
+from kvactors.core.clocks import (
+    MAX_STAMP_LOGICAL,
+    Hlc,
+    VectorClock,
+    counter_ceiling,
+    dot_floor,
+    first_counter_above,
+)
+from kvactors.core.context import MAX_CONTEXT_ENTRIES
 from kvactors.core.ops import (
     Delete,
     Forget,
@@ -48,23 +67,70 @@ from kvactors.core.versions import (
     EMPTY_STATE,
     KeyState,
     blind_write,
+    check_state_bounds,
     coordinate_write,
     merge_states,
     purge_tombstones,
 )
+from kvactors.errors import BadRequestError
 from kvactors.storage.records import (
     decode_trusted_state,
     encode_state,
     read_blind_base,
     read_winner,
+    record_size_bound,
 )
 from kvactors.storage.tables import Table, Write
 
-__all__ = ["DEFAULT_TOMBSTONE_GRACE", "Replica"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DEFAULT_TOMBSTONE_GRACE",
+    "OPEN_CONTEXT_ENTRIES",
+    "Replica",
+    "ReplicaLimits",
+]
+
+logger = logging.getLogger(__name__)
 
 # Seconds a key whose versions are all tombstones is kept, so that replicas which missed
 # the delete learn it instead of bringing the value back.
 DEFAULT_TOMBSTONE_GRACE = 600.0
+
+# The highest logical part of a stamp a write orders itself after. A stamp may count
+# to MAX_STAMP_LOGICAL within its millisecond (`check_state_bounds`); observing one near
+# that would leave this replica's clock to count past it, into stamps other replicas
+# refuse. Past this, a write is not ordered after the stamp (it still supersedes what
+# its context covers): only which sibling reads show first is at stake.
+_OBSERVED_LOGICAL: Final = MAX_STAMP_LOGICAL // 2
+
+OPEN_CONTEXT_ENTRIES: Final = 32
+"""How many nodes a key's history may name when a client's context brings names the key
+has not seen. A client can invent names; the key keeps them for good (its obsolete clock
+never forgets one). Past this many, only the replicas that write the key add their own
+names, up to the MAX_CONTEXT_ENTRIES a context holds, so invented names can never fill a
+key's history and shut out a replica that has yet to write it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLimits:
+    """What a replica accepts from outside (docs/configuration.md has each setting).
+
+    `max_siblings` and `max_state_bytes` hold client writes only: a write that would
+    leave the key with more siblings, or a larger record, than before and than the
+    limit is refused. `max_clock_skew` (seconds) is how far ahead of this replica's clock
+    a stamp, or the clock reading a counter stands for, may be, in writes and merges.
+    """
+
+    max_siblings: int = 100
+    max_state_bytes: int = 4 * 1024 * 1024
+    max_clock_skew: float = 60.0
+
+    @classmethod
+    def from_config(cls, config: NodeConfig) -> ReplicaLimits:
+        return cls(config.max_siblings, config.max_state_bytes, config.max_clock_skew)
+
+
+DEFAULT_LIMITS: Final = ReplicaLimits()
 
 
 class Replica:
@@ -73,10 +139,10 @@ class Replica:
 
     `node` names this replica in the dots of the versions it coordinates; `wall_clock`
     (seconds) feeds its hybrid logical clock; a key holding only tombstones at least
-    `tombstone_grace` seconds old is forgotten.
+    `tombstone_grace` seconds old is forgotten; `limits` bound what comes from outside.
     """
 
-    __slots__ = ("_grace_ms", "_hlc", "_node", "_table", "_wall_clock")
+    __slots__ = ("_grace_ms", "_hlc", "_limits", "_node", "_skew_ms", "_table", "_wall_clock")
 
     def __init__(
         self,
@@ -85,11 +151,14 @@ class Replica:
         node: str = "local",
         wall_clock: Callable[[], float] = time.time,
         tombstone_grace: float = DEFAULT_TOMBSTONE_GRACE,
+        limits: ReplicaLimits = DEFAULT_LIMITS,
     ) -> None:
         self._table = table
         self._node = node
         self._wall_clock = wall_clock
         self._grace_ms = int(tombstone_grace * 1000)
+        self._limits = limits
+        self._skew_ms = int(limits.max_clock_skew * 1000)
         # One HLC per replica: stamps are only ever compared within one key, and every
         # write with a context observes the key's newest stamp first, so a restarted
         # replica's fresh clock still stamps after everything its key has seen.
@@ -102,7 +171,12 @@ class Replica:
         now_ms = int(self._wall_clock() * 1000)
         batch = _Batch(self._table, now_ms, self._grace_ms)
         apply_one = self._apply_one
-        results = [apply_one(batch, op, now_ms) for op in ops]
+        results: list[Any] = []
+        for op in ops:
+            try:
+                results.append(apply_one(batch, op, now_ms))
+            except BadRequestError as refusal:  # this op alone is refused, before any change
+                results.append(refusal)
         return results, batch.commit()
 
     def _apply_one(self, batch: _Batch, op: Any, now_ms: int) -> Any:
@@ -115,11 +189,16 @@ class Replica:
         if kind is WriteKey:
             return self._write(batch, op.key, op.value, op.context, now_ms)
         if kind is MergeKey:
-            batch.merge(op.key, op.state)
+            self._merge(batch, op.key, op.state, now_ms)
             return None  # nobody needs the result, and a peer would pay to receive it
         if kind is MergeMany:
             for key, state in op.items:
-                batch.merge(key, state)
+                try:
+                    self._merge(batch, key, state, now_ms)
+                except BadRequestError as refusal:
+                    # A bulk transfer (a join's pull) goes on without the one key: failing
+                    # the batch would have it sent again, and refused again, for ever.
+                    logger.warning("merge of key %.60r refused: %s", key, refusal)
             return None
         if kind is Forget:
             return batch.forget(op.key, op.record)
@@ -141,42 +220,145 @@ class Replica:
         now_ms: int,
     ) -> Written:
         """Coordinate a write here: a put (`value` bytes) or a delete (None) that
-        supersedes `context`, or everything this replica holds when `context` is None."""
+        supersedes `context`, or everything this replica holds when `context` is None.
+        Raises BadRequestError, before any change, for a write `ReplicaLimits` refuse."""
+        limit_ms = now_ms + self._skew_ms
+        ceiling = counter_ceiling(limit_ms)
         if context is None:
             base = batch.blind_base(key)
             if base is not None:
                 # It supersedes all the key holds: only the key's context is needed, and
                 # no stamp need be observed, since no sibling is left to order against.
-                existed, known = base
+                existed, known, old_size = base
                 stamp = self._hlc.now(now_ms)
-                new_state = blind_write(known, self._node, value, stamp, _dot_floor(stamp))
+                try:
+                    new_state = blind_write(known, self._node, value, stamp, dot_floor(stamp))
+                except ValueError as error:
+                    raise _exhausted(error) from None
+                self._check_dot(new_state, ceiling)
+                self._check_history(known, new_state, None)
+                self._check_size(new_state, lambda: old_size)
                 batch.store(key, new_state)
                 return Written(new_state, existed)
+        else:
+            self._check_context(context, ceiling)
         state = batch.state(key)
         winner = state.winner
         existed = winner is not None and winner.value is not None
         stamp = self._hlc.now(now_ms)
-        if winner is not None and winner.stamp.wall_ms >= stamp.wall_ms:
-            # Stamp after everything the key has seen, even from a clock running ahead.
-            stamp = self._hlc.observe(winner.stamp, now_ms)
-        if context is None:
-            context = state.context  # a blind write supersedes what this replica holds
-        new_state = coordinate_write(
-            state, self._node, context, value, stamp, min_counter=_dot_floor(stamp)
-        )
+        if winner is not None and stamp.wall_ms <= winner.stamp.wall_ms:
+            # Stamp after everything the key has seen, even from a clock running ahead;
+            # but not after a stamp a merge would refuse now (stored before such stamps
+            # were refused), nor one that leaves this clock too little to count on.
+            ahead = winner.stamp
+            if ahead.wall_ms <= limit_ms and ahead.logical <= _OBSERVED_LOGICAL:
+                stamp = self._hlc.observe(ahead, now_ms)
+        try:
+            new_state = coordinate_write(
+                state,
+                self._node,
+                state.context if context is None else context,
+                value,
+                stamp,
+                min_counter=dot_floor(stamp),
+            )
+        except ValueError as error:
+            raise _exhausted(error) from None
+        self._check_dot(new_state, ceiling)
+        self._check_siblings(state, new_state)
+        self._check_history(state.context, new_state, context)
+        self._check_size(new_state, lambda: _record_size(state))
         batch.store(key, new_state)
         return Written(new_state, existed)
 
+    def _merge(self, batch: _Batch, key: bytes, state: KeyState, now_ms: int) -> None:
+        """Join another replica's `state` into the key's. Never refused for its siblings
+        or size; refused if a stamp or counter runs further ahead than the clock allows."""
+        try:
+            check_state_bounds(state, now_ms + self._skew_ms)
+        except ValueError as error:
+            raise BadRequestError(f"merge refused: {error}") from None
+        batch.merge(key, state)
 
-def _dot_floor(stamp: HlcStamp) -> int:
-    """The least counter for a new dot: never below the clock's reading, so a key
-    forgotten after its tombstones were purged (or lost with a memory node) does not reuse
-    a dot that a lagging replica still counts as superseded (Riak's kv679).
+    # -- limits of client writes (ReplicaLimits) ----------------------------------------
 
-    Ten bits for the logical part; past 1023 stamps in one millisecond the floor stops
-    rising, and the key's own counters keep its dots apart (`coordinate_write` takes the
-    greater of the two)."""
-    return (stamp.wall_ms << 10) + min(stamp.logical, 1023)
+    def _check_context(self, context: VectorClock, ceiling: int) -> None:
+        """A client's context counts no further than a clock `max_clock_skew` ahead of
+        this replica's could have (`counter_ceiling`): a counter near 2**64 would leave
+        the key no room for another write."""
+        too_high = first_counter_above(context, ceiling)
+        if too_high is not None:
+            raise BadRequestError(
+                f"context is not one a node made: a counter is {too_high[1]}, above "
+                f"{ceiling}, the highest a clock at most max_clock_skew "
+                f"({self._limits.max_clock_skew:g} s) ahead of this node's could have "
+                "made; use the context a get returned"
+            )
+
+    def _check_dot(self, new: KeyState, ceiling: int) -> None:
+        """The new version's dot is no higher than a merge would take (`_merge`), so that
+        every other replica takes the state this write leaves. A key pushed to the
+        ceiling refuses writes here for the millisecond it takes the ceiling to rise."""
+        counter = new.context.counter(self._node)  # the new dot: the highest of this node
+        if counter > ceiling:
+            raise BadRequestError(
+                f"the key's counter for this node is {counter}, past the highest its "
+                "clock allows now; try again in a moment"
+            )
+
+    def _check_siblings(self, old: KeyState, new: KeyState) -> None:
+        limit = self._limits.max_siblings
+        count = len(new.versions)
+        if count > limit and count > len(old.versions):
+            raise BadRequestError(
+                f"the key has {len(old.versions)} siblings and this write would add "
+                f"another, past max_siblings ({limit}); resolve them: read the key (get) "
+                "and write with the context it returns"
+            )
+
+    def _check_history(
+        self, old_history: VectorClock, new: KeyState, context: VectorClock | None
+    ) -> None:
+        """The nodes the key's history (its context) names: at most MAX_CONTEXT_ENTRIES
+        (what a context holds), and at most OPEN_CONTEXT_ENTRIES when the client's
+        context brings names the key has not seen (this replica's own is not counted)."""
+        entries = len(new.context.entries)
+        if entries <= OPEN_CONTEXT_ENTRIES:
+            return
+        if entries > MAX_CONTEXT_ENTRIES:
+            raise BadRequestError(
+                f"this write would leave the key's history naming {entries} nodes; a "
+                f"context holds at most {MAX_CONTEXT_ENTRIES}"
+            )
+        own_is_new = old_history.counter(self._node) == 0
+        brought = entries - len(old_history.entries) - own_is_new
+        if context is not None and brought > 0:
+            raise BadRequestError(
+                f"context names {brought} nodes the key has not seen, which would leave "
+                f"its history naming {entries} nodes (more than {OPEN_CONTEXT_ENTRIES} "
+                "with names from a client); use the context a get returned"
+            )
+
+    def _check_size(self, new: KeyState, old_size: Callable[[], int]) -> None:
+        limit = self._limits.max_state_bytes
+        if record_size_bound(new) <= limit:  # the usual write: far below, nothing to encode
+            return
+        size = len(encode_state(new))
+        if size > limit and size > old_size():
+            raise BadRequestError(
+                f"this write would leave the key's stored state at {size} bytes, past "
+                f"max_state_bytes ({limit}); write a smaller value, or resolve the key's "
+                "siblings: read it (get) and write with the context it returns"
+            )
+
+
+def _record_size(state: KeyState) -> int:
+    return 0 if state.is_empty else len(encode_state(state))
+
+
+def _exhausted(error: ValueError) -> BadRequestError:
+    # Only a key whose counters came near 2**64 before they were bounded gets here.
+    return BadRequestError(f"the key can take no further write here: {error}")
 
 
 class _Batch:
@@ -218,15 +400,17 @@ class _Batch:
         winner = state.winner
         return (None if winner is None else winner.value), state.encoded_context()
 
-    def blind_base(self, key: bytes) -> tuple[bool, VectorClock] | None:
+    def blind_base(self, key: bytes) -> tuple[bool, VectorClock, int] | None:
         """For a write without a client context: (a live value is there, the key's
-        context), from the record alone; None when this message has touched the key."""
+        context, the record's size), from the record alone; None when this message has
+        touched the key."""
         if key in self._states:
             return None
         record = self._table.get(key)
         if record is None:
-            return False, EMPTY_STATE.obsolete
-        return read_blind_base(record)
+            return False, EMPTY_STATE.obsolete, 0
+        existed, context = read_blind_base(record)
+        return existed, context, len(record)
 
     def store(self, key: bytes, state: KeyState) -> None:
         self._states[key] = state
@@ -240,6 +424,12 @@ class _Batch:
         # The join may be a new object equal to the current state (siblings merged the
         # long way); states are canonical, so `==` says whether anything was learnt.
         if merged is not current and merged != current:
+            entries = len(merged.context.entries)
+            if entries > MAX_CONTEXT_ENTRIES:  # its record could not hold its context
+                raise BadRequestError(
+                    f"merge refused: the key's history would name {entries} nodes; a "
+                    f"context holds at most {MAX_CONTEXT_ENTRIES}"
+                )
             self.store(key, merged)
 
     def forget(self, key: bytes, record: bytes) -> bool:

@@ -48,9 +48,14 @@ from kvactors.core.ops import (
     StoreOp,
     WriteKey,
 )
-from kvactors.errors import StorageError
+from kvactors.errors import BadRequestError, StorageError
 from kvactors.runtime.dispatch import DispatchedActor, Dispatcher
-from kvactors.storage.replica import DEFAULT_TOMBSTONE_GRACE, Replica
+from kvactors.storage.replica import (
+    DEFAULT_LIMITS,
+    DEFAULT_TOMBSTONE_GRACE,
+    Replica,
+    ReplicaLimits,
+)
 from kvactors.storage.tables import Table
 
 __all__ = [
@@ -77,7 +82,8 @@ class StoreBatch(NamedTuple):
     """Operations from the request path, answered through a sink, never by `ask`.
 
     The ops are applied in order, and all writes in one storage transaction, before
-    `sink.batch_done(token, results)` gets one result per op. If the StoreServer dies
+    `sink.batch_done(token, results)` gets one result per op: a `BadRequestError` for an
+    op the replica refused (`ReplicaLimits`), which changed nothing. If the StoreServer dies
     first, `sink.batch_failed(token, error, handled)` says whether the batch may have been
     partly applied (`handled`) or certainly was not. A sink and a token rather than two
     callbacks: nothing to build per batch but the tuple itself.
@@ -103,12 +109,13 @@ class InjectedCrashError(RuntimeError):
 class StoreServer(DispatchedActor):
     """Serves one partition's keys over a table it does not own, through a `Replica`.
 
-    `node`, `wall_clock` and `tombstone_grace` configure the replica (`Replica`). `sync`,
-    for a durable backend, forces applied writes to disk: called before a direct `ask` is
-    answered. A `StoreBatch` is not synced here: its sink syncs once for every batch of a
-    pass (group commit). `trees`, where anti-entropy runs, receives the partition's hash
-    tree, which the StoreServer builds from its table when it starts and keeps up to date
-    with what the replica writes.
+    `node`, `wall_clock`, `tombstone_grace` and `limits` configure the replica (`Replica`);
+    an op it refuses raises its `BadRequestError` to an `ask`, and the StoreServer goes on.
+    `sync`, for a durable backend, forces applied writes to disk: called before a direct
+    `ask` is answered. A `StoreBatch` is not synced here: its sink syncs once for every
+    batch of a pass (group commit). `trees`, where anti-entropy runs, receives the
+    partition's hash tree, which the StoreServer builds from its table when it starts and
+    keeps up to date with what the replica writes.
     """
 
     def __init__(
@@ -122,6 +129,7 @@ class StoreServer(DispatchedActor):
         tombstone_grace: float = DEFAULT_TOMBSTONE_GRACE,
         sync: Callable[[], None] | None = None,
         trees: PartitionTrees | None = None,
+        limits: ReplicaLimits = DEFAULT_LIMITS,
     ) -> None:
         super().__init__(dispatcher)
         self._sync = sync
@@ -130,7 +138,11 @@ class StoreServer(DispatchedActor):
         self.partition = partition
         self._table = table
         self._replica = Replica(
-            table, node=node, wall_clock=wall_clock, tombstone_grace=tombstone_grace
+            table,
+            node=node,
+            wall_clock=wall_clock,
+            tombstone_grace=tombstone_grace,
+            limits=limits,
         )
 
     def __str__(self) -> str:
@@ -158,8 +170,8 @@ class StoreServer(DispatchedActor):
             self._trees.withdraw(self.partition, self._tree)
 
     # A write the disk refused fails its request, not the StoreServer: crashing would not
-    # make the disk writable, and reads still work.
-    refusals = (StorageError,)
+    # make the disk writable, and reads still work. Nor does input the replica refused.
+    refusals = (StorageError, BadRequestError)
 
     def _handle_receive(self, message: Any) -> Any:
         # The request path's message first, ahead of Pykka's checks for proxy calls.
@@ -180,11 +192,11 @@ class StoreServer(DispatchedActor):
                 Get() | Put() | Delete() | ReadKey() | ReadWinner() | WriteKey()
                 | MergeKey() | MergeMany()
             ):  # fmt: skip
-                return self._apply_synced((message,))[0]
+                return _refused_or(self._apply_synced((message,)))[0]
             case GetMany(keys):
                 return self._apply([Get(key) for key in keys])
             case PutMany(items):
-                self._apply_synced([Put(key, value) for key, value in items])
+                _refused_or(self._apply_synced([Put(key, value) for key, value in items]))
                 return None
             case CrashNow():
                 raise InjectedCrashError(f"{self}: crash injected")
@@ -203,3 +215,12 @@ class StoreServer(DispatchedActor):
         if self._sync is not None:
             self._sync()  # durable before the caller hears of it
         return results
+
+
+def _refused_or(results: list[Any]) -> list[Any]:
+    """`results`, for an `ask`; raises the first op's refusal, if the replica refused
+    one (the caller hears of it; the others were applied)."""
+    for result in results:
+        if isinstance(result, BadRequestError):
+            raise result
+    return results

@@ -18,6 +18,7 @@ import pykka
 from kvactors.core.hashtree import PartitionTrees
 from kvactors.runtime.dispatch import Dispatcher
 from kvactors.runtime.supervision import ChildSpec, Restart, Strategy, Supervisor
+from kvactors.storage.replica import DEFAULT_LIMITS, ReplicaLimits
 from kvactors.storage.store_server import DEFAULT_TOMBSTONE_GRACE, StoreServer
 from kvactors.storage.tables import StorageBackend
 
@@ -88,8 +89,10 @@ class StoreSupervisor(Supervisor):
         max_restarts: int = 10,
         max_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        limits: ReplicaLimits = DEFAULT_LIMITS,
     ) -> None:
         self._backend = backend
+        self._limits = limits
         self._directory = directory
         self._dispatcher = dispatcher
         self._node = node
@@ -108,6 +111,7 @@ class StoreSupervisor(Supervisor):
     def _spec(self, partition: int) -> ChildSpec:
         backend, dispatcher = self._backend, self._dispatcher
         node, grace, sync, trees = self._node, self._tombstone_grace, self._sync, self._trees
+        limits = self._limits
 
         def start() -> pykka.ActorRef[Any]:
             # Ask the backend each time: it hands back the same table after a crash.
@@ -120,6 +124,7 @@ class StoreSupervisor(Supervisor):
                 tombstone_grace=grace,
                 sync=sync,
                 trees=trees,
+                limits=limits,
             )
 
         return ChildSpec(_partition_id(partition), start, Restart.PERMANENT)
