@@ -43,6 +43,7 @@ from kvactors.runtime.supervision import (
     start_supervised,
 )
 from kvactors.storage.backends import open_backend
+from kvactors.storage.replica import ReplicaLimits
 from kvactors.storage.store_supervisor import PartitionDirectory, StoreSupervisor
 from kvactors.storage.tables import NodeIdentity, StorageBackend
 
@@ -336,6 +337,7 @@ class ActorSystem:
                     trees=services.trees,
                     max_restarts=config.max_restarts,
                     max_seconds=config.max_seconds,
+                    limits=ReplicaLimits.from_config(config),
                 ),
                 shutdown=30.0,
                 start_timeout=60.0,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from typing import Any, Final
 import msgpack
 
 from kvactors.core.ops import Coordinate, Delete, Get, MergeKey, Put, ReadKey, from_wire
+from kvactors.core.versions import check_state_bounds
 from kvactors.errors import (
     BadRequestError,
     KVActorsError,
@@ -49,6 +51,7 @@ from kvactors.errors import (
     error_for_code,
 )
 from kvactors.net.transport import Transport
+from kvactors.storage.replica import DEFAULT_LIMITS
 
 KeyOp = Get | Put | Delete | ReadKey | MergeKey
 """A store call's operations: each names one key."""
@@ -172,12 +175,22 @@ def decode_call(body: list[bytes]) -> Call | BadCall:
         return BadCall(call_id, BadRequestError(f"malformed RPC call: {exc}"))
 
 
-def store_ops(call: Call, max_key_bytes: int, max_value_bytes: int) -> list[KeyOp]:
+def store_ops(
+    call: Call,
+    max_key_bytes: int,
+    max_value_bytes: int,
+    *,
+    max_clock_skew: float = DEFAULT_LIMITS.max_clock_skew,
+    wall_clock: Callable[[], float] = time.time,
+) -> list[KeyOp]:
     """The StoreServer operations of a `store` call, held to the client limits.
 
     The RPC channel shares the node's port with clients, so a store call gets the same
     scrutiny as a client request: key and value sizes, and values that are one whole
-    msgpack object (what every reader of the store expects to find).
+    msgpack object (what every reader of the store expects to find). A merge's state is
+    held to this node's clock as well (`check_state_bounds`): no stamp more than
+    `max_clock_skew` seconds ahead of `wall_clock`, and no counter such a clock could not
+    have made, so that no state from outside leaves a key unable to take a write.
     """
     raw_ops = call.args.get("ops")
     if not isinstance(raw_ops, list) or not 0 < len(raw_ops) <= MAX_CALL_OPS:
@@ -186,10 +199,16 @@ def store_ops(call: Call, max_key_bytes: int, max_value_bytes: int) -> list[KeyO
     def check_value(value: bytes) -> bytes:
         return checked_value(value, max_value_bytes)
 
+    max_wall_ms = int((wall_clock() + max_clock_skew) * 1000)
     ops: list[KeyOp] = []
     for index, raw in enumerate(raw_ops):
         op = from_wire(raw, max_key_bytes, check_value)
-        if isinstance(op, Coordinate):
+        if type(op) is MergeKey:
+            try:
+                check_state_bounds(op.state, max_wall_ms)
+            except ValueError as exc:
+                raise BadRequestError(f"store op {index} is a merge of {exc}") from None
+        elif isinstance(op, Coordinate):
             raise BadRequestError(
                 f"store op {index} is a write: a store call takes read, merge, get, put and "
                 "delete ops (a write to coordinate goes in a coordinate call)"
