@@ -4,7 +4,14 @@ Every gossip interval a ticker tells the actor to tick: the pure `GossipState` b
 heartbeat, detects failures and picks a peer to exchange tables with. Messages travel as
 one-way `gossip` RPCs through the node's PeerNetwork (a lost one is just lost: gossip
 repeats itself); incoming ones are handed to this actor by the transport thread.
-Membership changes go to the MembershipManager.
+Membership changes go to the MembershipManager, without tombstones (the ring and the
+status know only members).
+
+Gossip comes from anyone who can reach the node, so what it refuses (kvactors.core.gossip)
+is logged sparingly: the first refusal of each sender per `_REFUSAL_LOG_INTERVAL`, and a
+count of the rest. A name from outside is logged only once it has been read as printable,
+or escaped (`claimed_sender`).
+`Remove` (an admin's `remove`) turns a DEAD or LEFT member into a tombstone.
 """
 
 from __future__ import annotations
@@ -18,8 +25,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvactors.cluster.membership_manager import TableUpdate
-from kvactors.core.gossip import GossipConfig, GossipState, Output, message_from_wire
-from kvactors.core.membership import HandedOver, Joined, Leave, MemberStatus
+from kvactors.core.gossip import (
+    GossipConfig,
+    GossipState,
+    Output,
+    RefusalLog,
+    claimed_sender,
+    message_from_wire,
+)
+from kvactors.core.membership import (
+    HandedOver,
+    Joined,
+    Leave,
+    MemberStatus,
+    Remove,
+    RemoveResult,
+)
 from kvactors.errors import BadRequestError
 from kvactors.net.rpc import GOSSIP
 from kvactors.node.services import NodeServices
@@ -29,12 +50,16 @@ __all__ = ["GossipProtocol"]
 
 logger = logging.getLogger(__name__)
 
+_REMOVED = MemberStatus.REMOVED
+
 # Ticks a joining node waits for a seed before it says, once, that it serves alone.
 _PATIENCE_TICKS = 8
 # Ticks between announcing LEAVING, announcing LEFT, and stopping the node.
 _LEAVE_TICKS = 4
 # Ticks between log lines while a leave waits for its handoff.
 _LEAVE_LOG_TICKS = 40
+# Seconds in which a sender's refused gossip is logged once (the rest is counted).
+_REFUSAL_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +95,7 @@ class GossipProtocol(SupervisedActor):
         self._handed_over = config.bind is None
         self._stop_ticker = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._refusals = RefusalLog(_REFUSAL_LOG_INTERVAL)
 
     def __str__(self) -> str:
         return f"GossipProtocol {self._services.config.name}"
@@ -134,6 +160,8 @@ class GossipProtocol(SupervisedActor):
             self._finish_joining()
         elif isinstance(message, HandedOver):
             self._handed_over = True
+        elif isinstance(message, Remove):
+            return self._remove(message.name)
         else:
             return super().on_receive(message)
         return None
@@ -155,7 +183,15 @@ class GossipProtocol(SupervisedActor):
     def _tick(self) -> None:
         state = self._live_state()
         self._ticks += 1
-        self._send(state.tick(self._clock(), self._rng))
+        now = self._clock()
+        self._send(state.tick(now, self._rng))
+        unlogged = self._refusals.summary(now)
+        if unlogged:
+            logger.warning(
+                "refused %d more gossip messages or records in the last %.0f s",
+                unlogged,
+                _REFUSAL_LOG_INTERVAL,
+            )
         if state.status is MemberStatus.JOINING and self._ticks == _PATIENCE_TICKS:
             logger.warning(
                 "no seed of %s has answered yet; taking no data requests until one does",
@@ -174,11 +210,24 @@ class GossipProtocol(SupervisedActor):
         state = self._live_state()
         try:
             message = message_from_wire(data)
-        except ValueError as exc:
-            logger.warning("ignoring a malformed gossip message: %s", exc)
+        except ValueError as exc:  # BadRequestError: its text is printable
+            sender = claimed_sender(data)
+            if self._refusals.note(sender, self._clock()):
+                logger.warning("refusing gossip from %s: %s", sender, exc)
             return
         was_joining = state.status is MemberStatus.JOINING
-        self._send(state.on_message(message, self._clock()))
+        output = state.on_message(message, self._clock())
+        self._send(output)
+        if (output.refused or output.ignored) and self._refusals.note(
+            message.sender, self._clock()
+        ):
+            logger.warning(
+                "gossip from %s: %d records refused (too far ahead), %d new members "
+                "ignored (the member table is full)",
+                message.sender,
+                output.refused,
+                output.ignored,
+            )
         if was_joining and state.status is MemberStatus.ALIVE:
             logger.info("joined the cluster through %s", message.sender)
         elif was_joining and state.holding_join and not self._announced_contact:
@@ -188,6 +237,12 @@ class GossipProtocol(SupervisedActor):
                 message.sender,
             )
             self._send(state.sync_everyone())
+
+    def _remove(self, name: str) -> RemoveResult:
+        state = self._live_state()
+        result, output = state.remove(name, self._clock(), self._rng)
+        self._send(output)  # the MembershipManager logs the removal
+        return result
 
     def _start_leaving(self) -> None:
         state = self._live_state()
@@ -223,7 +278,8 @@ class GossipProtocol(SupervisedActor):
     def _report(self, output: Output) -> None:
         if output.changes or self._ticks == 0:
             state = self._live_state()
-            update = TableUpdate(state.me, tuple(state.table.members()), output.changes)
+            members = tuple(m for m in state.table.members() if m.status is not _REMOVED)
+            update = TableUpdate(state.me, members, output.changes)
             self._services.tell_membership(update)
 
     def _live_state(self) -> GossipState:

@@ -3,6 +3,10 @@
 The GossipProtocol tells it the table whenever membership changes (a member joins,
 becomes suspect, dead, alive again, leaves); it logs the change in words and passes the
 new table to every subscriber (the ResponsibilityManager rebuilds the ring from it).
+
+One gossip message can change many members at once (a forged one most of all), so an update
+logs at most `_MAX_CHANGE_LINES` changes and counts the rest in one line; names and
+endpoints are escaped (`printable`) on their way into the log.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ from typing import Any
 
 import pykka
 
-from kvactors.core.membership import Member, MemberChange, MembersChanged
+from kvactors.core.membership import Member, MemberChange, MembersChanged, printable
 from kvactors.node.services import NodeServices
 from kvactors.runtime.supervision import SupervisedActor
 
 __all__ = ["MembershipManager", "Subscribe", "TableUpdate"]
 
 logger = logging.getLogger(__name__)
+
+# Membership changes one update logs line by line; the rest are counted in one line.
+_MAX_CHANGE_LINES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +77,10 @@ class MembershipManager(SupervisedActor):
 
     def _update(self, update: TableUpdate) -> None:
         self._me, self._members = update.me, update.members
-        for change in update.changes:
+        for change in update.changes[:_MAX_CHANGE_LINES]:
             logger.info("member %s", _describe(change))
+        if len(update.changes) > _MAX_CHANGE_LINES:
+            logger.info("and %d more membership changes", len(update.changes) - _MAX_CHANGE_LINES)
         news = MembersChanged(update.me, update.members)
         alive = []
         for subscriber in self._subscribers:
@@ -85,7 +94,7 @@ class MembershipManager(SupervisedActor):
 
 def _describe(change: MemberChange) -> str:
     after = change.after
-    where = f"{after.name} ({after.endpoint})"
+    where = f"{printable(after.name)} ({printable(after.endpoint)})"
     if change.before is None:
         return f"{where} is known: {after.status.value}, incarnation {after.incarnation}"
     if change.before.status is not after.status:
