@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,13 +29,14 @@ import msgpack
 import zmq
 from _builds import Build, add_build_options, builds, in_turn, rate_row, ratio_row
 
+from kvactors.launcher import free_port_block
+
 HERE = Path(__file__).resolve().parent
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port low enough that a node's default peer port (+ 10,000) is one too."""
+    return free_port_block(1)
 
 
 def wait_ready(endpoint: str, timeout: float = 30.0) -> None:

@@ -62,7 +62,18 @@ def _add_node(commands: Any) -> None:
         metavar="ENDPOINT[,ENDPOINT...]",
         help="join the cluster through any of these nodes (default: found a new cluster)",
     )
-    node.add_argument("--advertise", help="the endpoint peers should use, if not --bind")
+    node.add_argument("--advertise", help="the endpoint clients should use, if not --bind")
+    node.add_argument(
+        "--peer-bind",
+        metavar="ENDPOINT",
+        help="endpoint of the peer plane, where only other nodes connect "
+        "(default: --bind's port + 10000)",
+    )
+    node.add_argument(
+        "--advertise-peer",
+        metavar="ENDPOINT",
+        help="the peer endpoint other nodes should use, if not --peer-bind",
+    )
     node.add_argument("--partitions", type=int, help="number of partitions, a power of two")
     node.add_argument("--replicas", type=int, help="N: copies of each key (default 3)")
     node.add_argument("--read-quorum", type=int, help="R: replicas a read waits for (default 2)")
@@ -204,6 +215,8 @@ def _run_node(args: argparse.Namespace) -> int:
             name=args.name,
             bind=args.bind,
             advertise=args.advertise,
+            peer_bind=args.peer_bind,
+            advertise_peer=args.advertise_peer,
             seeds=seeds,
             partitions=args.partitions,
             replicas=args.replicas,
@@ -231,7 +244,7 @@ def _run_node(args: argparse.Namespace) -> int:
     # Everything built so far (thousands of actors, the ring) lives as long as the node:
     # keep the garbage collector from scanning it again and again.
     gc.freeze()
-    log.info("node %s ready on %s", config.name, system.endpoint)
+    log.info("node %s ready on %s (peers: %s)", config.name, system.endpoint, system.peer_endpoint)
     done.wait()
     # Stopping now: a second signal (Ctrl-C and a launcher's SIGTERM often both come)
     # must not cut the clean stop short.

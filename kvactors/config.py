@@ -43,6 +43,15 @@ class NodeConfig:
     """The endpoint peers and clients should use, when it differs from `bind`
     (e.g. bind ``tcp://0.0.0.0:5555``, advertise ``tcp://10.0.0.7:5555``)."""
 
+    peer_bind: str | None = None
+    """ZeroMQ endpoint of the node's peer plane, where only other nodes connect (replica
+    operations, anti-entropy, handoff, gossip); by default `bind`'s port + 10,000 (port
+    0 stays 0: any free port)."""
+
+    advertise_peer: str | None = None
+    """The peer endpoint other nodes should use, when it differs from the peer bind; by
+    default `advertise`'s host with the peer port."""
+
     seeds: tuple[str, ...] = ()
     """Endpoints of nodes to join the cluster through; none: found a new cluster."""
 
@@ -226,11 +235,47 @@ class NodeConfig:
             "a node that binds every interface must say how peers reach it: give advertise",
         )
         _check(self.max_seconds > 0, "max_seconds must be positive")
+        _check(
+            not (
+                self.seeds
+                and self.advertise is None
+                and self.advertise_peer is None
+                and _is_wildcard(self.peer_bind)
+            ),
+            "a node whose peer plane binds every interface must say how peers reach it: "
+            "give advertise or advertise_peer",
+        )
+        if self.bind is not None:
+            _check(
+                self.peer_bind_endpoint != self.bind or self.bind.endswith(":0"),
+                "peer_bind must differ from bind",
+            )
 
     @property
     def endpoint(self) -> str:
         """The endpoint this node is known by: `advertise`, else `bind`, else a local name."""
         return self.advertise or self.bind or f"inproc://{self.name}"
+
+    @property
+    def peer_bind_endpoint(self) -> str | None:
+        """Where the peer plane binds: `peer_bind`, else `bind`'s port + 10,000 (None
+        without `bind`)."""
+        if self.peer_bind is not None:
+            return self.peer_bind
+        return None if self.bind is None else peer_bind_for(self.bind)
+
+    @property
+    def peer_endpoint(self) -> str:
+        """The endpoint other nodes reach this node's peer plane at: `advertise_peer`,
+        else `advertise`'s host with the peer port, else the peer bind."""
+        if self.advertise_peer is not None:
+            return self.advertise_peer
+        bind = self.peer_bind_endpoint
+        if bind is None:
+            return f"inproc://{self.name}-peer"
+        if self.advertise is not None:
+            return with_port(self.advertise, port_of(bind))
+        return bind
 
     def replace(self, **changes: Any) -> NodeConfig:
         """A copy with some fields changed (checked again)."""
@@ -256,6 +301,38 @@ class NodeConfig:
         unknown = set(values) - _field_types().keys()
         _check(not unknown, f"unknown config fields: {', '.join(sorted(unknown))}")
         return cls(**values)
+
+
+def port_of(endpoint: str) -> str:
+    """The port of a ``tcp://host:port`` endpoint (``*`` or digits)."""
+    return endpoint.rpartition(":")[2]
+
+
+def with_port(endpoint: str, port: str) -> str:
+    """`endpoint` with another port: ``tcp://host:5555`` -> ``tcp://host:PORT``."""
+    return f"{endpoint.rpartition(':')[0]}:{port}"
+
+
+PEER_PORT_OFFSET = 10_000
+"""The default peer port is the client port plus this: 5555 serves clients, 15555 peers.
+(Not + 1: nodes on consecutive client ports, as in a local cluster, would collide.)"""
+
+
+def peer_bind_for(endpoint: str) -> str:
+    """The default peer bind of a client `endpoint`: its port + PEER_PORT_OFFSET (port 0
+    or * stays: any free port); an endpoint that is not ``tcp://`` gets ``-peer``
+    appended (``ipc://node`` -> ``ipc://node-peer``)."""
+    if not endpoint.startswith("tcp://"):
+        return endpoint + "-peer"
+    port = port_of(endpoint)
+    if port in ("*", "0"):
+        return endpoint
+    if not port.isdigit() or int(port) + PEER_PORT_OFFSET > 65535:
+        raise ConfigError(
+            f"cannot derive a peer endpoint from {endpoint!r} (its port + "
+            f"{PEER_PORT_OFFSET}): give peer_bind (--peer-bind)"
+        )
+    return with_port(endpoint, str(int(port) + PEER_PORT_OFFSET))
 
 
 def _is_wildcard(bind: str | None) -> bool:

@@ -71,6 +71,14 @@ class NodeProcess:
     args: list[str] = field(default_factory=list)
     log: IO[bytes] | None = None
     process: subprocess.Popen[bytes] | None = None
+    peer_endpoint: str | None = None
+    """Its peer plane's endpoint; by default a port free when this is made, on the
+    client endpoint's host, kept across restarts of the process."""
+
+    def __post_init__(self) -> None:
+        if self.peer_endpoint is None:
+            host = self.endpoint.removeprefix("tcp://").rpartition(":")[0]
+            self.peer_endpoint = f"tcp://{host}:{free_port_block(1, host.strip('[]'))}"
 
     def start(self, timeout: float = 30.0) -> Self:
         """Launch the process and wait until the node answers."""
@@ -80,7 +88,8 @@ class NodeProcess:
         """Launch the process; it answers a little later (see `wait_ready`)."""
         command = [
             sys.executable, "-m", "kvactors", "node",
-            "--name", self.name, "--bind", self.endpoint, *self.args,
+            "--name", self.name, "--bind", self.endpoint,
+            "--peer-bind", str(self.peer_endpoint), *self.args,
         ]  # fmt: skip
         target = self.log if self.log is not None else subprocess.DEVNULL
         # A session of its own: a terminal's Ctrl-C reaches the launcher alone, which then
@@ -137,6 +146,11 @@ def _storage_args(data_dir: str | Path | None, name: str) -> list[str]:
     return ["--storage", "lmdb", "--data-dir", str(Path(data_dir) / name)]
 
 
+def _peer_ports(nodes: int, host: str) -> int:
+    """The first of `nodes` free consecutive ports for peer planes on `host`."""
+    return free_port_block(nodes, host.strip("[]"))
+
+
 class LocalCluster:
     """`nodes` node processes on `host`, ports `base_port` upwards. A context manager."""
 
@@ -150,8 +164,10 @@ class LocalCluster:
         log_dir: str | Path | None = None,
         data_dir: str | Path | None = None,
         converge: bool = True,
+        peer_base_port: int | None = None,
     ) -> None:
         """`converge`: `start()` returns only once every node sees every node alive.
+        `peer_base_port`: the first of the nodes' peer ports (default: free ones).
         `data_dir`: every node keeps its data durably (lmdb) in a directory of its own
         there, named after the node, so that a node restarted keeps what it had."""
         if nodes < 1:
@@ -160,6 +176,9 @@ class LocalCluster:
         self._converge = converge
         self._logs: list[IO[bytes]] = []
         first = f"tcp://{host}:{base_port}"
+        # Peer planes on a block of their own: the default (client port + 1) would be
+        # the next node's client port.
+        peer_base = peer_base_port if peer_base_port is not None else _peer_ports(nodes, host)
         self.nodes = [
             NodeProcess(
                 f"node-{index + 1}",
@@ -169,6 +188,7 @@ class LocalCluster:
                     *_storage_args(data_dir, f"node-{index + 1}"),
                     *(["--join", first] if index else []),
                 ],
+                peer_endpoint=f"tcp://{host}:{peer_base + index}",
             )
             for index in range(nodes)
         ]

@@ -67,7 +67,7 @@ class ActorSystem:
         self._backend: StorageBackend | None = None
         self._remembered: NodeIdentity | None = None
         self._directory = PartitionDirectory(self.config.partitions)
-        me = Member(self.config.name, self.config.endpoint, _first_status(self.config), 0, 0)
+        me = _member(self.config, _first_status(self.config), 0)
         self._services = NodeServices(
             config=self.config,
             directory=self._directory,
@@ -176,6 +176,14 @@ class ActorSystem:
         endpoint: str = self._component("request_handler").endpoint().get()
         return endpoint
 
+    @property
+    def peer_endpoint(self) -> str | None:
+        """The endpoint of the node's peer plane, where other nodes call it, or None."""
+        if self.config.bind is None:
+            return None
+        endpoint: str | None = self._component("request_handler").peer_endpoint().get()
+        return endpoint
+
     def status(self) -> dict[str, Any]:
         """The node's status, as the `status` request reports it (needs `bind`)."""
         status: dict[str, Any] = self._component("request_handler").status().get()
@@ -278,6 +286,8 @@ class ActorSystem:
         if known is not None and not config.seeds:
             seeds = tuple(endpoint for name, endpoint in known.members if name != config.name)
             if seeds:
+                # Remembered endpoints are peer endpoints: gossip calls them directly.
+                services.peer_seeds = seeds
                 self.config = services.config = config.replace(seeds=seeds)
                 logger.info("rejoining the members this node knew: %s", ", ".join(seeds))
         services.remembered = tuple(
@@ -287,7 +297,7 @@ class ActorSystem:
         )
         # A node restarted on its data is a member already: alive, with the ring it knew.
         status = MemberStatus.ALIVE if services.remembered else _first_status(self.config)
-        me = Member(config.name, config.endpoint, status, services.incarnation, 0)
+        me = _member(config, status, services.incarnation)
         services.ring.publish(
             build_snapshot(0, me, [me, *services.remembered], config.partitions, config.replicas)
         )
@@ -388,20 +398,45 @@ class ActorSystem:
 
 
 def _with_concrete_port(config: NodeConfig) -> NodeConfig:
-    """Pick the free port a `bind` of port 0 stands for, before anything starts.
+    """Pick the free ports a `bind` or peer bind of port 0 stands for, before anything
+    starts.
 
-    Peers learn a node's endpoint through gossip, which starts before the transport
+    Peers learn a node's endpoints through gossip, which starts before the transport
     binds; an endpoint of port 0 would send them nowhere. (A port taken by someone else
     in between makes the start fail clearly, with "cannot bind".)
     """
-    bind = config.bind
-    if bind is None or not bind.startswith("tcp://") or not bind.endswith(":0"):
+    if config.bind is None:
         return config
+    peer_bind = config.peer_bind_endpoint
+    bind = _concrete(config.bind)
+    if peer_bind is not None:
+        peer_bind = _concrete(peer_bind)
+    if bind == config.bind and peer_bind == config.peer_bind:
+        return config
+    return config.replace(bind=bind, peer_bind=peer_bind)
+
+
+def _concrete(bind: str) -> str:
+    """`bind` with a free port in place of port 0."""
+    if not bind.startswith("tcp://") or not bind.endswith(":0"):
+        return bind
     host = bind[len("tcp://") : -len(":0")]
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.bind((host.strip("[]") if host != "*" else "", 0))
         port = probe.getsockname()[1]
-    return config.replace(bind=f"tcp://{host}:{port}")
+    return f"tcp://{host}:{port}"
+
+
+def _member(config: NodeConfig, status: MemberStatus, incarnation: int) -> Member:
+    """This node's own record: peers reach it on its peer endpoint."""
+    return Member(
+        config.name,
+        config.peer_endpoint,
+        status,
+        incarnation,
+        0,
+        client_endpoint=config.endpoint,
+    )
 
 
 def _first_status(config: NodeConfig) -> MemberStatus:

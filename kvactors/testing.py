@@ -27,6 +27,7 @@ __all__ = [
     "PeerCall",
     "Sent",
     "crash_store_server",
+    "peer_endpoint",
     "replica_state",
     "stored_values",
     "wait_until",
@@ -78,18 +79,23 @@ class FakeClock:
 class FakeTransport:
     """A node transport without sockets, for testing a node's request path.
 
-    The calling thread plays the transport thread: frames a test feeds to the handler
-    (for example `RequestService.on_client_frames`) are served on it, what the handler
-    sends is collected in `to_clients` and `to_peers`, and `run(handler)` drains the
-    calls queued with `call_soon` and flushes, as the real loop does after each poll.
+    The calling thread plays the transport thread: frames a test feeds to a handler (for
+    example `RequestService.handlers.client_frames`) are served on it, what the node
+    sends is collected in `to_clients`, `to_callers` (replies on the peer plane) and
+    `to_peers`, and `run(handlers)` drains the calls queued with `call_soon` and
+    flushes, as the real loop does after each poll.
     """
 
-    def __init__(self, endpoint: str = "tcp://127.0.0.1:1") -> None:
+    def __init__(
+        self, endpoint: str = "tcp://127.0.0.1:1", peer_endpoint: str = "tcp://127.0.0.1:2"
+    ) -> None:
         from kvactors.net.transport import TransportStats  # noqa: PLC0415
 
         self.endpoint = endpoint
+        self.peer_endpoint = peer_endpoint
         self.stats = TransportStats()
         self.to_clients: list[list[bytes]] = []
+        self.to_callers: list[list[bytes]] = []
         self.to_peers: list[tuple[str, list[bytes]]] = []
         self.reachable = True
         """Whether `send_to_peer` finds a connection (False: as if the peer were down)."""
@@ -108,6 +114,9 @@ class FakeTransport:
     def send_to_client(self, frames: list[bytes]) -> None:
         self.to_clients.append(frames)
 
+    def reply_to_peer(self, frames: list[bytes]) -> None:
+        self.to_callers.append(frames)
+
     def send_to_peer(self, endpoint: str, frames: list[bytes]) -> bool:
         if self.reachable:
             self.to_peers.append((endpoint, frames))
@@ -116,10 +125,11 @@ class FakeTransport:
     def disconnect_peer(self, endpoint: str) -> None:
         pass
 
-    def run(self, handler: Any, rounds: int = 100) -> None:
-        """Run queued calls and flush `handler` until nothing more is queued."""
+    def run(self, handlers: Any, rounds: int = 100) -> None:
+        """Run queued calls and flush (`handlers.flush`, the `TransportHandlers` given to
+        the transport) until nothing more is queued."""
         for _ in range(rounds):
-            handler.on_flush()
+            handlers.flush()
             if not self._soon:
                 return
             soon, self._soon = self._soon, []
@@ -255,11 +265,12 @@ def crash_store_server(
 
 
 def replica_state(endpoint: str, key: str | bytes, timeout: float = 5.0) -> KeyState:
-    """What the node at `endpoint` holds for `key` in its own store, whichever replicas the
-    key has: the node's `KeyState` of it (empty when it holds none).
+    """What the node at `endpoint` (its client or its peer endpoint) holds for `key` in
+    its own store, whichever replicas the key has: the node's `KeyState` of it (empty
+    when it holds none).
 
     For tests that check replication and repair on each node's own store. It speaks the
-    node-to-node `store` RPC over a DEALER socket of its own.
+    node-to-node `store` RPC over a DEALER socket of its own, on the node's peer plane.
     """
     import zmq  # noqa: PLC0415 - kept out of the import of this module
 
@@ -267,10 +278,11 @@ def replica_state(endpoint: str, key: str | bytes, timeout: float = 5.0) -> KeyS
     from kvactors.net.rpc import MARKER, STORE, decode_reply, encode_call  # noqa: PLC0415
 
     raw = key.encode("utf-8") if isinstance(key, str) else key
+    peer = peer_endpoint(endpoint, timeout)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     with context.socket(zmq.DEALER) as sock:
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
+        sock.connect(peer)
         sock.send_multipart([MARKER, encode_call(1, STORE, timeout, {"ops": [["read", raw]]})])
         if not sock.poll(int(timeout * 1000)):
             raise TimeoutError(f"{endpoint} did not answer a store read in {timeout}s")
@@ -278,6 +290,29 @@ def replica_state(endpoint: str, key: str | bytes, timeout: float = 5.0) -> KeyS
     if not reply.get("ok"):
         raise AssertionError(f"{endpoint} refused a store read: {reply.get('error')}")
     return state_from_wire(reply["result"]["results"][0])
+
+
+def peer_endpoint(endpoint: str, timeout: float = 5.0) -> str:
+    """The peer endpoint of the node at `endpoint`: asked for with a `status` request if
+    `endpoint` is its client endpoint; `endpoint` itself if it is a peer endpoint (which
+    answers a client request with an RPC error)."""
+    import msgpack  # noqa: PLC0415
+    import zmq  # noqa: PLC0415
+
+    from kvactors.net.rpc import MARKER  # noqa: PLC0415
+
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    with context.socket(zmq.DEALER) as sock:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        sock.send(msgpack.packb({"op": "status", "id": 1}))
+        if not sock.poll(int(timeout * 1000)):
+            raise TimeoutError(f"{endpoint} did not answer a status request in {timeout}s")
+        frames = sock.recv_multipart()
+    if frames[0] == MARKER:
+        return endpoint
+    peer: str = msgpack.unpackb(frames[-1], raw=False)["status"]["peer_endpoint"]
+    return peer
 
 
 def stored_values(endpoint: str, key: str | bytes, timeout: float = 5.0) -> list[object]:

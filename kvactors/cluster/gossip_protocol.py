@@ -105,8 +105,10 @@ class GossipProtocol(SupervisedActor):
     def on_start(self) -> None:
         self._services.gossip = self.actor_ref
         config, now = self._services.config, self._clock()
-        endpoint = config.endpoint
-        seeds = [seed for seed in config.seeds if seed != endpoint]
+        # Peers reach this node on its peer endpoint; seeds may be either kind (the
+        # request path routes a seed's client endpoint to its peer one).
+        endpoint = config.peer_endpoint
+        seeds = [seed for seed in config.seeds if seed not in (endpoint, config.endpoint)]
         if self._services.gossip_state is not None:
             self._state = self._services.gossip_state  # restarted: carry on
             self._state.restarted(now)
@@ -116,6 +118,7 @@ class GossipProtocol(SupervisedActor):
                 endpoint,
                 seeds,
                 now,
+                client_endpoint=config.endpoint,
                 config=self._gossip_config,
                 incarnation=self._services.incarnation,
                 # A node new to the cluster owns nothing until its partitions are handed
@@ -128,6 +131,7 @@ class GossipProtocol(SupervisedActor):
                 config.name,
                 endpoint,
                 now,
+                client_endpoint=config.endpoint,
                 config=self._gossip_config,
                 incarnation=self._services.incarnation,
             )

@@ -281,6 +281,9 @@ class RpcClient:
         # (endpoint, format byte) of each peer found answering in another RPC format,
         # so that the log says so once per peer, not once per reply.
         self._foreign_peers: set[tuple[str, int]] = set()
+        self.route: Callable[[str], str | None] = _as_given
+        """Where a call meant for an endpoint goes; None: nowhere yet (it fails at once
+        as unreachable). A joining node routes its seeds' client endpoints this way."""
 
     def call(
         self,
@@ -292,6 +295,11 @@ class RpcClient:
     ) -> None:
         """Send a call; `callback(result, None)` or `callback(None, error)` follows once."""
         timeout = self._default_timeout if timeout is None else timeout
+        routed = self.route(endpoint)
+        if routed is None:
+            callback(None, PeerUnreachableError(f"{endpoint} has not answered yet"))
+            return
+        endpoint = routed
         call_id = next(self._ids)
         frames = [MARKER, encode_call(call_id, op, timeout, args)]
         deadline = self._clock() + timeout
@@ -389,6 +397,10 @@ class RpcClient:
             outstanding.sent = True
         else:
             self._resend.append(call_id)
+
+
+def _as_given(endpoint: str) -> str:
+    return endpoint
 
 
 InboundHandler = Callable[[dict[str, Any]], Any]

@@ -1,13 +1,14 @@
 """The transport: the one thread that owns every ZeroMQ socket of a node.
 
-It binds the node's ROUTER (clients and peers alike connect to it), keeps one DEALER
-per peer it talks to, and runs a handler's callbacks for everything that arrives. No
-other thread touches a socket: other threads hand the transport work with `call_soon`,
-which queues a callable and wakes the transport through a pipe its poller watches.
+It binds the node's two ROUTERs, one for clients and one for peers (the peer plane:
+node-to-node traffic only), keeps one DEALER per peer it talks to, and runs its
+handlers for everything that arrives. No other thread touches a socket: other threads
+hand the transport work with `call_soon`, which queues a callable and wakes the
+transport through a pipe its poller watches.
 
 Each turn of the loop drains every ready frame and every queued call before it polls
-again, then calls the handler's `on_flush`, so work that arrived together leaves
-together (one batch per StoreServer, one send per reply).
+again, then runs the flush handler, so work that arrived together leaves together (one
+batch per StoreServer, one send per reply).
 """
 
 from __future__ import annotations
@@ -19,16 +20,15 @@ import math
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import cast
 
 import zmq
 
 from kvactors.errors import ConfigError, InternalError
 
-__all__ = ["SocketOptions", "Transport", "TransportHandler", "TransportStats"]
+__all__ = ["SocketOptions", "Transport", "TransportHandlers", "TransportStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,23 +99,23 @@ class TransportStats:
     """Messages to a peer dropped because it was unreachable or its queue full."""
 
 
-class TransportHandler(Protocol):
-    """What the transport calls, always in its own thread."""
+@dataclass(frozen=True, slots=True)
+class TransportHandlers:
+    """What the transport calls, always in its own thread. Plain callables, so that a
+    frame goes straight to the component that serves it."""
 
-    def on_client_frames(self, frames: list[bytes]) -> None:
-        """A message on the ROUTER: routing envelope, then the payload frame(s)."""
-
-    def on_peer_frames(self, endpoint: str, frames: list[bytes]) -> None:
-        """A message that arrived on the DEALER connected to `endpoint`."""
-
-    def on_flush(self) -> None:
-        """Everything ready has been drained; send what was gathered."""
-
-    def on_tick(self, now: float) -> None:
-        """Called about every `tick_interval` seconds (timeouts, retries)."""
-
-    def on_close(self) -> None:
-        """The transport is stopping; answer what is pending. Sockets still work."""
+    client_frames: Callable[[list[bytes]], None]
+    """A message on the client ROUTER: routing envelope, then the payload frame(s)."""
+    peer_request: Callable[[list[bytes]], None]
+    """A message on the peer ROUTER: a peer's routing id, then its frames."""
+    peer_reply: Callable[[str, list[bytes]], None]
+    """A message that arrived on the DEALER connected to the endpoint given."""
+    flush: Callable[[], None]
+    """Everything ready has been drained; send what was gathered."""
+    tick: Callable[[float], None]
+    """Called about every `tick_interval` seconds (timeouts, retries)."""
+    close: Callable[[], None]
+    """The transport is stopping; answer what is pending. Sockets still work."""
 
 
 class Transport:
@@ -126,10 +126,12 @@ class Transport:
         bind: str,
         options: SocketOptions,
         *,
+        peer_bind: str | None = None,
         name: str = "transport",
         tick_interval: float = 0.05,
     ) -> None:
         self._bind = bind
+        self._peer_bind = peer_bind
         self._options = options
         self._name = name
         self._tick_interval = tick_interval
@@ -151,27 +153,28 @@ class Transport:
         self._thread: threading.Thread | None = None
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
         self._router: zmq.Socket[bytes] | None = None
+        self._peer_router: zmq.Socket[bytes] | None = None
         self._dealers: dict[str, zmq.Socket[bytes]] = {}
         self._dealer_endpoints: dict[zmq.Socket[bytes], str] = {}
         self._poller = zmq.Poller()
-        self._handler: TransportHandler | None = None
+        self._handlers: TransportHandlers | None = None
         self._on_failure: Callable[[BaseException], None] | None = None
         self.endpoint = bind
-        """The endpoint actually bound (a port of 0 or * is resolved)."""
+        """The client endpoint actually bound (a port of 0 or * is resolved)."""
+        self.peer_endpoint = peer_bind
+        """The peer endpoint actually bound, if there is a peer plane."""
         self.stats = TransportStats()
-        self.identity = f"{name}-{uuid.uuid4().hex[:8]}".encode()
-        """The routing id this node's DEALERs present to peers."""
 
     # -- lifecycle (any thread) --------------------------------------------------------
 
     def start(
         self,
-        handler: TransportHandler,
+        handlers: TransportHandlers,
         on_failure: Callable[[BaseException], None] | None = None,
         timeout: float = 10.0,
     ) -> None:
         """Bind and start the thread; raises if the endpoint cannot be bound."""
-        self._handler = handler
+        self._handlers = handlers
         self._on_failure = on_failure
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
@@ -230,10 +233,18 @@ class Transport:
     # -- sending (transport thread only) -----------------------------------------------
 
     def send_to_client(self, frames: list[bytes]) -> None:
-        """Send a reply on the ROUTER; `frames` start with the request's envelope."""
+        """Send a reply on the client ROUTER; `frames` start with the request's envelope."""
         assert self._router is not None
+        self._reply(self._router, frames)
+
+    def reply_to_peer(self, frames: list[bytes]) -> None:
+        """Send a reply on the peer ROUTER; `frames` start with the caller's routing id."""
+        assert self._peer_router is not None
+        self._reply(self._peer_router, frames)
+
+    def _reply(self, router: zmq.Socket[bytes], frames: list[bytes]) -> None:
         try:
-            _send_parts(self._router, frames)
+            _send_parts(router, frames)
             self.stats.frames_out += 1
         except zmq.ZMQError as exc:
             # ROUTER_MANDATORY: EHOSTUNREACH for a client that has gone; EAGAIN when its
@@ -302,19 +313,29 @@ class Transport:
 
     def _open(self) -> None:
         self._context = zmq.Context()
+        self._router = self._bind_router(self._bind)
+        self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._poller.register(self._router, zmq.POLLIN)
+        if self._peer_bind is not None:
+            self._peer_router = self._bind_router(self._peer_bind)
+            self.peer_endpoint = self._peer_router.getsockopt_string(zmq.LAST_ENDPOINT)
+            self._poller.register(self._peer_router, zmq.POLLIN)
+        self._poller.register(self._wake_read, zmq.POLLIN)
+
+    def _bind_router(self, endpoint: str) -> zmq.Socket[bytes]:
+        assert self._context is not None
         router = self._context.socket(zmq.ROUTER)
         self._apply_common_options(router)
+        # A full or gone peer raises at once instead of its replies vanishing. No
+        # ROUTER_HANDOVER: a second connection presenting a routing id in use is refused
+        # by libzmq, never handed the first one's replies (nor able to abort the node).
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         try:
-            router.bind(self._bind)
+            router.bind(endpoint)
         except zmq.ZMQError as exc:
             router.close(linger=0)
-            raise ConfigError(f"cannot bind {self._bind}: {exc}") from exc
-        self._router = router
-        self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._poller.register(router, zmq.POLLIN)
-        self._poller.register(self._wake_read, zmq.POLLIN)
+            raise ConfigError(f"cannot bind {endpoint}: {exc}") from exc
+        return router
 
     def _apply_common_options(self, sock: zmq.Socket[bytes]) -> None:
         options = self._options
@@ -335,7 +356,8 @@ class Transport:
         # Queue nothing for a peer with no live connection: a send fails at once and the
         # RPC layer reports it, instead of messages piling up for a dead node.
         dealer.setsockopt(zmq.IMMEDIATE, 1)
-        dealer.setsockopt(zmq.ROUTING_ID, self.identity)
+        # No ROUTING_ID: the peer's ROUTER names the connection itself, so no node can
+        # present another's id and take over its connection.
         dealer.setsockopt(zmq.RECONNECT_IVL, self._options.reconnect_interval_ms)
         dealer.setsockopt(zmq.RECONNECT_IVL_MAX, self._options.reconnect_interval_ms * 20)
         dealer.connect(endpoint)
@@ -345,36 +367,40 @@ class Transport:
         return dealer
 
     def _loop(self) -> None:
-        handler = self._handler
-        assert handler is not None and self._router is not None
+        handlers = self._handlers
+        assert handlers is not None and self._router is not None
+        router, peer_router = self._router, self._peer_router
+        flush = handlers.flush
         next_tick = time.monotonic() + self._tick_interval
         while not self._stopping:
             timeout_ms = (
                 0 if self._calls else max(1, math.ceil((next_tick - time.monotonic()) * 1000))
             )
             for sock, _ in self._poller.poll(timeout_ms):
-                if sock is self._router:
-                    self._drain_router(handler)
+                if sock is router:
+                    self._drain_router(router, handlers.client_frames)
+                elif sock is peer_router:
+                    self._drain_router(peer_router, handlers.peer_request)
                 elif sock == self._wake_read:
                     self._drain_wake_pipe()
                 elif isinstance(sock, zmq.Socket) and sock in self._dealer_endpoints:
-                    self._drain_dealer(handler, sock)
+                    self._drain_dealer(handlers, sock)
             self._run_calls()
-            handler.on_flush()
+            flush()
             while self._calls:  # what the flush handed to actors running on this thread
                 self._run_calls()
-                handler.on_flush()  # and what their answers queued in turn
+                flush()  # and what their answers queued in turn
             now = time.monotonic()
             if now >= next_tick:
-                handler.on_tick(now)
+                handlers.tick(now)
                 next_tick = now + self._tick_interval
-        handler.on_close()
+        handlers.close()
         self._run_calls()
-        handler.on_flush()
+        flush()
 
-    def _drain_router(self, handler: TransportHandler) -> None:
-        assert self._router is not None
-        router = self._router
+    def _drain_router(
+        self, router: zmq.Socket[bytes], serve: Callable[[list[bytes]], None]
+    ) -> None:
         events = cast(Callable[[int], int], router.get)  # EVENTS is an int option
         for _ in range(_DRAIN_BUDGET):
             # Asking first is cheaper than the zmq.Again a recv on an empty socket raises.
@@ -382,9 +408,9 @@ class Transport:
                 return
             frames = _recv_parts(router)
             self.stats.frames_in += 1
-            handler.on_client_frames(frames)
+            serve(frames)
 
-    def _drain_dealer(self, handler: TransportHandler, dealer: zmq.Socket[bytes]) -> None:
+    def _drain_dealer(self, handlers: TransportHandlers, dealer: zmq.Socket[bytes]) -> None:
         endpoint = self._dealer_endpoints[dealer]
         events = cast(Callable[[int], int], dealer.get)
         for _ in range(_DRAIN_BUDGET):
@@ -392,7 +418,7 @@ class Transport:
                 return
             frames = _recv_parts(dealer)
             self.stats.frames_in += 1
-            handler.on_peer_frames(endpoint, frames)
+            handlers.peer_reply(endpoint, frames)
 
     def _drain_wake_pipe(self) -> None:
         try:
@@ -424,9 +450,10 @@ class Transport:
             dealer.close(linger=0)
         self._dealers.clear()
         self._dealer_endpoints.clear()
-        if self._router is not None:
-            self._router.close()
-            self._router = None
+        for router in (self._router, self._peer_router):
+            if router is not None:
+                router.close()
+        self._router = self._peer_router = None
         if self._context is not None:
             self._context.term()
             self._context = None

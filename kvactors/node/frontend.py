@@ -4,8 +4,9 @@ A client frame is split from its envelope, decoded and validated (`protocol.Code
 bad input is answered at once. Each key of a request becomes a quorum operation on the
 key's replicas (kvactors.replication.coordinator), or, where this node holds the key's
 only copy, one op for its own StoreServer. When every key has its outcome, the reply
-goes out with the request's envelope. The embedded client's requests (`submit`) take the
-same path and are answered through a Future. Runs on the transport thread.
+goes out with the request's envelope (`reply_for` shapes it, `Replies` sends it). The
+embedded client's requests (`submit`) take the same path and are answered through a
+Future. Runs on the transport thread.
 """
 
 from __future__ import annotations
@@ -24,12 +25,31 @@ from kvactors.core.ops import ReadKey, ReadWinner, StoreOp, WriteKey, Written
 from kvactors.core.placement import RingHolder, RingSnapshot
 from kvactors.core.versions import KeyState
 from kvactors.errors import BadRequestError, InternalError, KVActorsError, UnavailableError
-from kvactors.net.protocol import Codec, Op, ProtocolError, Reply, Request, WireFormat
-from kvactors.net.replies import encode_reply, ping_reply, status_reply
+from kvactors.net.protocol import (
+    Codec,
+    ItemResult,
+    Op,
+    ProtocolError,
+    Reply,
+    Request,
+    WireFormat,
+)
+from kvactors.net.replies import (
+    delete_reply,
+    encode_error,
+    encode_reply,
+    get_many_reply,
+    item_failed,
+    item_written,
+    ping_reply,
+    put_many_reply,
+    put_reply,
+    status_reply,
+)
+from kvactors.net.rpc import MARKER
 from kvactors.node.channel import NodeChannel
 from kvactors.node.inflight import InFlight, Pending
 from kvactors.node.local_batches import LocalBatches
-from kvactors.node.replies import Replies, reply_for
 from kvactors.replication.coordinator import (
     KeyOutcome,
     ReadOperation,
@@ -38,7 +58,7 @@ from kvactors.replication.coordinator import (
     WriteResult,
 )
 
-__all__ = ["Frontend"]
+__all__ = ["Frontend", "Replies", "reply_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +108,10 @@ class Frontend:
             envelope, body = frames[:1], frames[1:]
         elif count == 3 and not frames[1]:
             envelope, body = frames[:2], frames[2:]
+        elif frames[1] == MARKER:
+            self.requests += 1
+            self._refuse_call(frames[:1])
+            return
         else:
             envelope, body = _split_envelope(frames)
         self.requests += 1
@@ -107,6 +131,13 @@ class Frontend:
             logger.exception("request %r failed", request.op)
             error = InternalError(f"{type(exc).__name__}: {exc}")
             self._replies.error(envelope, error, request.request_id, request.fmt)
+
+    def _refuse_call(self, envelope: list[bytes]) -> None:
+        """A node-to-node call (the RPC marker): never served here, whatever it carries."""
+        problem = BadRequestError(
+            "this is a client endpoint: node-to-node calls go to the peer endpoint"
+        )
+        self._replies.error(envelope, problem, None, WireFormat.MSGPACK)
 
     def _refuse_frames(self, envelope: list[bytes], body: list[bytes]) -> None:
         # protocol.py's rule, applied to the first frame: JSON if `{` comes first after
@@ -371,3 +402,81 @@ def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
         return frames[:1], frames[1:]
     delimiter = frames.index(b"", 1)
     return frames[: delimiter + 1], frames[delimiter + 1 :]
+
+
+# -- replies ---------------------------------------------------------------------------
+
+
+class Replies:
+    """Sends frames to clients (through `send`, the transport's), counting errors."""
+
+    __slots__ = ("errors", "send")
+
+    def __init__(self, send: Callable[[list[bytes]], None]) -> None:
+        self.send = send
+        self.errors = 0
+
+    def reply(self, envelope: list[bytes], request: Request, reply: Reply) -> None:
+        self.send([*envelope, encode_reply(reply, request.fmt)])
+
+    def error(
+        self, envelope: list[bytes], error: KVActorsError, request_id: Any, fmt: WireFormat
+    ) -> None:
+        self.errors += 1
+        self.send([*envelope, encode_error(error, request_id, fmt)])
+
+
+def reply_for(request: Request, results: list[Any]) -> Reply:
+    """The reply once every key has its outcome; a single key's error is the reply's."""
+    op, request_id = request.op, request.request_id
+    if op is Op.GET_MANY:
+        siblings = request.siblings
+        return get_many_reply(
+            request_id,
+            [
+                item_failed(r)
+                if isinstance(r, KVActorsError)
+                else ItemResult(None, *_read(r, siblings))
+                for r in results
+            ],
+        )
+    if op is Op.PUT_MANY:
+        return put_many_reply(
+            request_id,
+            [item_failed(r) if isinstance(r, KVActorsError) else item_written() for r in results],
+        )
+    outcome = results[0]
+    if isinstance(outcome, KVActorsError):
+        raise outcome
+    if op is Op.GET:
+        if type(outcome) is tuple:  # a key only this node holds: (value, context)
+            value, context = outcome
+            return Reply(request_id, value is not None, value, None, context)
+        return Reply(request_id, *_read(outcome, request.siblings))
+    if op is Op.PUT:
+        return put_reply(request_id, conflict=outcome.siblings > 1)
+    return delete_reply(request_id, outcome.existed)
+
+
+_ReadFields = tuple[bool, bytes | None, tuple[bytes, ...] | None, bytes]
+"""(found, value, siblings, context): the fields a get's reply and a get_many's item share."""
+
+
+def _read(outcome: Any, siblings: bool) -> _ReadFields:
+    """One key's read: a `ReadResult`, or the (value, context) pair of a key only this
+    node holds."""
+    if type(outcome) is tuple:
+        value, context = outcome
+        return value is not None, value, None, context
+    assert isinstance(outcome, ReadResult)
+    state: KeyState = outcome.state
+    # Even a key never written has a context (an empty clock): a first write that carries
+    # it supersedes nothing, so two concurrent first writes are both kept.
+    context = state.encoded_context()
+    if siblings:
+        values = tuple(state.live_values())
+        return bool(values), None, values, context
+    winner = state.winner
+    if winner is None or winner.value is None:
+        return False, None, None, context
+    return True, winner.value, None, context

@@ -98,12 +98,6 @@ class InFlight:
         self.count -= 1
         pending.refuse(error)
 
-    def forget_answered(self) -> None:
-        """Drop answered requests from the head of the deadline queue (cheap, per flush)."""
-        deadlines = self._deadlines
-        while deadlines and deadlines[0].done:
-            deadlines.popleft()
-
     def expire(self, now: float) -> None:
         """Answer `timeout` for every request past its deadline."""
         deadlines, custom = self._deadlines, self._custom

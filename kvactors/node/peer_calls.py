@@ -1,6 +1,6 @@
 """Peer calls: replica operations for other members, batched into RPCs.
 
-The ops of one flush for one member travel as one call (`store` for replica ops,
+The ops of one pass of the transport for one member travel as one call (`store` for replica ops,
 `coordinate` for writes a replica coordinates), cut where a call would outgrow the
 frame the peer accepts. Merges nobody waits for (to joining next owners) wait for the
 tick, or for a call's worth, to share a call. Each op hears its own answer, or the
@@ -42,9 +42,19 @@ class PeerCalls:
     """Per member, the replica ops and forwarded writes of this flush."""
 
     def __init__(
-        self, client: rpc.RpcClient, ring: RingHolder, timeout: float, call_bytes: int
+        self,
+        client: rpc.RpcClient,
+        ring: RingHolder,
+        timeout: float,
+        call_bytes: int,
+        schedule: Callable[[Callable[[], None]], object],
     ) -> None:
+        """`schedule(flush)` has `flush` run once the transport has drained what is
+        ready (the transport's `call_soon`): a pass with nothing for peers costs
+        nothing here."""
         self._rpc = client
+        self._schedule = schedule
+        self._scheduled = False
         self._ring = ring
         self._timeout = timeout
         self._call_bytes = call_bytes
@@ -75,6 +85,7 @@ class PeerCalls:
             self._call_replicas(endpoint, self._later.pop(endpoint))
 
     def flush(self) -> None:
+        self._scheduled = False
         if self._to_replicas:
             to_replicas, self._to_replicas = self._to_replicas, defaultdict(list)
             for endpoint, entries in to_replicas.items():
@@ -99,6 +110,9 @@ class PeerCalls:
             entry[0].replica_failed(entry[1], UnavailableError(f"{name} is not a member any more"))
         else:
             queues[endpoint].append(entry)
+            if not self._scheduled:
+                self._scheduled = True
+                self._schedule(self.flush)
 
     def _call_replicas(self, endpoint: str, entries: list[PeerEntry]) -> None:
         """The replica ops for one peer, as `store` calls."""

@@ -1,15 +1,15 @@
 """RequestHandler: requests from the network, served without blocking.
 
 `RequestHandler` is the supervised actor (the seed's RequestHandler); it owns the
-node's `Transport` and a `RequestService`, the transport's handler, which wires the
-node's request path together. Its callbacks run on the transport thread:
+node's `Transport` and a `RequestService`, which wires the node's request path together
+and hands the transport its handlers. They run on the transport thread:
 
-1. a frame arrives on the ROUTER: a client's goes to the `Frontend`, which decodes it
-   and starts a quorum operation per key; a peer's (marked by its second frame) goes to
+1. a frame arrives on the client ROUTER and goes straight to the `Frontend`, which
+   decodes it and starts a quorum operation per key; a frame on the peer ROUTER goes to
    the `RpcServer`;
 2. the operations queue replica ops through the `NodeChannel`: for this node's
    StoreServers in `LocalBatches`, for peers in `PeerCalls`;
-3. when the transport has drained everything ready (`on_flush`), each partition's queue
+3. when the transport has drained everything ready (the flush), each partition's queue
    goes to its StoreServer as one `StoreBatch`, and each peer's as one RPC;
 4. answers come back as callbacks; once R or W replicas of every key have answered,
    `InFlight` has the request answered with its original envelope.
@@ -32,16 +32,16 @@ import pykka
 from kvactors.errors import BadRequestError, InternalError, UnavailableError
 from kvactors.net import rpc
 from kvactors.net.protocol import Codec, Reply, Request
-from kvactors.net.transport import SocketOptions, Transport
+from kvactors.net.transport import SocketOptions, Transport, TransportHandlers
 from kvactors.node.background import BackgroundTasks
 from kvactors.node.channel import NodeChannel
-from kvactors.node.frontend import Frontend
+from kvactors.node.frontend import Frontend, Replies
 from kvactors.node.group_commit import GroupCommit
 from kvactors.node.inflight import InFlight
 from kvactors.node.local_batches import LocalBatches
 from kvactors.node.peer_calls import PeerCalls
-from kvactors.node.replies import Replies
 from kvactors.node.rpc_server import RpcServer
+from kvactors.node.seeds import Seeds
 from kvactors.node.services import NodeServices
 from kvactors.node.status import cluster_status, storage_status
 from kvactors.runtime.supervision import SupervisedActor
@@ -67,10 +67,12 @@ class RequestService:
         codec = Codec.from_config(config)
         # A call to a peer stays well under the frame its ROUTER accepts.
         call_bytes = codec.max_frame_bytes // 2
-        send = transport.send_to_client
         self.rpc = rpc.RpcClient(transport, clock, config.request_timeout)
+        client_seeds = [seed for seed in config.seeds if seed not in services.peer_seeds]
+        self.seeds = Seeds(client_seeds, transport.send_to_peer, clock)
+        self.rpc.route = self.seeds.route
         self.inflight = InFlight(config.max_inflight, config.request_timeout, clock)
-        self.replies = Replies(send)
+        self.replies = Replies(transport.send_to_client)
         self.local = LocalBatches(services.directory, transport.call_soon, transport.in_loop_thread)
         if services.storage_sync is not None and services.storage is not None:
             self.local.group = GroupCommit(
@@ -80,7 +82,9 @@ class RequestService:
                 self.local.done,
                 self.local.failed,
             )
-        self.peers = PeerCalls(self.rpc, services.ring, config.request_timeout, call_bytes)
+        self.peers = PeerCalls(
+            self.rpc, services.ring, config.request_timeout, call_bytes, transport.call_soon
+        )
         self.channel = NodeChannel(
             config.name, self.local, self.peers, self.rpc, config.request_timeout
         )
@@ -101,28 +105,25 @@ class RequestService:
             inflight=self.inflight,
             local=self.local,
             frontend=self.frontend,
-            send=send,
+            send=transport.reply_to_peer,
             call_bytes=call_bytes,
         )
         self.background = BackgroundTasks(services, self.channel)
+        # Frames go straight to the component that serves them. The flush sends the
+        # local batches; peer calls have theirs scheduled when something is queued for a
+        # peer, so a write's state reaches the other replicas in the same pass.
+        self.handlers = TransportHandlers(
+            client_frames=self.frontend.on_frames,
+            peer_request=self.rpc_server.on_frames,
+            peer_reply=self.on_peer_reply,
+            flush=self.local.flush,
+            tick=self.on_tick,
+            close=self.on_close,
+        )
 
-    # -- TransportHandler --------------------------------------------------------------
-
-    def on_client_frames(self, frames: list[bytes]) -> None:
-        if len(frames) >= 3 and frames[1] == rpc.MARKER:
-            self.rpc_server.on_call(frames[0], frames[2:])
-        else:
-            self.frontend.on_frames(frames)
-
-    def on_peer_frames(self, endpoint: str, frames: list[bytes]) -> None:
-        self.rpc.on_reply(endpoint, frames)
-
-    def on_flush(self) -> None:
-        self.inflight.forget_answered()
-        # Local batches first: a write's own replica answers, and its state then goes to
-        # the other replicas in this same flush.
-        self.local.flush()
-        self.peers.flush()
+    def on_peer_reply(self, endpoint: str, frames: list[bytes]) -> None:
+        if not self.seeds.on_reply(endpoint, frames):
+            self.rpc.on_reply(endpoint, frames)
 
     def on_tick(self, now: float) -> None:
         self.peers.on_tick()
@@ -153,6 +154,7 @@ class RequestService:
         group = self.local.group
         return {
             **cluster_status(config, self._services.ring.current),
+            "peer_endpoint": self._transport.peer_endpoint or config.peer_endpoint,
             "inflight": self.inflight.count,
             "requests": self.frontend.requests,
             "forwarded": self.peers.forwarded,
@@ -190,20 +192,30 @@ class RequestHandler(SupervisedActor):
         self._config = config
         self._dispatcher = services.dispatcher
         options = SocketOptions(max_message_bytes=Codec.from_config(config).max_frame_bytes)
-        self._transport = Transport(config.bind, options, name=f"{config.name}-transport")
+        self._transport = Transport(
+            config.bind,
+            options,
+            peer_bind=config.peer_bind_endpoint,
+            name=f"{config.name}-transport",
+        )
         self._service = RequestService(services, self._transport)
 
     def __str__(self) -> str:
         return f"RequestHandler {self._config.name}"
 
     def on_start(self) -> None:
-        self._transport.start(self._service, on_failure=self._transport_failed)
+        self._transport.start(self._service.handlers, on_failure=self._transport_failed)
         # StoreServers now run on the transport thread: a request is served start to end
         # there, with no thread hand-off.
         self._dispatcher.attach(self._transport)
         self._services.network.attach(self._service.rpc)
         self._services.gateway = self._service
-        logger.info("node %s serving on %s", self._config.name, self._transport.endpoint)
+        logger.info(
+            "node %s serving clients on %s, peers on %s",
+            self._config.name,
+            self._transport.endpoint,
+            self._transport.peer_endpoint,
+        )
 
     def on_stop(self) -> None:
         self._close()
@@ -230,6 +242,10 @@ class RequestHandler(SupervisedActor):
     def endpoint(self) -> str:
         """The endpoint the node is bound to (ports given as 0 are resolved)."""
         return self._transport.endpoint
+
+    def peer_endpoint(self) -> str | None:
+        """The endpoint of the node's peer plane (ports given as 0 resolved)."""
+        return self._transport.peer_endpoint
 
     def status(self) -> dict[str, Any]:
         return self._service.status()

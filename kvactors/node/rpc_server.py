@@ -43,7 +43,7 @@ _Write = tuple[bytes, bytes | None, tuple[VectorClock, bytes] | None, int | None
 
 
 class RpcServer:
-    """Serves the RPC calls that reach this node's ROUTER."""
+    """Serves the RPC calls that reach this node's peer ROUTER."""
 
     def __init__(
         self,
@@ -66,6 +66,7 @@ class RpcServer:
         self._send = send
         self._call_bytes = call_bytes
         self.calls = 0
+        self.refused = 0
         self._handlers: dict[str, _Handler] = {
             rpc.STORE: self._store,
             COORDINATE: self._coordinate,
@@ -73,6 +74,16 @@ class RpcServer:
             PULL: self._pull,
             rpc.PING: self._ping,
         }
+
+    def on_frames(self, frames: list[bytes]) -> None:
+        """A message on the peer ROUTER: the caller's routing id, the RPC marker, then
+        the call. Anything else is answered with an error, never served."""
+        if len(frames) >= 3 and frames[1] == rpc.MARKER:
+            self.on_call(frames[0], frames[2:])
+            return
+        self.refused += 1
+        problem = BadRequestError("this is a peer endpoint: it serves node-to-node calls only")
+        self._send([frames[0], rpc.MARKER, rpc.encode_error(None, problem)])
 
     def on_call(self, peer: bytes, body: list[bytes]) -> None:
         """The frames after the RPC marker, from the peer whose routing id is `peer`."""

@@ -59,6 +59,9 @@ class NodeServices:
     """The members (`Member` records, alive at incarnation 0) a node restarted on its
     data knew: it starts with them in its member table, so its ring places keys as the
     cluster does from the first request on, not on the few members gossip has reached."""
+    peer_seeds: tuple[str, ...] = ()
+    """The seeds that are peer endpoints already (the members a node restarted on its
+    data remembers); the other seeds are client endpoints, asked for their peer one."""
     incarnation: int = 0
     """The incarnation this node starts at: one above the last it had, when it restarts
     on a durable data directory (so that its news outranks what others remember)."""

@@ -21,7 +21,8 @@ def cluster_status(config: NodeConfig, snapshot: RingSnapshot) -> dict[str, Any]
         "members": [
             {
                 "name": member.name,
-                "endpoint": member.endpoint,
+                "endpoint": member.client_endpoint or member.endpoint,
+                "peer_endpoint": member.endpoint,
                 "status": member.status.value,
                 "incarnation": member.incarnation,
                 "partitions": owned.get(member.name, 0),

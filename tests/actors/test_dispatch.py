@@ -14,7 +14,7 @@ from typing import Any
 import pykka
 import pytest
 
-from kvactors.net.transport import SocketOptions, Transport
+from kvactors.net.transport import SocketOptions, Transport, TransportHandlers
 from kvactors.runtime.dispatch import DispatchedActor, NodeDispatcher, ThreadDispatcher, tell
 from kvactors.runtime.supervision import ChildExited, ExitReason, start_supervised
 from kvactors.testing import wait_until
@@ -460,14 +460,16 @@ def test_a_given_fallback_is_its_giver_s_to_stop(
     assert thread_names(fallback) == ["given-0"]
 
 
-class _Idle:
-    """A transport handler with nothing to do."""
-
-    def on_client_frames(self, frames: list[bytes]) -> None: ...
-    def on_peer_frames(self, endpoint: str, frames: list[bytes]) -> None: ...
-    def on_flush(self) -> None: ...
-    def on_tick(self, now: float) -> None: ...
-    def on_close(self) -> None: ...
+def _idle() -> TransportHandlers:
+    """Transport handlers with nothing to do."""
+    return TransportHandlers(
+        client_frames=lambda frames: None,
+        peer_request=lambda frames: None,
+        peer_reply=lambda endpoint, frames: None,
+        flush=lambda: None,
+        tick=lambda now: None,
+        close=lambda: None,
+    )
 
 
 def test_attached_to_a_transport_actors_run_on_its_thread(
@@ -476,7 +478,7 @@ def test_attached_to_a_transport_actors_run_on_its_thread(
     transport = Transport(
         "tcp://127.0.0.1:0", SocketOptions(max_message_bytes=1 << 16), name="loop-thread"
     )
-    transport.start(_Idle())
+    transport.start(_idle())
     try:
         node_dispatcher.attach(transport)
         log: Log = []

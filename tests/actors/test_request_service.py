@@ -43,8 +43,8 @@ class Node:
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
         """One client request, served to its reply."""
         before = len(self.transport.to_clients)
-        self.service.on_client_frames([CLIENT, encode_request(op, request_id=7, **fields)])
-        self.transport.run(self.service)
+        self.service.handlers.client_frames([CLIENT, encode_request(op, request_id=7, **fields)])
+        self.transport.run(self.service.handlers)
         replies = self.transport.to_clients[before:]
         assert len(replies) == 1, replies
         envelope, body = replies[0][:-1], replies[0][-1]
@@ -54,11 +54,11 @@ class Node:
 
     def call(self, op: str, args: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
         """One RPC call from a peer, served to its answer."""
-        before = len(self.transport.to_clients)
+        before = len(self.transport.to_callers)
         payload = rpc.encode_call(41, op, timeout, args)
-        self.service.on_client_frames([b"peer-1", rpc.MARKER, payload])
-        self.transport.run(self.service)
-        answers = self.transport.to_clients[before:]
+        self.service.handlers.peer_request([b"peer-1", rpc.MARKER, payload])
+        self.transport.run(self.service.handlers)
+        answers = self.transport.to_callers[before:]
         assert len(answers) == 1, answers
         assert answers[0][:2] == [b"peer-1", rpc.MARKER]
         answer = rpc.decode_reply(answers[0][2])
@@ -112,9 +112,9 @@ def test_batches_answer_each_key(node: Node) -> None:
 
 
 def test_bad_input_is_answered_and_the_node_serves_on(node: Node) -> None:
-    node.service.on_client_frames([CLIENT, b"\xc1 not msgpack"])
-    node.service.on_client_frames([CLIENT, b"{", b"two frames"])
-    node.transport.run(node.service)
+    node.service.handlers.client_frames([CLIENT, b"\xc1 not msgpack"])
+    node.service.handlers.client_frames([CLIENT, b"{", b"two frames"])
+    node.transport.run(node.service.handlers)
     errors = [decode_reply(frames[-1]) for frames in node.transport.to_clients]
     assert [e["error"]["code"] for e in errors] == ["bad_request", "bad_request"]
     bad_context = node.request("put", key="k", value=1, context=b"\x01junk")
@@ -137,8 +137,8 @@ def test_a_request_past_its_deadline_times_out(node: Node) -> None:
     key = next(f"k{n}" for n in range(1000) if partition_of(f"k{n}".encode(), 16) == partition)
     directory.publish(partition, None)  # type: ignore[arg-type]
     try:
-        node.service.on_client_frames([CLIENT, encode_request("get", key=key, request_id=3)])
-        node.transport.run(node.service)
+        node.service.handlers.client_frames([CLIENT, encode_request("get", key=key, request_id=3)])
+        node.transport.run(node.service.handlers)
         assert node.transport.to_clients == []  # parked: no answer yet
         node.service.on_tick(node.clock.advance(node.system.config.request_timeout + 0.1))
         reply = msgpack.unpackb(node.transport.to_clients[-1][-1], raw=False)
@@ -158,7 +158,7 @@ def test_ping_status_and_the_embedded_path(node: Node) -> None:
         encode_request("put", key="e", value=5)
     )
     future = node.service.submit(request)
-    node.transport.run(node.service)
+    node.transport.run(node.service.handlers)
     assert future.result(timeout=1).found is None
     assert node.system.client.get("e") == 5
 
@@ -240,7 +240,7 @@ def test_a_leaving_node_tells_gossip_once_everything_is_handed_over(node: Node) 
         me = replace(snapshot.members_by_name["solo"], status=MemberStatus.LEAVING)
         node.services.ring.publish(build_snapshot(snapshot.version + 1, me, [me], 16, 3))
         node.service.on_tick(node.clock.advance(0.05))
-        node.transport.run(node.service)
+        node.transport.run(node.service.handlers)
         # Alone, nobody takes the partitions over: the handoff is done at once.
         assert node.service.background.leave is not None
         # (An embedded node joins nobody: its join is over at once, and gossip hears so.)

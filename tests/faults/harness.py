@@ -55,6 +55,7 @@ from kvactors.core.ring import Ring
 from kvactors.core.versions import KeyState, state_from_wire
 from kvactors.launcher import node_answers
 from kvactors.net.rpc import MARKER, STORE, decode_reply, encode_call
+from kvactors.testing import peer_endpoint
 
 PREFIX = "kva-"
 NODE_PORT = 7000
@@ -624,7 +625,7 @@ def replica_states(
     states: dict[str, KeyState] = {}
     with context.socket(zmq.DEALER) as sock:
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
+        sock.connect(peer_endpoint(endpoint, timeout))
         for start in range(0, len(keys), chunk):
             part = keys[start : start + chunk]
             ops = [["read", key.encode()] for key in part]

@@ -33,11 +33,13 @@ class NodeProcess:
     log_path: Path
     args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    peer_endpoint: str = field(default_factory=lambda: f"tcp://127.0.0.1:{free_port()}")
 
     def start(self, timeout: float = 30.0) -> NodeProcess:
         command = [
             sys.executable, "-m", "kvactors", "node",
-            "--name", self.name, "--bind", self.endpoint, *self.args,
+            "--name", self.name, "--bind", self.endpoint,
+            "--peer-bind", self.peer_endpoint, *self.args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log)

@@ -47,6 +47,7 @@ from kvactors.net.protocol import (
 from kvactors.net.replies import decode_reply
 from kvactors.net.rpc import MARKER, RPC_FORMAT
 from kvactors.net.rpc import decode_reply as decode_rpc_reply
+from kvactors.testing import peer_endpoint
 
 # The node runs on the defaults: these are its limits.
 MAX_KEY_BYTES: Final = NodeConfig().max_key_bytes
@@ -123,7 +124,11 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     log_path = tmp_path_factory.mktemp("bad-input") / "node.log"
     command = [sys.executable, "-m", "kvactors", "node", "--name", "bad-input"]
     with log_path.open("ab") as log:
-        process = subprocess.Popen([*command, "--bind", endpoint], stdout=log, stderr=log)
+        process = subprocess.Popen(
+            [*command, "--bind", endpoint, "--peer-bind", "tcp://127.0.0.1:0"],
+            stdout=log,
+            stderr=log,
+        )
     started = Node(process, endpoint, log_path)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
@@ -155,6 +160,8 @@ class Wire:
         self._sequence = 0
         self.dealer = self._socket(zmq.DEALER)
         self.req = self._socket(zmq.REQ)
+        self.peer_endpoint = peer_endpoint(node.endpoint)
+        self.peer = self._socket(zmq.DEALER, self.peer_endpoint)
 
     def monitored_dealer(self) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
         """A new DEALER to the node and a monitor of its connection events, attached
@@ -165,22 +172,25 @@ class Wire:
         sock.connect(self._node.endpoint)
         return sock, monitor
 
-    def _socket(self, kind: int) -> zmq.Socket[bytes]:
+    def _socket(self, kind: int, endpoint: str | None = None) -> zmq.Socket[bytes]:
         sock = self._context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self._node.endpoint)
+        sock.connect(endpoint or self._node.endpoint)
         return sock
 
     def reset(self) -> None:
         """Fresh sockets, so a reply still in flight cannot confuse the next exchange."""
         self.dealer.close()
         self.req.close()
+        self.peer.close()
         self.dealer = self._socket(zmq.DEALER)
         self.req = self._socket(zmq.REQ)
+        self.peer = self._socket(zmq.DEALER, self.peer_endpoint)
 
     def close(self) -> None:
         self.dealer.close()
         self.req.close()
+        self.peer.close()
         self._context.term()
 
     def exchange(self, frames: Sequence[bytes], via_req: bool = False) -> list[bytes]:
@@ -188,6 +198,11 @@ class Wire:
         sock = self.req if via_req else self.dealer
         sock.send_multipart(frames)
         return self.receive(sock)
+
+    def call(self, frames: Sequence[bytes]) -> list[bytes]:
+        """Send `frames` to the node's peer plane, return the reply's frames."""
+        self.peer.send_multipart(frames)
+        return self.receive(self.peer)
 
     def receive(self, sock: zmq.Socket[bytes]) -> list[bytes]:
         if not sock.poll(REPLY_TIMEOUT_MS):
@@ -819,11 +834,15 @@ bad_inputs = st.one_of(
 # -- what an answer must look like ----------------------------------------------------
 
 
+def is_rpc(case: BadInput) -> bool:
+    return not case.via_req and len(case.frames) >= 2 and case.frames[0] == MARKER
+
+
 def check_answer(case: BadInput, reply: list[bytes]) -> None:
     """One reply, in the request's format, an error (unless valid), echoing what it may."""
     frames = list(case.frames)
-    if not case.via_req and len(frames) >= 2 and frames[0] == MARKER:
-        check_rpc_answer(reply)
+    if is_rpc(case):
+        check_refused_on_the_client_plane(reply)
         return
     envelope: list[bytes] = []
     if not case.via_req and b"" in frames[:-1]:
@@ -853,6 +872,14 @@ def check_answer(case: BadInput, reply: list[bytes]) -> None:
         )
 
 
+def check_refused_on_the_client_plane(reply: list[bytes]) -> None:
+    """Node-to-node calls are refused on the client endpoint, whatever they carry."""
+    assert len(reply) == 1, f"not a client reply: {reply!r:.300}"
+    answer = decode_reply(reply[0])
+    assert answer["ok"] is False and answer["error"]["code"] == "bad_request", answer
+    assert "peer endpoint" in answer["error"]["message"], answer
+
+
 def check_rpc_answer(reply: list[bytes]) -> None:
     assert len(reply) == 2 and reply[0] == MARKER, f"not an RPC reply: {reply!r:.300}"
     answer = decode_rpc_reply(reply[1])  # in the node's RPC format, whatever the call's
@@ -867,6 +894,8 @@ def check_rpc_answer(reply: list[bytes]) -> None:
 def send_and_check(wire: Wire, case: BadInput) -> None:
     try:
         check_answer(case, wire.exchange(case.frames, case.via_req))
+        if is_rpc(case):  # and on the peer plane, where it is served or refused
+            check_rpc_answer(wire.call(case.frames))
         if not case.via_req:
             wire.check_nothing_else_came()
     except BaseException:
@@ -989,13 +1018,13 @@ def _nested(depth: int) -> bytes:
 
 
 def test_a_deeply_nested_rpc_store_op_is_answered_without_a_restart(node: Node, wire: Wire) -> None:
-    """A client may send the RPC marker too; one malformed store op must not crash the
-    transport thread (a dozen would exceed the restart intensity and stop the node)."""
+    """Anyone who reaches the peer plane may send a call; one malformed store op must not
+    crash the transport thread (a dozen would exceed the restart intensity and stop the node)."""
     requests_before = _status(wire)["requests"]
     call = msgpack.packb({"id": 5, "op": "store", "timeout": 1.0, "ops": [None]})
     deep_call = call.replace(b"\xa3ops\x91\xc0", b"\xa3ops\x91" + _nested(1_010))
     for _ in range(3):
-        reply = wire.exchange([MARKER, bytes((RPC_FORMAT,)) + deep_call])
+        reply = wire.call([MARKER, bytes((RPC_FORMAT,)) + deep_call])
         assert reply[0] == MARKER, reply
         answer = decode_rpc_reply(reply[1])
         assert answer["ok"] is False and answer["id"] == 5, answer
@@ -1005,10 +1034,10 @@ def test_a_deeply_nested_rpc_store_op_is_answered_without_a_restart(node: Node, 
 
 
 def test_the_rpc_marker_cannot_store_a_value_a_get_cannot_return(wire: Wire) -> None:
-    """The client port also serves node RPC: a store call's value is held to the same
-    rules as a client's, or a get would splice bytes that are not msgpack into its reply."""
+    """A store call's value is held to the same rules as a client's, or a get would splice
+    bytes that are not msgpack into its reply."""
     call = {"id": 6, "op": "store", "timeout": 1.0, "ops": [["put", b"rpc-injected", b"\xc1"]]}
-    reply = wire.exchange([MARKER, bytes((RPC_FORMAT,)) + msgpack.packb(call)])
+    reply = wire.call([MARKER, bytes((RPC_FORMAT,)) + msgpack.packb(call)])
     answer = decode_rpc_reply(reply[1])
     assert answer["ok"] is False and answer["error"]["code"] == "bad_request", answer
     got = decode_reply(wire.exchange([msgpack.packb({"op": "get", "key": "rpc-injected"})])[0])

@@ -339,13 +339,17 @@ def test_rpc_ping_and_store_between_two_nodes(
     start_node: StartNode, local_node: ActorSystem
 ) -> None:
     peer = start_node("b")
-    result, error, _ = outcome(local_node.rpc(peer.endpoint, "ping", timeout=5.0), REPLY_TIMEOUT)
+    result, error, _ = outcome(
+        local_node.rpc(peer.peer_endpoint, "ping", timeout=5.0), REPLY_TIMEOUT
+    )
     assert error is None
     assert result == {"node": "b"}
 
     key, value = b"rpc:1", {"from": "a", "n": [1, 2, 3]}
     ops = [["put", key, pack(value)], ["get", key]]
-    result, error, _ = outcome(local_node.rpc(peer.endpoint, "store", {"ops": ops}), REPLY_TIMEOUT)
+    result, error, _ = outcome(
+        local_node.rpc(peer.peer_endpoint, "store", {"ops": ops}), REPLY_TIMEOUT
+    )
     assert error is None
     assert result == {"results": [None, pack(value)]}
     with Client(peer.endpoint, timeout=REPLY_TIMEOUT) as client:
@@ -354,16 +358,18 @@ def test_rpc_ping_and_store_between_two_nodes(
     assert local_node.client.get(key) is None  # the call went to b, not to a's own store
 
     ops = [["get", b"rpc:2"], ["delete", b"rpc:1"], ["get", b"rpc:1"]]
-    result, error, _ = outcome(local_node.rpc(peer.endpoint, "store", {"ops": ops}), REPLY_TIMEOUT)
+    result, error, _ = outcome(
+        local_node.rpc(peer.peer_endpoint, "store", {"ops": ops}), REPLY_TIMEOUT
+    )
     assert error is None
     assert result == {"results": [pack("written by a client"), True, None]}
 
     # The peer's refusals come back as the same typed errors.
-    bad = local_node.rpc(peer.endpoint, "store", {"ops": [["put", "a str key"]]})
+    bad = local_node.rpc(peer.peer_endpoint, "store", {"ops": [["put", "a str key"]]})
     _, error, _ = outcome(bad, REPLY_TIMEOUT)
     assert type(error) is BadRequestError
     big = [["put", b"rpc:big", pack(b"x" * MAX_VALUE_BYTES)]]
-    _, error, _ = outcome(local_node.rpc(peer.endpoint, "store", {"ops": big}), REPLY_TIMEOUT)
+    _, error, _ = outcome(local_node.rpc(peer.peer_endpoint, "store", {"ops": big}), REPLY_TIMEOUT)
     assert isinstance(error, TooLargeError), error
     with Client(peer.endpoint, timeout=REPLY_TIMEOUT) as client:
         assert client.get("rpc:big") is None
@@ -385,7 +391,7 @@ with ActorSystem(name="a", bind="tcp://127.0.0.1:0") as a:
 def test_rpc_between_two_node_processes(start_node: StartNode) -> None:
     peer = start_node("b")
     result = subprocess.run(
-        [sys.executable, "-c", RPC_FROM_A_PROCESS, peer.endpoint],
+        [sys.executable, "-c", RPC_FROM_A_PROCESS, peer.peer_endpoint],
         capture_output=True,
         text=True,
         timeout=60,
@@ -410,14 +416,14 @@ def test_rpc_to_an_endpoint_where_nothing_listens(local_node: ActorSystem) -> No
 def test_rpc_to_a_stopped_node_times_out(start_node: StartNode, local_node: ActorSystem) -> None:
     peer = start_node("b")
     # A first call connects a's DEALER to b, so the next one is really sent.
-    assert outcome(local_node.rpc(peer.endpoint, "ping"), REPLY_TIMEOUT)[0] == {"node": "b"}
+    assert outcome(local_node.rpc(peer.peer_endpoint, "ping"), REPLY_TIMEOUT)[0] == {"node": "b"}
     timeout = 1.0
     peer.signal(signal.SIGSTOP)
     try:
         started = time.monotonic()
         ops = {"ops": [["put", b"frozen", pack(1)]]}
-        ping = local_node.rpc(peer.endpoint, "ping", timeout=timeout)
-        store = local_node.rpc(peer.endpoint, "store", ops, timeout=timeout)
+        ping = local_node.rpc(peer.peer_endpoint, "ping", timeout=timeout)
+        store = local_node.rpc(peer.peer_endpoint, "store", ops, timeout=timeout)
         for future in (ping, store):
             _, error, _ = outcome(future, timeout + MARGIN)
             assert type(error) is RequestTimeoutError, error
@@ -426,7 +432,7 @@ def test_rpc_to_a_stopped_node_times_out(start_node: StartNode, local_node: Acto
         peer.signal(signal.SIGCONT)
     assert timeout <= waited < timeout + MARGIN
     # b serves again; the late replies to the calls that timed out are ignored.
-    assert outcome(local_node.rpc(peer.endpoint, "ping"), REPLY_TIMEOUT)[0] == {"node": "b"}
+    assert outcome(local_node.rpc(peer.peer_endpoint, "ping"), REPLY_TIMEOUT)[0] == {"node": "b"}
 
 
 # -- shutdown -----------------------------------------------------------------------------------

@@ -28,18 +28,15 @@ PACKAGE = Path(kvactors.__file__).parent
 
 # The steps of a put on a single node, in the order docs/architecture.md names them.
 STEPS = [
-    "net/transport.py",  # the frame arrives on the ROUTER
-    "node/request_handler.py",  # RequestService: a client's frame, to the frontend
-    "node/frontend.py",  # envelope, decode, admission, the key's write
+    "net/transport.py",  # the frame arrives on the client ROUTER
+    "node/frontend.py",  # envelope, decode, admission, the key's write; later the reply
     "net/protocol.py",  # decoding and validation
     "node/inflight.py",  # the request waits for its key
     "node/local_batches.py",  # the key's op, queued for its partition, flushed
     "runtime/dispatch.py",  # the StoreBatch handed to the StoreServer on this thread
     "storage/store_server.py",  # the partition's actor
     "storage/replica.py",  # the write's new version, stored
-    "node/replies.py",  # the reply, shaped
-    "net/replies.py",  # and encoded
-    "node/peer_calls.py",  # the flush's calls to peers: none on a node alone
+    "net/replies.py",  # the reply, encoded
 ]
 # Not steps: what the steps use. The pure core, the storage engine under the replica,
 # the actor base classes and the partition directory.
@@ -67,7 +64,7 @@ class _Recorder:
             return
         name = frame.f_code.co_name
         if event == "return":
-            if name == "on_flush" and self.replied and _is_service(frame):
+            if name == "flush" and self.replied and _is_flush(frame):
                 self.armed = False
                 self.done.set()
             return
@@ -80,8 +77,9 @@ class _Recorder:
             self.files.add(Path(filename).relative_to(PACKAGE).as_posix())
 
 
-def _is_service(frame: FrameType) -> bool:
-    return frame.f_code.co_filename.endswith("node/request_handler.py")
+def _is_flush(frame: FrameType) -> bool:
+    """The transport's flush: the local batches'."""
+    return frame.f_code.co_filename.endswith("node/local_batches.py")
 
 
 def _in_tick(frame: FrameType | None) -> bool:

@@ -36,6 +36,7 @@ def embedded_peer(start_node: Any) -> Iterator[tuple[ActorSystem, Any]]:
     config = NodeConfig(
         name="a",
         bind=f"tcp://127.0.0.1:{port}",
+        peer_bind="tcp://127.0.0.1:0",
         seeds=(b.endpoint,),
         replicas=1,
         read_quorum=1,
@@ -46,9 +47,10 @@ def embedded_peer(start_node: Any) -> Iterator[tuple[ActorSystem, Any]]:
         yield a, b
 
 
-def stored_on(system: ActorSystem, endpoint: str, key: bytes) -> Any:
-    """What the node at `endpoint` holds for `key` in its own store (a store RPC is served
+def stored_on(system: ActorSystem, endpoint: str | None, key: bytes) -> Any:
+    """What the node at peer `endpoint` holds for `key` in its own store (a store RPC is served
     locally, whoever owns the key)."""
+    assert endpoint is not None
     result = system.rpc(endpoint, "store", {"ops": [["get", key]]}, timeout=5).result(10)
     value = result["results"][0]
     return None if value is None else msgpack.unpackb(value)
@@ -70,8 +72,8 @@ def test_embedded_client_routes_to_owners_and_any_node_reads_back(
     assert owners == {"a", "b"}, "200 keys should spread over both nodes"
     for index, key in enumerate(keys[:40]):
         owner = snapshot.owner(partition_of(key.encode(), a.config.partitions))
-        other = b.endpoint if owner == "a" else a.endpoint
-        mine = a.endpoint if owner == "a" else b.endpoint
+        other = b.peer_endpoint if owner == "a" else a.peer_endpoint
+        mine = a.peer_endpoint if owner == "a" else b.peer_endpoint
         assert stored_on(a, mine, key.encode()) == index
         assert stored_on(a, other, key.encode()) is None, f"{key} stored off its owner"
 
@@ -83,7 +85,9 @@ def replicated_peer(start_node: Any) -> Iterator[tuple[ActorSystem, Any]]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = NodeConfig(name="a", bind=f"tcp://127.0.0.1:{port}", seeds=(b.endpoint,))
+    config = NodeConfig(
+        name="a", bind=f"tcp://127.0.0.1:{port}", peer_bind="tcp://127.0.0.1:0", seeds=(b.endpoint,)
+    )
     with ActorSystem(config) as a:
         wait_for(lambda: len(a.ring_owners()) == 2)
         # Both views must hold both members, or a write may count on one replica only.

@@ -40,6 +40,12 @@ def endpoint_of(system: ActorSystem) -> str:
     return endpoint
 
 
+def peer_endpoint_of(system: ActorSystem) -> str:
+    endpoint = system.peer_endpoint
+    assert endpoint is not None
+    return endpoint
+
+
 def test_a_call_in_another_format_is_refused_naming_both_and_the_node_serves_on(
     local_node: ActorSystem,
 ) -> None:
@@ -48,7 +54,7 @@ def test_a_call_in_another_format_is_refused_naming_both_and_the_node_serves_on(
         f"in RPC format {OTHER}": bytes((OTHER,)) + call_map(1, "ping"),
         "without a format byte (from a node older than RPC format 1)": call_map(2, "ping"),
     }
-    with connected(zmq.DEALER, endpoint) as sock:
+    with connected(zmq.DEALER, peer_endpoint_of(local_node)) as sock:
         for found, payload in refusals.items():
             marker, answer = exchange(sock, [MARKER, payload])
             assert marker == MARKER
@@ -105,6 +111,7 @@ def test_the_caller_reports_a_peer_that_answers_in_another_format(local_node: Ac
         f"{peer} answered in RPC format {OTHER}; this node speaks RPC format {RPC_FORMAT}"
     )
     # Calls to a node of this format still work.
-    assert local_node.rpc(endpoint_of(local_node), "ping", timeout=5.0).result(REPLY_TIMEOUT) == {
+    own_peer_plane = peer_endpoint_of(local_node)
+    assert local_node.rpc(own_peer_plane, "ping", timeout=5.0).result(REPLY_TIMEOUT) == {
         "node": "a"
     }

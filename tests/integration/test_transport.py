@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from kvactors.errors import ConfigError
-from kvactors.net.transport import SocketOptions, Transport
+from kvactors.net.transport import SocketOptions, Transport, TransportHandlers
 from kvactors.testing import wait_until
 
 OPTIONS = SocketOptions(max_message_bytes=1 << 20, linger_ms=0)
@@ -33,6 +33,7 @@ class Recorder:
         self.events: list[str] = []
         self.client_frames: list[list[bytes]] = []
         self.peer_frames: list[tuple[str, list[bytes]]] = []
+        self.peer_requests: list[list[bytes]] = []
         self.ticks: list[float] = []
         self.threads: set[str] = set()
         self.echo = True
@@ -51,6 +52,10 @@ class Recorder:
         self.client_frames.append(frames)
         if self.echo:
             self.gathered.append(frames)
+
+    def on_peer_request(self, frames: list[bytes]) -> None:
+        self._note("peer request")
+        self.peer_requests.append(frames)
 
     def on_peer_frames(self, endpoint: str, frames: list[bytes]) -> None:
         self._note("peer")
@@ -71,6 +76,16 @@ class Recorder:
         for frames in self.pending_at_close:
             self.transport.send_to_client(frames)
 
+    def handlers(self) -> TransportHandlers:
+        return TransportHandlers(
+            client_frames=self.on_client_frames,
+            peer_request=self.on_peer_request,
+            peer_reply=self.on_peer_frames,
+            flush=self.on_flush,
+            tick=self.on_tick,
+            close=self.on_close,
+        )
+
 
 StartTransport = Callable[..., tuple[Transport, Recorder]]
 
@@ -83,9 +98,11 @@ def start_transport() -> Iterator[StartTransport]:
     def start(
         name: str = "transport", tick_interval: float = 10.0, **kwargs: object
     ) -> tuple[Transport, Recorder]:
-        transport = Transport(LOOPBACK, OPTIONS, name=name, tick_interval=tick_interval)
+        transport = Transport(
+            LOOPBACK, OPTIONS, peer_bind=LOOPBACK, name=name, tick_interval=tick_interval
+        )
         handler = Recorder(transport)
-        transport.start(handler, **kwargs)  # type: ignore[arg-type]
+        transport.start(handler.handlers(), **kwargs)  # type: ignore[arg-type]
         started.append(transport)
         return transport, handler
 
@@ -144,7 +161,7 @@ def test_a_taken_port_fails_the_start() -> None:
         port = taken.getsockname()[1]
         transport = Transport(f"tcp://127.0.0.1:{port}", OPTIONS, name="refused")
         with pytest.raises(ConfigError, match="cannot bind"):
-            transport.start(Recorder(transport))
+            transport.start(Recorder(transport).handlers())
     assert not transport.running
     assert not transport.call_soon(lambda: None)  # a transport that never ran takes no calls
     transport.stop()
@@ -260,20 +277,22 @@ def test_peers_send_to_each_other(start_transport: StartTransport) -> None:
     a, a_handler = start_transport(name="a")
     b, b_handler = start_transport(name="b")
     b_handler.echo = False
+    assert b.peer_endpoint is not None and b.peer_endpoint != b.endpoint
 
     # IMMEDIATE: a send before the connection is up is dropped, so keep trying.
     def send() -> bool:
-        return bool(on_transport_thread(a, lambda: a.send_to_peer(b.endpoint, [b"ping"])))
+        return bool(on_transport_thread(a, lambda: a.send_to_peer(b.peer_endpoint, [b"ping"])))
 
     wait_until(send, message="a could not reach b")
-    wait_until(lambda: b_handler.client_frames)
-    envelope, body = b_handler.client_frames[0][:-1], b_handler.client_frames[0][-1]
-    assert envelope == [a.identity]  # b sees a's DEALER by a's identity
+    wait_until(lambda: b_handler.peer_requests)
+    envelope, body = b_handler.peer_requests[0][:-1], b_handler.peer_requests[0][-1]
+    assert len(envelope) == 1  # the routing id b's peer ROUTER gave a's DEALER
     assert body == b"ping"
+    assert b_handler.client_frames == []  # the peer plane is not the client plane
 
-    on_transport_thread(b, lambda: b.send_to_client([a.identity, b"pong"]))
+    on_transport_thread(b, lambda: b.reply_to_peer([envelope[0], b"pong"]))
     wait_until(lambda: a_handler.peer_frames)
-    assert a_handler.peer_frames == [(b.endpoint, [b"pong"])]
+    assert a_handler.peer_frames == [(b.peer_endpoint, [b"pong"])]
     assert a_handler.threads == {"a"}
 
 
