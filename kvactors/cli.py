@@ -129,6 +129,7 @@ def _add_client_commands(commands: Any) -> None:
         ("ping", "measure a round trip to a node", []),
         ("status", "print a node's view of the cluster: members, partitions, ring balance", []),
         ("leave", "make a node leave its cluster and stop", []),
+        ("remove", "take a dead or left member out of the cluster for good", ["member"]),
     ]
     for name, summary, positionals in specs:
         command = commands.add_parser(
@@ -298,6 +299,9 @@ def _client_command(args: argparse.Namespace) -> int:
             elif args.command == "leave":
                 client.leave()
                 print(f"{client.endpoint} is leaving the cluster")
+            elif args.command == "remove":
+                client.remove(args.member)
+                print(f"{args.member} is removed from the cluster")
             elif args.json:
                 print(json.dumps(client.status(), indent=2, default=_bytes_to_text))
             else:

@@ -131,6 +131,12 @@ class Client(VersionedWrites):
         """Ask the current node to leave its cluster; it stops once it has."""
         self._call(Op.LEAVE, timeout)
 
+    def remove(self, member: str, *, timeout: float | None = None) -> None:
+        """Take a dead or left `member` out of the cluster for good (an admin's call):
+        its record becomes a tombstone that stale gossip cannot bring back.
+        `BadRequestError` says why not, for a member that is alive or unknown."""
+        self._call(Op.REMOVE, timeout, node=member)
+
     def status(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The current node's status report."""
         status: dict[str, Any] = self._call(Op.STATUS, timeout)["status"]

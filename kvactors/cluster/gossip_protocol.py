@@ -165,7 +165,10 @@ class GossipProtocol(SupervisedActor):
         elif isinstance(message, HandedOver):
             self._handed_over = True
         elif isinstance(message, Remove):
-            return self._remove(message.name)
+            result = self._remove(message.name)
+            if message.reply is not None:
+                message.reply(result)
+            return result
         else:
             return super().on_receive(message)
         return None

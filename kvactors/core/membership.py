@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -547,9 +547,12 @@ class Joined:
 @dataclass(frozen=True, slots=True)
 class Remove:
     """To the gossip protocol: take member `name`, DEAD or LEFT, out of the cluster for
-    good, leaving a tombstone (`MemberTable.remove`). Answered with a `RemoveResult`."""
+    good, leaving a tombstone (`MemberTable.remove`). Answered with a `RemoveResult`, and
+    `reply` (when given) called with it, so that a sender who must not block (the
+    request path) hears the result without asking."""
 
     name: str
+    reply: Callable[[RemoveResult], object] | None = field(default=None, compare=False)
 
 
 class RemoveOutcome(Enum):

@@ -85,6 +85,7 @@ class Op(StrEnum):
     PING = "ping"
     STATUS = "status"
     LEAVE = "leave"
+    REMOVE = "remove"
 
 
 class PutItem(NamedTuple):
@@ -267,6 +268,7 @@ class Codec:
             _OpSpec(Op.PING, frozenset(), 1, _no_payload),
             _OpSpec(Op.STATUS, frozenset(), 1, _no_payload),
             _OpSpec(Op.LEAVE, frozenset(), 1, _no_payload),
+            _OpSpec(Op.REMOVE, frozenset({"node"}), 2, _member_name),
         ]
         # Keyed by the op's name as it arrives: a str hashes faster than an Enum member.
         self._specs = {
@@ -619,6 +621,20 @@ def _no_payload(message: dict[str, Any]) -> _Payload:
     return _NO_PAYLOAD
 
 
+MAX_MEMBER_NAME_BYTES: Final = 255
+
+
+def _member_name(message: dict[str, Any]) -> _Payload:
+    """`remove`: the member's name (printable, at most 255 bytes), carried as the key."""
+    name = message.get("node", _MISSING)
+    if type(name) is not str or not name or not name.isprintable():
+        raise BadRequestError("node must be a member's name: a non-empty printable string")
+    encoded = name.encode("utf-8")
+    if len(encoded) > MAX_MEMBER_NAME_BYTES:
+        raise BadRequestError(f"node must be at most {MAX_MEMBER_NAME_BYTES} bytes")
+    return (encoded, b"", (), ())
+
+
 def _positive_int(raw: Any, field: str) -> int | None:
     if raw is None:
         return None
@@ -658,6 +674,7 @@ def encode_request(
     siblings: bool | None = None,
     keys: Sequence[str | bytes] | None = None,
     items: Sequence[Sequence[Any]] | None = None,
+    node: str | None = None,
     fmt: WireFormat = WireFormat.MSGPACK,
 ) -> bytes:
     """A request frame, for clients; fields left None are not sent. The node validates it."""
@@ -672,6 +689,7 @@ def encode_request(
         "siblings": siblings,
         "keys": None if keys is None else list(keys),
         "items": None if items is None else [list(item) for item in items],
+        "node": node,
     }
     message.update((name, content) for name, content in optional.items() if content is not None)
     if value is not _MISSING:

@@ -20,7 +20,7 @@ from kvactors.config import NodeConfig
 from kvactors.core.clocks import VectorClock
 from kvactors.core.context import client_context
 from kvactors.core.hashing import partition_of
-from kvactors.core.membership import Leave
+from kvactors.core.membership import Leave, RemoveResult
 from kvactors.core.ops import ReadKey, ReadWinner, StoreOp, WriteKey, Written
 from kvactors.core.placement import RingHolder, RingSnapshot
 from kvactors.core.versions import KeyState
@@ -81,6 +81,7 @@ class Frontend:
         local: LocalBatches,
         status: Callable[[], dict[str, Any]],
         tell_gossip: Callable[[object], None],
+        remove_member: Callable[[str, Callable[[RemoveResult], None]], None],
     ) -> None:
         self._config = config
         self._me = config.name
@@ -96,6 +97,7 @@ class Frontend:
         self._local = local
         self._status = status
         self._tell_gossip = tell_gossip
+        self._remove_member = remove_member
         self.requests = 0
 
     # -- from the network --------------------------------------------------------------
@@ -156,10 +158,24 @@ class Frontend:
         elif op is Op.LEAVE:
             self._tell_gossip(Leave())
             self._answer(envelope, request, ping_reply(request.request_id))
+        elif op is Op.REMOVE:
+            self._remove(envelope, request)
         else:
             self._inflight.admit()
             slots, deadline = _slots(request), self._deadline(request)
             self.start(request, _ClientRequest(self._replies, envelope, request, slots, deadline))
+
+    def _remove(self, envelope: list[bytes], request: Request) -> None:
+        """An admin's `remove`: answered when the gossip protocol has decided."""
+
+        def answer(result: RemoveResult) -> None:
+            if result.removed:
+                self._answer(envelope, request, ping_reply(request.request_id))
+            else:
+                refusal = BadRequestError(f"cannot remove: {result.describe()}")
+                self._replies.error(envelope, refusal, request.request_id, request.fmt)
+
+        self._remove_member(request.key.decode("utf-8"), answer)
 
     def _answer(self, envelope: list[bytes], request: Request, reply: Reply) -> None:
         self._replies.send([*envelope, encode_reply(reply, request.fmt)])

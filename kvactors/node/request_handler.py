@@ -29,6 +29,7 @@ from typing import Any
 
 import pykka
 
+from kvactors.core.membership import Remove, RemoveResult
 from kvactors.errors import BadRequestError, InternalError, UnavailableError
 from kvactors.net import rpc
 from kvactors.net.protocol import Codec, Reply, Request
@@ -98,6 +99,7 @@ class RequestService:
             local=self.local,
             status=self.status,
             tell_gossip=services.tell_gossip,
+            remove_member=self._remove_member,
         )
         self.rpc_server = RpcServer(
             services,
@@ -120,6 +122,16 @@ class RequestService:
             tick=self.on_tick,
             close=self.on_close,
         )
+
+    def _remove_member(self, name: str, answer: Callable[[RemoveResult], None]) -> None:
+        """Ask the gossip protocol to remove member `name`; `answer` hears the result on
+        the transport thread."""
+        call_soon = self._transport.call_soon
+
+        def reply(result: RemoveResult) -> None:
+            call_soon(lambda: answer(result))
+
+        self._services.tell_gossip(Remove(name, reply=reply))
 
     def on_peer_reply(self, endpoint: str, frames: list[bytes]) -> None:
         if not self.seeds.on_reply(endpoint, frames):

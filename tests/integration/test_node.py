@@ -583,6 +583,7 @@ def test_commands_against_a_node(node: Node) -> None:
 HELP_MENTIONS = {
     "node": ["--name", "--bind", "--join", "--partitions", "--config", "SIGTERM"],
     "leave": ["--endpoint", "--timeout"],
+    "remove": ["--endpoint", "--timeout", "member"],
     "cluster": ["--nodes", "--base-port", "Ctrl-C"],
     "get": ["--endpoint", "--timeout", "key"],
     "put": ["--endpoint", "--timeout", "key value"],

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import zmq
 
-from kvactors import ActorSystem, NodeConfig
+from kvactors import ActorSystem, Client, NodeConfig
 from kvactors.core.gossip import GOSSIP_FORMAT, MAX_GOSSIP_RECORDS
 from kvactors.core.membership import (
     MAX_COUNTER,
@@ -28,7 +28,7 @@ from kvactors.core.membership import (
     RemoveOutcome,
     RemoveResult,
 )
-from kvactors.errors import UnavailableError
+from kvactors.errors import BadRequestError, UnavailableError
 from kvactors.net.rpc import GOSSIP, MARKER, decode_reply, encode_call
 from kvactors.testing import stored_values, wait_until
 
@@ -240,8 +240,14 @@ def test_remove_takes_out_a_forged_member_that_died(caplog: pytest.LogCaptureFix
         assert gossip is not None
         alive: RemoveResult = gossip.ask(Remove("a"))
         assert alive.outcome is RemoveOutcome.SELF
-        result: RemoveResult = gossip.ask(Remove("ghost"))
-        assert result == RemoveResult("ghost", RemoveOutcome.REMOVED, MemberStatus.DEAD)
+        # An admin's `remove`, over the wire: refused for a live member, with the reason.
+        assert a.endpoint is not None
+        with Client(a.endpoint, timeout=PATIENCE) as admin:
+            with pytest.raises(BadRequestError, match="cannot remove: member 'a'"):
+                admin.remove("a")
+            with pytest.raises(BadRequestError, match="no member of that name"):
+                admin.remove("nobody")
+            admin.remove("ghost")
         wait_until(lambda: "ghost" not in {m.name for m in a.members()}, PATIENCE)
         assert table(a)["ghost"].status is MemberStatus.REMOVED  # the tombstone stays
         assert "ghost" not in {m["name"] for m in a.status()["members"]}
