@@ -369,6 +369,13 @@ class RpcClient:
                 error = PeerUnreachableError(f"{outstanding.endpoint} is not reachable")
             outstanding.callback(None, error)
 
+    @property
+    def peers_in_other_formats(self) -> list[dict[str, Any]]:
+        """The peers found answering in another RPC format: their calls fail at once."""
+        return [
+            {"endpoint": endpoint, "format": fmt} for endpoint, fmt in sorted(self._foreign_peers)
+        ]
+
     def _peer_speaks_another_format(self, endpoint: str, payload: bytes) -> None:
         """A reply in another RPC format: which call it answers is unknown (its id is not
         read), but every call waiting on that peer is in this node's format, which the

@@ -176,6 +176,12 @@ class RequestService:
             "timeouts": self.inflight.timeouts,
             "unroutable_replies": transport.unroutable,
             "peer_sends_dropped": transport.peer_send_dropped,
+            "peer_plane": {
+                "calls": self.rpc_server.calls,
+                "refused_frames": self.rpc_server.refused,
+                "calls_in_other_formats": self.rpc_server.calls_in_other_formats,
+                "peers_in_other_formats": self.rpc.peers_in_other_formats,
+            },
             "storage": storage_status(
                 config, self._services.storage, 0 if group is None else group.syncs
             ),

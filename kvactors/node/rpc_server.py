@@ -67,6 +67,7 @@ class RpcServer:
         self._call_bytes = call_bytes
         self.calls = 0
         self.refused = 0
+        self.calls_in_other_formats = 0
         self._handlers: dict[str, _Handler] = {
             rpc.STORE: self._store,
             COORDINATE: self._coordinate,
@@ -90,6 +91,8 @@ class RpcServer:
         self.calls += 1
         call = rpc.decode_call(body)
         if isinstance(call, rpc.BadCall):
+            if isinstance(call.error, rpc.RpcFormatError):
+                self._foreign_call(call.error)
             self._send([peer, rpc.MARKER, rpc.encode_error(call.call_id, call.error)])
             return
         handler = self._handlers.get(call.op, self._registered)
@@ -105,6 +108,13 @@ class RpcServer:
             failure = InternalError(f"{type(exc).__name__}: {exc}")
             self._send([peer, rpc.MARKER, rpc.encode_error(call.call_id, failure)])
 
+    def _foreign_call(self, error: rpc.RpcFormatError) -> None:
+        """A call in another RPC format: refused unread, counted, and logged the first
+        time and then every thousandth (a peer of another release calls often)."""
+        self.calls_in_other_formats += 1
+        if self.calls_in_other_formats % 1000 == 1:
+            logger.warning("refused %s (%d so far)", error, self.calls_in_other_formats)
+
     def _answer(self, peer: bytes, call: rpc.Call, result: Any) -> None:
         self._send([peer, rpc.MARKER, rpc.encode_result(call.call_id, result)])
 
@@ -117,7 +127,12 @@ class RpcServer:
         Served here whoever owns the keys now: the caller chose this node by its own view
         of the ring, and sending them on could bounce them between views.
         """
-        ops = rpc.store_ops(call, self._codec.max_key_bytes, self._codec.max_value_bytes)
+        ops = rpc.store_ops(
+            call,
+            self._codec.max_key_bytes,
+            self._codec.max_value_bytes,
+            max_clock_skew=self._config.max_clock_skew,
+        )
         inflight = self._inflight
         inflight.admit()
         pending = _StoreCall(

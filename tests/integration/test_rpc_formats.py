@@ -65,6 +65,8 @@ def test_a_call_in_another_format_is_refused_naming_both_and_the_node_serves_on(
                 "code": "bad_request",
                 "message": f"an RPC call {found}; this node speaks RPC format {RPC_FORMAT}",
             }
+        # Counted and shown in status, so an operator sees the mixed versions.
+        assert local_node.status()["peer_plane"]["calls_in_other_formats"] == len(refusals)
         # The same connection, in this format: served as ever.
         marker, answer = exchange(sock, [MARKER, encode_call(3, "ping", 5.0, {})])
         assert decode_reply(answer) == {"id": 3, "ok": True, "result": {"node": "a"}}
@@ -110,6 +112,9 @@ def test_the_caller_reports_a_peer_that_answers_in_another_format(local_node: Ac
     assert str(refused.value) == (
         f"{peer} answered in RPC format {OTHER}; this node speaks RPC format {RPC_FORMAT}"
     )
+    assert local_node.status()["peer_plane"]["peers_in_other_formats"] == [
+        {"endpoint": peer, "format": OTHER}
+    ]
     # Calls to a node of this format still work.
     own_peer_plane = peer_endpoint_of(local_node)
     assert local_node.rpc(own_peer_plane, "ping", timeout=5.0).result(REPLY_TIMEOUT) == {
