@@ -6,6 +6,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -98,6 +99,24 @@ def _add_node(commands: Any) -> None:
         const=False,
         help="one transaction and fsync per write batch (for comparison)",
     )
+    node.add_argument(
+        "--secret-key",
+        metavar="FILE",
+        help="this node's secret certificate (NAME.key_secret from kvactors keygen): run "
+        "secure, with CURVE on both planes; needs --trust-dir",
+    )
+    node.add_argument(
+        "--trust-dir",
+        metavar="DIR",
+        help="the public certificates (*.key) of the nodes and clients this node accepts; "
+        "re-read on SIGHUP and every few seconds",
+    )
+    node.add_argument(
+        "--insecure",
+        action="store_const",
+        const=True,
+        help="bind an address other machines can reach without keys (refused otherwise)",
+    )
     node.add_argument("--config", metavar="FILE", help="a TOML file of node settings")
 
 
@@ -147,6 +166,19 @@ def _add_client_commands(commands: Any) -> None:
             help="a node's endpoint; repeat to give fallbacks",
         )
         command.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+        command.add_argument(
+            "--secret-key",
+            metavar="FILE",
+            default=os.environ.get("KVACTORS_SECRET_KEY"),
+            help="this client's secret certificate, for a secure cluster "
+            "(default: $KVACTORS_SECRET_KEY); needs --trust-dir",
+        )
+        command.add_argument(
+            "--trust-dir",
+            metavar="DIR",
+            default=os.environ.get("KVACTORS_TRUST_DIR"),
+            help="the node certificates this client trusts (default: $KVACTORS_TRUST_DIR)",
+        )
         if name == "status":
             command.add_argument("--json", action="store_true", help="print the status as JSON")
             command.add_argument(
@@ -229,6 +261,9 @@ def _run_node(args: argparse.Namespace) -> int:
             fsync=args.fsync,
             sync_interval_ms=args.sync_interval_ms,
             group_commit=args.group_commit,
+            secret_key=args.secret_key,
+            trust_dir=args.trust_dir,
+            insecure=args.insecure,
         )
         if config.bind is None:
             raise KVActorsError("a node needs an endpoint: give --bind or KVACTORS_BIND")
@@ -242,6 +277,9 @@ def _run_node(args: argparse.Namespace) -> int:
         done.set()
 
     threading.Thread(target=watch_for_failure, daemon=True).start()
+    if config.secure:
+        # Re-read the trust dir now (revoking a key takes effect at once).
+        signal.signal(signal.SIGHUP, lambda *_: system.reload_trust())
     # Everything built so far (thousands of actors, the ring) lives as long as the node:
     # keep the garbage collector from scanning it again and again.
     gc.freeze()
@@ -279,7 +317,13 @@ def _client_command(args: argparse.Namespace) -> int:
     from kvactors.errors import KVActorsError  # noqa: PLC0415
 
     try:
-        with Client(args.endpoint, timeout=args.timeout, retries=len(args.endpoint) - 1) as client:
+        with Client(
+            args.endpoint,
+            timeout=args.timeout,
+            retries=len(args.endpoint) - 1,
+            secret_key=args.secret_key,
+            trust_dir=args.trust_dir,
+        ) as client:
             if args.command == "get":
                 missing = object()
                 value = client.get(args.key, missing)

@@ -8,6 +8,7 @@ Values are checked once, here, so a bad setting fails before anything starts.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import uuid
@@ -18,7 +19,7 @@ from typing import Any
 
 from kvactors.errors import ConfigError
 
-__all__ = ["NodeConfig"]
+__all__ = ["NodeConfig", "is_loopback"]
 
 _ENV_PREFIX = "KVACTORS_"
 _STORAGE_KINDS = ("memory", "lmdb")
@@ -180,6 +181,19 @@ class NodeConfig:
     max_seconds: float = 5.0
     """... within this many seconds and a supervisor gives up and escalates."""
 
+    secret_key: str | None = None
+    """Path of this node's own secret certificate (``NAME.key_secret``, as ``kvactors
+    keygen`` writes it; its name must be the node's). With `trust_dir`, the node runs
+    secure: CURVE on both planes, every key checked against the trust directory."""
+
+    trust_dir: str | None = None
+    """Directory of the public certificates (``*.key``) this node trusts: the other
+    nodes' and its clients'. Re-read on SIGHUP and every few seconds."""
+
+    insecure: bool = False
+    """Bind a non-loopback address without keys (protected mode refuses to otherwise):
+    anyone who reaches the node's ports can then read, write and join."""
+
     def __post_init__(self) -> None:
         # A TOML list or an env var's parts arrive as a list; the frozen config keeps a tuple.
         object.__setattr__(self, "seeds", tuple(self.seeds))
@@ -236,6 +250,11 @@ class NodeConfig:
         )
         _check(self.max_seconds > 0, "max_seconds must be positive")
         _check(
+            (self.secret_key is None) == (self.trust_dir is None),
+            "secret_key and trust_dir go together: a secure node needs its own key "
+            "(--secret-key) and the keys it trusts (--trust-dir)",
+        )
+        _check(
             not (
                 self.seeds
                 and self.advertise is None
@@ -276,6 +295,19 @@ class NodeConfig:
         if self.advertise is not None:
             return with_port(self.advertise, port_of(bind))
         return bind
+
+    @property
+    def secure(self) -> bool:
+        """Whether the node runs with CURVE keys (`secret_key` and `trust_dir`)."""
+        return self.secret_key is not None
+
+    def unprotected_binds(self) -> list[str]:
+        """The endpoints this node would bind on a non-loopback address without keys
+        (protected mode refuses to start then, unless `insecure`)."""
+        if self.secure or self.insecure or self.bind is None:
+            return []
+        binds = [self.bind, self.peer_bind_endpoint or self.bind]
+        return [bind for bind in dict.fromkeys(binds) if not is_loopback(bind)]
 
     def replace(self, **changes: Any) -> NodeConfig:
         """A copy with some fields changed (checked again)."""
@@ -333,6 +365,28 @@ def peer_bind_for(endpoint: str) -> str:
             f"{PEER_PORT_OFFSET}): give peer_bind (--peer-bind)"
         )
     return with_port(endpoint, str(int(port) + PEER_PORT_OFFSET))
+
+
+_LOOPBACK_NAMES = ("localhost", "ip6-localhost")
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether `endpoint` can be reached from this machine only: ``ipc://``,
+    ``inproc://``, or ``tcp://`` on 127.0.0.0/8, ``::1`` or localhost. A wildcard
+    (``*``, ``0.0.0.0``), another address or a host name is not."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp":
+        return False
+    host = rest.rpartition(":")[0]
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # an interface name or a host name: it may face the network
 
 
 def _is_wildcard(bind: str | None) -> bool:

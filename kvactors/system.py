@@ -32,6 +32,7 @@ from kvactors.core.placement import RingHolder, RingSnapshot, build_snapshot
 from kvactors.errors import ConfigError, KVActorsError, UnavailableError
 from kvactors.net.rpc import PeerNetwork
 from kvactors.node.request_handler import RequestHandler
+from kvactors.node.security import NodeSecurity
 from kvactors.node.services import NodeServices
 from kvactors.runtime.dispatch import NodeDispatcher
 from kvactors.runtime.supervision import (
@@ -116,6 +117,8 @@ class ActorSystem:
             self._stopped.clear()
             self._failure = None
             self._services.gossip_state = None  # a new start is a new life
+            refuse_unprotected(self.config)
+            self._services.security = NodeSecurity.load(self.config, self._services.ring)
             self._backend = self._open_storage()
             children = self._components(self._backend)
             try:
@@ -162,6 +165,13 @@ class ActorSystem:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the node has stopped (by `stop()` or a failure); False on timeout."""
         return self._stopped.wait(timeout)
+
+    def reload_trust(self) -> bool:
+        """Re-read a secure node's trust directory now (the node also does every few
+        seconds, and on SIGHUP); whether anything changed. False for an insecure node.
+        A key whose certificate is gone loses its open connections' rights at once."""
+        security = self._services.security
+        return security is not None and security.reload()
 
     def store_supervisor(self) -> pykka.ActorProxy[StoreSupervisor]:
         """The StoreSupervisor's proxy, for admin tasks and tests (blocking)."""
@@ -395,6 +405,19 @@ class ActorSystem:
                 exit_.error,
             )
         self._stopped.set()
+
+
+def refuse_unprotected(config: NodeConfig) -> None:
+    """Protected mode: ConfigError, saying why and what to do, for a node without keys
+    asked to bind an address other machines can reach."""
+    exposed = config.unprotected_binds()
+    if exposed:
+        raise ConfigError(
+            f"refusing to bind {' and '.join(exposed)} without keys: anyone who can reach "
+            "it could read, write and delete every key, and join the cluster. Give the "
+            "node its key and the keys it trusts (--secret-key FILE --trust-dir DIR; "
+            "docs/security.md), bind 127.0.0.1 only, or give --insecure to insist"
+        )
 
 
 def _with_concrete_port(config: NodeConfig) -> NodeConfig:

@@ -9,24 +9,36 @@ answer in time, the client closes its socket (so a late reply cannot be mistaken
 new one), moves to the next endpoint and sends the unanswered requests again; after
 `retries` such moves it raises `RequestTimeoutError`. Every operation is idempotent, so
 sending one again is safe.
+
+Secure clusters (docs/security.md): given `secret_key` (the client's NAME.key_secret) and
+`trust_dir` (the public certificates it trusts), the client talks CURVE, pinned to a
+trusted node key. It knows endpoints only, not which node key each has, so on its first
+connection to an endpoint it tries every trusted node key at once and keeps the socket
+whose handshake completes (a socket monitor reports it); the key found is remembered
+for the endpoint. A server holding no trusted key (an impersonator) completes no
+handshake and is never sent a request.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from kvactors.client.batches import batches_of
 from kvactors.client.versioned import Versioned, VersionedWrites
 from kvactors.codec import Key
 from kvactors.errors import ConfigError, RequestTimeoutError, TooLargeError
+from kvactors.net.certs import Certificate, Role, TrustSet, load_certificate
 from kvactors.net.protocol import Op, WireFormat, default_max_frame_bytes, encode_request
 from kvactors.net.replies import decode_reply, reply_error
+from kvactors.net.zap import secure_client
 
 __all__ = ["Client"]
 
@@ -36,13 +48,23 @@ K = TypeVar("K", bound=Key)
 # is dropped by its socket with the connection, unanswered (docs/protocol.md, limits).
 DEFAULT_MAX_FRAME_BYTES = default_max_frame_bytes(64 * 1024, 1024 * 1024)
 
+_HANDSHAKE_SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+_HANDSHAKE_FAILED = int(
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+PathLike = str | os.PathLike[str]
+
 
 class Client(VersionedWrites):
     """A connection to a kvactors cluster. Not thread-safe: use one Client per thread.
 
     `endpoints` is one endpoint (``"tcp://host:port"``) or several; the client starts
     with the first and moves on when one does not answer. A missing key is not an
-    error: `get` returns `default`.
+    error: `get` returns `default`. With `secret_key` and `trust_dir` the client talks
+    to a secure cluster (see the module docstring).
     """
 
     def __init__(
@@ -53,6 +75,8 @@ class Client(VersionedWrites):
         retries: int = 2,
         fmt: WireFormat = WireFormat.MSGPACK,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        secret_key: PathLike | None = None,
+        trust_dir: PathLike | None = None,
     ) -> None:
         self._endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not self._endpoints:
@@ -71,6 +95,9 @@ class Client(VersionedWrites):
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._current = 0
         self._socket: zmq.Socket[bytes] | None = None
+        self._certificate, self._trust = _client_keys(secret_key, trust_dir)
+        self._server_keys: dict[str, bytes] = {}  # the node key found at each endpoint
+        self._handshakes_failed = False
 
     @property
     def endpoint(self) -> str:
@@ -241,7 +268,10 @@ class Client(VersionedWrites):
         tried: list[str] = []
         for _ in range(self._retries + 1):
             tried.append(self.endpoint)
-            sock = self._connected()
+            sock = self._connected(timeout)
+            if sock is None:  # secure: no trusted node completed a handshake
+                self._abandon_node()
+                continue
             for request_id, frame in requests:
                 if request_id not in replies:
                     sock.send(frame)
@@ -250,9 +280,15 @@ class Client(VersionedWrites):
                 break
             self._abandon_node()
         else:
+            why = (
+                " (no CURVE handshake completed: is this client's key in the nodes' trust "
+                "dir, and a node's key in the client's?)"
+                if self._handshakes_failed
+                else ""
+            )
             raise RequestTimeoutError(
                 f"no reply within {timeout}s from {', '.join(tried)} "
-                f"({len(tried)} attempt{'s' if len(tried) > 1 else ''})"
+                f"({len(tried)} attempt{'s' if len(tried) > 1 else ''}){why}"
             )
         ordered = [replies[request_id] for request_id, _ in requests]
         for reply in ordered:
@@ -276,18 +312,91 @@ class Client(VersionedWrites):
             if request_id in wanted:
                 replies[request_id] = reply
 
-    def _connected(self) -> zmq.Socket[bytes]:
+    def _connected(self, timeout: float) -> zmq.Socket[bytes] | None:
         if self._socket is None:
+            if self._certificate is None:
+                sock = self._context.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(self.endpoint)
+                self._socket = sock
+            else:
+                self._socket = self._handshaken(self.endpoint, timeout)
+        return self._socket
+
+    def _handshaken(self, endpoint: str, timeout: float) -> zmq.Socket[bytes] | None:
+        """A CURVE DEALER to `endpoint` whose handshake has completed with a trusted
+        node key, or None if none did within `timeout`. Every candidate key is tried at
+        once; the key that works is remembered for the endpoint."""
+        assert self._certificate is not None and self._trust is not None
+        known = self._server_keys.pop(endpoint, None)  # put back only if it still works
+        keys = [known] if known is not None else _node_keys(self._trust)
+        if not keys:
+            raise ConfigError(f"the trust dir {self._trust.directory} holds no node key")
+        tries: dict[zmq.Socket[bytes], tuple[zmq.Socket[bytes], bytes]] = {}
+        for key in keys:
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self.endpoint)
-            self._socket = sock
-        return self._socket
+            secure_client(sock, self._certificate, key)
+            monitor = sock.get_monitor_socket(_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED)
+            sock.connect(endpoint)
+            tries[monitor] = (sock, key)
+        winner = _first_handshake(tries, time.monotonic() + timeout)
+        for monitor, (sock, key) in tries.items():
+            sock.disable_monitor()
+            monitor.close(linger=0)
+            if sock is winner:
+                self._server_keys[endpoint] = key
+            else:
+                sock.close(linger=0)
+        self._handshakes_failed = winner is None
+        return winner
 
     def _abandon_node(self) -> None:
         # Lazy Pirate: a fresh socket, so no late reply from the silent node is read.
         self.close()
         self._current = (self._current + 1) % len(self._endpoints)
+
+
+def _client_keys(
+    secret_key: PathLike | None, trust_dir: PathLike | None
+) -> tuple[Certificate | None, TrustSet | None]:
+    """The client's own certificate and its trust set; (None, None) without keys."""
+    if secret_key is None and trust_dir is None:
+        return None, None
+    if secret_key is None or trust_dir is None:
+        raise ConfigError(
+            "secret_key and trust_dir go together: a secure client needs its own key and "
+            "the node keys it trusts"
+        )
+    certificate = load_certificate(secret_key)
+    if certificate.secret_key is None:
+        raise ConfigError(f"{secret_key} is a public certificate: give the NAME.key_secret file")
+    return certificate, TrustSet.load(trust_dir)
+
+
+def _node_keys(trust: TrustSet) -> list[bytes]:
+    return [cert.public_key for cert in trust if cert.role is Role.NODE]
+
+
+def _first_handshake(
+    tries: Mapping[zmq.Socket[bytes], tuple[zmq.Socket[bytes], bytes]], deadline: float
+) -> zmq.Socket[bytes] | None:
+    """The socket among `tries` (monitor -> (socket, key)) whose handshake completes
+    first, or None once every one has failed or the deadline has passed."""
+    poller = zmq.Poller()
+    for monitor in tries:
+        poller.register(monitor, zmq.POLLIN)
+    failed: set[zmq.Socket[bytes]] = set()
+    while len(failed) < len(tries):
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms <= 0:
+            return None
+        for monitor, _ in poller.poll(remaining_ms):
+            event = recv_monitor_message(monitor)["event"]
+            if event == _HANDSHAKE_SUCCEEDED:
+                return tries[monitor][0]
+            failed.add(monitor)  # a refusal: libzmq retries, but it will not change
+    return None
 
 
 def _raise_for(reply: Mapping[str, Any]) -> None:

@@ -9,6 +9,16 @@ transport through a pipe its poller watches.
 Each turn of the loop drains every ready frame and every queued call before it polls
 again, then runs the flush handler, so work that arrived together leaves together (one
 batch per StoreServer, one send per reply).
+
+Secure mode (`TransportSecurity`): the thread answers CURVE handshakes with a
+`ZapResponder` on its own context, both ROUTERs are CURVE servers (the client plane on
+`CLIENT_DOMAIN`, the peer plane on `PEER_DOMAIN`, which admits node keys only), and each
+message received there goes to the handler with the certificate its sender's key has in
+the live trust set now (`authorized_client_frames`, `authorized_peer_request`). Each
+DEALER is a CURVE client pinned to the key `server_keys` gives for its endpoint; when it
+gives several (a seed whose node is not known yet), one DEALER per key is opened, a
+message goes to every one whose handshake has completed, and the first to answer is
+kept. Without keys none of this runs: the insecure path is the same as before.
 """
 
 from __future__ import annotations
@@ -27,8 +37,28 @@ from typing import cast
 import zmq
 
 from kvactors.errors import ConfigError, InternalError
+from kvactors.net.certs import Certificate
+from kvactors.net.peer_sockets import (
+    PeerSockets,
+    SocketOptions,
+    TransportSecurity,
+    apply_common_options,
+)
+from kvactors.net.zap import (
+    CLIENT_DOMAIN,
+    PEER_DOMAIN,
+    ZapResponder,
+    authenticated_peer,
+    secure_server,
+)
 
-__all__ = ["SocketOptions", "Transport", "TransportHandlers", "TransportStats"]
+__all__ = [
+    "SocketOptions",
+    "Transport",
+    "TransportHandlers",
+    "TransportSecurity",
+    "TransportStats",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,30 +95,6 @@ def _recv_parts(sock: zmq.Socket[bytes]) -> list[bytes]:
     return frames
 
 
-@dataclass(frozen=True, slots=True)
-class SocketOptions:
-    """ZeroMQ options set on purpose (docs/protocol.md explains each)."""
-
-    max_message_bytes: int
-    """MAXMSGSIZE on the ROUTER: a client or peer sending a larger frame is disconnected
-    by libzmq."""
-    reply_frames: int = 64
-    """MAXMSGSIZE on the DEALERs to peers is this many times `max_message_bytes`: a
-    peer's answer to a batched call (reads, a pull) may carry many values."""
-    high_water_mark: int = 10_000
-    """SNDHWM and RCVHWM: messages queued per peer before ZeroMQ pushes back."""
-    linger_ms: int = 500
-    """LINGER: how long replies already queued may still go out after close."""
-    heartbeat_interval_ms: int = 2_000
-    """HEARTBEAT_IVL: ZMTP pings on idle connections, so dead peers are noticed."""
-    heartbeat_timeout_ms: int = 6_000
-    """HEARTBEAT_TIMEOUT: no traffic for this long after a ping closes the connection."""
-    heartbeat_ttl_ms: int = 6_000
-    """HEARTBEAT_TTL: the remote side drops us after this long without traffic."""
-    reconnect_interval_ms: int = 100
-    """RECONNECT_IVL for DEALERs (RECONNECT_IVL_MAX is 20x this)."""
-
-
 @dataclass(slots=True)
 class TransportStats:
     frames_in: int = 0
@@ -97,6 +103,8 @@ class TransportStats:
     """Replies to a client that had gone (ROUTER_MANDATORY reports them)."""
     peer_send_dropped: int = 0
     """Messages to a peer dropped because it was unreachable or its queue full."""
+    unauthorized: int = 0
+    """Messages received from a key the trust set no longer holds (secure mode)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +124,11 @@ class TransportHandlers:
     """Called about every `tick_interval` seconds (timeouts, retries)."""
     close: Callable[[], None]
     """The transport is stopping; answer what is pending. Sockets still work."""
+    authorized_client_frames: Callable[[list[bytes], Certificate | None], None] | None = None
+    """Secure mode, in place of `client_frames`: a client's message and its sender's
+    certificate in the live trust set (None: its key is no longer trusted)."""
+    authorized_peer_request: Callable[[list[bytes], Certificate | None], None] | None = None
+    """Secure mode, in place of `peer_request`: likewise on the peer ROUTER."""
 
 
 class Transport:
@@ -129,8 +142,11 @@ class Transport:
         peer_bind: str | None = None,
         name: str = "transport",
         tick_interval: float = 0.05,
+        security: TransportSecurity | None = None,
     ) -> None:
         self._bind = bind
+        self._security = security
+        self._zap: ZapResponder | None = None
         self._peer_bind = peer_bind
         self._options = options
         self._name = name
@@ -154,9 +170,10 @@ class Transport:
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
         self._router: zmq.Socket[bytes] | None = None
         self._peer_router: zmq.Socket[bytes] | None = None
-        self._dealers: dict[str, zmq.Socket[bytes]] = {}
-        self._dealer_endpoints: dict[zmq.Socket[bytes], str] = {}
         self._poller = zmq.Poller()
+        self._peers = PeerSockets(options, self._poller, security, name)
+        self._dealers = self._peers.dealers
+        self._dealer_endpoints = self._peers.endpoints
         self._handlers: TransportHandlers | None = None
         self._on_failure: Callable[[BaseException], None] | None = None
         self.endpoint = bind
@@ -174,6 +191,10 @@ class Transport:
         timeout: float = 10.0,
     ) -> None:
         """Bind and start the thread; raises if the endpoint cannot be bound."""
+        if self._security is not None and (
+            handlers.authorized_client_frames is None or handlers.authorized_peer_request is None
+        ):
+            raise ConfigError("a secure transport needs its authorized_* handlers")
         self._handlers = handlers
         self._on_failure = on_failure
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
@@ -255,7 +276,13 @@ class Transport:
 
     def send_to_peer(self, endpoint: str, frames: list[bytes]) -> bool:
         """Send to a peer's ROUTER over this node's DEALER to it; False if dropped."""
-        dealer = self._dealers.get(endpoint) or self._connect(endpoint)
+        dealer = self._dealers.get(endpoint) or self._peers.connect(endpoint)
+        if dealer is None:  # secure, and the endpoint's key not settled yet
+            if self._peers.send_to_candidates(endpoint, frames):
+                self.stats.frames_out += 1
+                return True
+            self.stats.peer_send_dropped += 1
+            return False
         try:
             _send_parts(dealer, frames)
         except zmq.Again:
@@ -267,11 +294,12 @@ class Transport:
         return True
 
     def disconnect_peer(self, endpoint: str) -> None:
-        dealer = self._dealers.pop(endpoint, None)
-        if dealer is not None:
-            del self._dealer_endpoints[dealer]
-            self._poller.unregister(dealer)
-            dealer.close(linger=0)
+        self._peers.disconnect(endpoint)
+
+    def refresh_peer_keys(self) -> None:
+        """Secure mode, after the trust set changed: close the DEALERs pinned to keys no
+        longer right for their endpoint (see PeerSockets.refresh_keys)."""
+        self._peers.refresh_keys()
 
     # -- the thread ----------------------------------------------------------------------
 
@@ -312,20 +340,31 @@ class Transport:
         self._close_sockets()
 
     def _open(self) -> None:
-        self._context = zmq.Context()
-        self._router = self._bind_router(self._bind)
+        self._context = self._peers.context = zmq.Context()
+        if self._security is not None:
+            # Before any secure socket binds: a CURVE handshake with nobody to answer its
+            # ZAP request fails (secure_server sets ZAP_ENFORCE_DOMAIN).
+            self._zap = ZapResponder(self._context, self._security.trust)
+            self._poller.register(self._zap.socket, zmq.POLLIN)
+        self._router = self._bind_router(self._bind, CLIENT_DOMAIN)
         self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._poller.register(self._router, zmq.POLLIN)
         if self._peer_bind is not None:
-            self._peer_router = self._bind_router(self._peer_bind)
+            self._peer_router = self._bind_router(self._peer_bind, PEER_DOMAIN)
             self.peer_endpoint = self._peer_router.getsockopt_string(zmq.LAST_ENDPOINT)
             self._poller.register(self._peer_router, zmq.POLLIN)
         self._poller.register(self._wake_read, zmq.POLLIN)
 
-    def _bind_router(self, endpoint: str) -> zmq.Socket[bytes]:
+    def _bind_router(self, endpoint: str, domain: str) -> zmq.Socket[bytes]:
         assert self._context is not None
         router = self._context.socket(zmq.ROUTER)
-        self._apply_common_options(router)
+        apply_common_options(router, self._options)
+        if self._security is not None:
+            try:
+                secure_server(router, self._security.certificate, domain)
+            except ConfigError:
+                router.close(linger=0)
+                raise
         # A full or gone peer raises at once instead of its replies vanishing. No
         # ROUTER_HANDOVER: a second connection presenting a routing id in use is refused
         # by libzmq, never handed the first one's replies (nor able to abort the node).
@@ -337,40 +376,17 @@ class Transport:
             raise ConfigError(f"cannot bind {endpoint}: {exc}") from exc
         return router
 
-    def _apply_common_options(self, sock: zmq.Socket[bytes]) -> None:
-        options = self._options
-        sock.setsockopt(zmq.LINGER, options.linger_ms)
-        sock.setsockopt(zmq.MAXMSGSIZE, options.max_message_bytes)
-        sock.setsockopt(zmq.SNDHWM, options.high_water_mark)
-        sock.setsockopt(zmq.RCVHWM, options.high_water_mark)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, options.heartbeat_interval_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, options.heartbeat_timeout_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TTL, options.heartbeat_ttl_ms)
-
-    def _connect(self, endpoint: str) -> zmq.Socket[bytes]:
-        assert self._context is not None
-        dealer = self._context.socket(zmq.DEALER)
-        self._apply_common_options(dealer)
-        options = self._options
-        dealer.setsockopt(zmq.MAXMSGSIZE, options.max_message_bytes * options.reply_frames)
-        # Queue nothing for a peer with no live connection: a send fails at once and the
-        # RPC layer reports it, instead of messages piling up for a dead node.
-        dealer.setsockopt(zmq.IMMEDIATE, 1)
-        # No ROUTING_ID: the peer's ROUTER names the connection itself, so no node can
-        # present another's id and take over its connection.
-        dealer.setsockopt(zmq.RECONNECT_IVL, self._options.reconnect_interval_ms)
-        dealer.setsockopt(zmq.RECONNECT_IVL_MAX, self._options.reconnect_interval_ms * 20)
-        dealer.connect(endpoint)
-        self._dealers[endpoint] = dealer
-        self._dealer_endpoints[dealer] = endpoint
-        self._poller.register(dealer, zmq.POLLIN)
-        return dealer
-
     def _loop(self) -> None:
         handlers = self._handlers
         assert handlers is not None and self._router is not None
         router, peer_router = self._router, self._peer_router
         flush = handlers.flush
+        zap = None if self._zap is None else self._zap.socket
+        serve_client: Callable[[list[bytes], Certificate | None], None] | None
+        serve_client, serve_peer = (
+            handlers.authorized_client_frames,
+            handlers.authorized_peer_request,
+        )
         next_tick = time.monotonic() + self._tick_interval
         while not self._stopping:
             timeout_ms = (
@@ -378,13 +394,23 @@ class Transport:
             )
             for sock, _ in self._poller.poll(timeout_ms):
                 if sock is router:
-                    self._drain_router(router, handlers.client_frames)
+                    if zap is None:
+                        self._drain_router(router, handlers.client_frames)
+                    else:
+                        assert serve_client is not None
+                        self._drain_secure_router(router, serve_client)
                 elif sock is peer_router:
-                    self._drain_router(peer_router, handlers.peer_request)
+                    if zap is None:
+                        self._drain_router(peer_router, handlers.peer_request)
+                    else:
+                        assert serve_peer is not None
+                        self._drain_secure_router(peer_router, serve_peer)
                 elif sock == self._wake_read:
                     self._drain_wake_pipe()
                 elif isinstance(sock, zmq.Socket) and sock in self._dealer_endpoints:
                     self._drain_dealer(handlers, sock)
+                elif sock is zap and self._zap is not None:
+                    self._zap.handle_ready()
             self._run_calls()
             flush()
             while self._calls:  # what the flush handed to actors running on this thread
@@ -410,8 +436,34 @@ class Transport:
             self.stats.frames_in += 1
             serve(frames)
 
+    def _drain_secure_router(
+        self,
+        router: zmq.Socket[bytes],
+        serve: Callable[[list[bytes], Certificate | None], None],
+    ) -> None:
+        """`_drain_router` for a CURVE ROUTER: the sender's key is read off the first
+        frame (libzmq attaches the handshake's properties to every frame) and looked up
+        in the live trust set, per message."""
+        assert self._security is not None
+        trust = self._security.trust
+        events = cast(Callable[[int], int], router.get)
+        recv = router.recv
+        for _ in range(_DRAIN_BUDGET):
+            if not events(_EVENTS) & _POLLIN:
+                return
+            frame = recv(_NOBLOCK, copy=False)
+            certificate = authenticated_peer(frame, trust)
+            frames = [frame.bytes]
+            while frame.more:
+                frame = recv(_NOBLOCK, copy=False)
+                frames.append(frame.bytes)
+            self.stats.frames_in += 1
+            if certificate is None:
+                self.stats.unauthorized += 1
+            serve(frames, certificate)
+
     def _drain_dealer(self, handlers: TransportHandlers, dealer: zmq.Socket[bytes]) -> None:
-        endpoint = self._dealer_endpoints[dealer]
+        endpoint = self._peers.settle(dealer)
         events = cast(Callable[[int], int], dealer.get)
         for _ in range(_DRAIN_BUDGET):
             if not events(_EVENTS) & _POLLIN:
@@ -446,14 +498,14 @@ class Transport:
                 os.write(self._wake_write, b"\0")
 
     def _close_sockets(self) -> None:
-        for dealer in list(self._dealers.values()):
-            dealer.close(linger=0)
-        self._dealers.clear()
-        self._dealer_endpoints.clear()
+        self._peers.close_all()
         for router in (self._router, self._peer_router):
             if router is not None:
                 router.close()
         self._router = self._peer_router = None
+        if self._zap is not None:
+            self._zap.close()
+            self._zap = None
         if self._context is not None:
             self._context.term()
             self._context = None

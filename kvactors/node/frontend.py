@@ -24,7 +24,14 @@ from kvactors.core.membership import Leave, RemoveResult
 from kvactors.core.ops import ReadKey, ReadWinner, StoreOp, WriteKey, Written
 from kvactors.core.placement import RingHolder, RingSnapshot
 from kvactors.core.versions import KeyState
-from kvactors.errors import BadRequestError, InternalError, KVActorsError, UnavailableError
+from kvactors.errors import (
+    BadRequestError,
+    ForbiddenError,
+    InternalError,
+    KVActorsError,
+    UnavailableError,
+)
+from kvactors.net.certs import Certificate, role_allows
 from kvactors.net.protocol import (
     Codec,
     ItemResult,
@@ -65,6 +72,22 @@ logger = logging.getLogger(__name__)
 Context = tuple[VectorClock, bytes] | None
 """A write's causal context: decoded, and as the client sent it."""
 
+Gate = Callable[[str], ForbiddenError | None]
+"""A secure node's check of one client request: its op -> the refusal, or None."""
+
+
+def _gate(sender: Certificate | None) -> Gate:
+    if sender is None:
+        return lambda _op: ForbiddenError("this key is no longer trusted by the node")
+    role, name = sender.role, sender.name
+
+    def gate(op: str) -> ForbiddenError | None:
+        if role_allows(role, op):
+            return None
+        return ForbiddenError(f"key {name!r} has role {role.value}, which may not {op}")
+
+    return gate
+
 
 class Frontend:
     """Client requests (network and embedded) to quorum operations and back."""
@@ -102,8 +125,15 @@ class Frontend:
 
     # -- from the network --------------------------------------------------------------
 
-    def on_frames(self, frames: list[bytes]) -> None:
-        """A client's frames: [routing id, (delimiter,) request]."""
+    def on_authorized_frames(self, frames: list[bytes], sender: Certificate | None) -> None:
+        """A client's frames on a secure node, with the certificate its key has in the
+        live trust set now (None: no longer trusted): each request is checked against
+        that certificate's role, never against anything the frames say."""
+        self.on_frames(frames, _gate(sender))
+
+    def on_frames(self, frames: list[bytes], gate: Gate | None = None) -> None:
+        """A client's frames: [routing id, (delimiter,) request]. A secure node passes
+        the sender's `gate`, which refuses the ops its role may not ask."""
         # The common shapes first: a DEALER's [id, request] and a REQ's [id, b"", request].
         count = len(frames)
         if count == 2:
@@ -125,6 +155,11 @@ class Frontend:
         except ProtocolError as exc:
             self._replies.error(envelope, exc, exc.request_id, exc.fmt)
             return
+        if gate is not None:
+            refusal = gate(request.op)
+            if refusal is not None:
+                self._replies.error(envelope, refusal, request.request_id, request.fmt)
+                return
         try:
             self._serve(envelope, request)
         except KVActorsError as exc:

@@ -30,10 +30,16 @@ from typing import Any
 import pykka
 
 from kvactors.core.membership import Remove, RemoveResult
-from kvactors.errors import BadRequestError, InternalError, UnavailableError
+from kvactors.errors import BadRequestError, ForbiddenError, InternalError, UnavailableError
 from kvactors.net import rpc
+from kvactors.net.certs import Certificate, Role
 from kvactors.net.protocol import Codec, Reply, Request
-from kvactors.net.transport import SocketOptions, Transport, TransportHandlers
+from kvactors.net.transport import (
+    SocketOptions,
+    Transport,
+    TransportHandlers,
+    TransportSecurity,
+)
 from kvactors.node.background import BackgroundTasks
 from kvactors.node.channel import NodeChannel
 from kvactors.node.frontend import Frontend, Replies
@@ -50,6 +56,9 @@ from kvactors.runtime.supervision import SupervisedActor
 __all__ = ["RequestHandler", "RequestService"]
 
 logger = logging.getLogger(__name__)
+
+TRUST_RELOAD_INTERVAL = 5.0
+"""Seconds between two reads of a secure node's trust directory (SIGHUP reads it at once)."""
 
 
 class RequestService:
@@ -111,6 +120,9 @@ class RequestService:
             call_bytes=call_bytes,
         )
         self.background = BackgroundTasks(services, self.channel)
+        self._security = services.security
+        self._trust_generation = 0 if self._security is None else self._security.generation
+        self._next_trust_reload = clock() + TRUST_RELOAD_INTERVAL
         # Frames go straight to the component that serves them. The flush sends the
         # local batches; peer calls have theirs scheduled when something is queued for a
         # peer, so a write's state reaches the other replicas in the same pass.
@@ -121,7 +133,24 @@ class RequestService:
             flush=self.local.flush,
             tick=self.on_tick,
             close=self.on_close,
+            authorized_client_frames=self.frontend.on_authorized_frames,
+            authorized_peer_request=self.on_authorized_peer_request,
         )
+
+    def on_authorized_peer_request(
+        self, frames: list[bytes], certificate: Certificate | None
+    ) -> None:
+        """A message on a secure peer ROUTER: served only while its sender's key is a
+        node's in the live trust set (the handshake admitted node keys only, but a key
+        removed since keeps its open connection)."""
+        if certificate is not None and certificate.role is Role.NODE:
+            self.rpc_server.on_frames(frames)
+            return
+        call_id = None
+        if len(frames) >= 3 and frames[1] == rpc.MARKER:
+            call_id = rpc.decode_call(frames[2:]).call_id
+        refusal = ForbiddenError("the peer plane serves trusted node keys only")
+        self._transport.reply_to_peer([frames[0], rpc.MARKER, rpc.encode_error(call_id, refusal)])
 
     def _remove_member(self, name: str, answer: Callable[[RemoveResult], None]) -> None:
         """Ask the gossip protocol to remove member `name`; `answer` hears the result on
@@ -138,11 +167,25 @@ class RequestService:
             self.rpc.on_reply(endpoint, frames)
 
     def on_tick(self, now: float) -> None:
+        if self._security is not None:
+            self._watch_trust(now)
         self.peers.on_tick()
         self.rpc.on_tick(now)
         self.inflight.expire(now)
         self.background.on_tick(now)
         self.local.on_tick()
+
+    def _watch_trust(self, now: float) -> None:
+        """Re-read the trust dir every TRUST_RELOAD_INTERVAL; after any change (this
+        read's, or a SIGHUP's on another thread), drop connections to keys gone."""
+        security = self._security
+        assert security is not None
+        if now >= self._next_trust_reload:
+            self._next_trust_reload = now + TRUST_RELOAD_INTERVAL
+            security.reload()
+        if security.generation != self._trust_generation:
+            self._trust_generation = security.generation
+            self._transport.refresh_peer_keys()
 
     def on_close(self) -> None:
         if self.local.group is not None:
@@ -175,6 +218,8 @@ class RequestService:
             "overloaded": self.inflight.overloaded,
             "timeouts": self.inflight.timeouts,
             "unroutable_replies": transport.unroutable,
+            "secure": self._security is not None,
+            "unauthorized_messages": transport.unauthorized,
             "peer_sends_dropped": transport.peer_send_dropped,
             "peer_plane": {
                 "calls": self.rpc_server.calls,
@@ -210,11 +255,15 @@ class RequestHandler(SupervisedActor):
         self._config = config
         self._dispatcher = services.dispatcher
         options = SocketOptions(max_message_bytes=Codec.from_config(config).max_frame_bytes)
+        security = services.security
         self._transport = Transport(
             config.bind,
             options,
             peer_bind=config.peer_bind_endpoint,
             name=f"{config.name}-transport",
+            security=None
+            if security is None
+            else TransportSecurity(security.certificate, security.trust, security.server_keys),
         )
         self._service = RequestService(services, self._transport)
 
@@ -229,10 +278,11 @@ class RequestHandler(SupervisedActor):
         self._services.network.attach(self._service.rpc)
         self._services.gateway = self._service
         logger.info(
-            "node %s serving clients on %s, peers on %s",
+            "node %s serving clients on %s, peers on %s%s",
             self._config.name,
             self._transport.endpoint,
             self._transport.peer_endpoint,
+            "" if self._services.security is None else " (CURVE)",
         )
 
     def on_stop(self) -> None:

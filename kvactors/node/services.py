@@ -25,6 +25,7 @@ from kvactors.core.placement import RingHolder
 from kvactors.errors import UnavailableError
 from kvactors.net.protocol import Reply, Request
 from kvactors.net.rpc import PeerNetwork
+from kvactors.node.security import NodeSecurity
 from kvactors.runtime.dispatch import NodeDispatcher
 from kvactors.storage.store_supervisor import PartitionDirectory
 from kvactors.storage.tables import StorageBackend
@@ -76,6 +77,8 @@ class NodeServices:
     without group commit (each write batch then syncs itself)."""
     gateway: RequestGateway | None = None
     """The request path's entry for the embedded client, while the node serves the network."""
+    security: NodeSecurity | None = None
+    """A secure node's keys (its certificate, the trust set); None for an insecure node."""
 
     def tell_gossip(self, message: object) -> None:
         """Send `message` to the GossipProtocol; UnavailableError if it is not running."""
