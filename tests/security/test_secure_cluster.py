@@ -261,6 +261,41 @@ def test_a_revoked_key_loses_its_open_connection(keys: Keys, cluster: list[NodeP
         assert reader.get("doomed") == 1
 
 
+def test_a_removed_node_key_loses_its_peer_connection(keys: Keys, tmp_path: Path) -> None:
+    """The peer plane checks every call against the live trust set: a node key removed
+    from it is refused on the connection it has open (in-process nodes, own trust dirs)."""
+    trusts = {name: tmp_path / name for name in ("node-a", "node-b")}
+    for trust in trusts.values():
+        trust.mkdir()
+        for name in trusts:
+            (trust / f"{name}.key").write_bytes((keys.trust / f"{name}.key").read_bytes())
+
+    def node(name: str, *seeds: str) -> ActorSystem:
+        return ActorSystem(
+            name=name,
+            bind="tcp://127.0.0.1:0",
+            seeds=seeds,
+            secret_key=str(keys.secret(name)),
+            trust_dir=str(trusts[name]),
+            partitions=64,
+        ).start()
+
+    a = node("node-a")
+    try:
+        b = node("node-b", str(a.endpoint))
+        try:
+            assert a.peer_endpoint is not None
+            assert b.rpc(a.peer_endpoint, "ping").result(5) == {"node": "node-a"}
+            (trusts["node-a"] / "node-b.key").unlink()
+            assert a.reload_trust()
+            with pytest.raises(ForbiddenError, match="trusted node keys only"):
+                b.rpc(a.peer_endpoint, "ping").result(5)
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
 def run_node(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "kvactors", "node", "--name", "p", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
