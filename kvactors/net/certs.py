@@ -513,8 +513,14 @@ class TrustSet:
 
     def lookup(self, public_key: bytes) -> Certificate | None:
         """The certificate of `public_key` (32 bytes or Z85), or None if not trusted."""
+        by_key = self._snapshot.by_key
+        # The common case first (a secure node looks a key up per message): a key in
+        # its canonical Z85 form, as the set holds it, needs no decoding to be found.
+        found = by_key.get(public_key)
+        if found is not None:
+            return found
         try:
-            return self._snapshot.by_key.get(z85_key(public_key))
+            return by_key.get(z85_key(public_key))
         except ValueError:
             return None
 
