@@ -243,7 +243,7 @@ def test_a_revoked_key_loses_its_open_connection(keys: Keys, cluster: list[NodeP
 
         def refused() -> bool:
             try:
-                doomed.put("doomed", 2)
+                assert doomed.get("doomed") == 1
             except ForbiddenError:
                 return True
             return False
@@ -251,7 +251,7 @@ def test_a_revoked_key_loses_its_open_connection(keys: Keys, cluster: list[NodeP
         # SIGHUP re-reads at once (the timer would take up to 5 s).
         wait_until(refused, timeout=3.0, interval=0.05)
         with pytest.raises(ForbiddenError, match="no longer trusted"):
-            doomed.get("doomed")
+            doomed.put("doomed", 2)
     with (
         keys.client("doomed", a.endpoint, timeout=1.0) as again,
         pytest.raises(RequestTimeoutError),
@@ -259,6 +259,27 @@ def test_a_revoked_key_loses_its_open_connection(keys: Keys, cluster: list[NodeP
         again.get("doomed")  # a new connection fails its handshake
     with keys.client("reader", a.endpoint) as reader:
         assert reader.get("doomed") == 1
+
+
+def test_the_client_commands_take_keys_from_flags_or_the_environment(
+    keys: Keys, cluster: list[NodeProcess]
+) -> None:
+    a = cluster[0]
+    command = [sys.executable, "-m", "kvactors", "get", "-e", a.endpoint, "greeting"]
+    flags = ["--secret-key", str(keys.secret("reader")), "--trust-dir", str(keys.trust)]
+    by_flags = subprocess.run(
+        [*command, *flags], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (by_flags.returncode, by_flags.stdout.strip()) == (0, '"hello"'), by_flags.stderr
+    env = {
+        **os.environ,
+        "KVACTORS_SECRET_KEY": str(keys.secret("reader")),
+        "KVACTORS_TRUST_DIR": str(keys.trust),
+    }
+    put = [sys.executable, "-m", "kvactors", "put", "-e", a.endpoint, "greeting", '"bye"']
+    refused = subprocess.run(put, capture_output=True, text=True, timeout=30, check=False, env=env)
+    assert refused.returncode == 1
+    assert "error (forbidden)" in refused.stderr
 
 
 def test_a_removed_node_key_loses_its_peer_connection(keys: Keys, tmp_path: Path) -> None:

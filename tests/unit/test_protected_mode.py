@@ -1,4 +1,4 @@
-"""Protected mode and the security settings of NodeConfig."""
+"""Protected mode, and the security settings of NodeConfig and Client."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from kvactors import Client
 from kvactors.config import NodeConfig, is_loopback
 from kvactors.errors import ConfigError
 from kvactors.net.certs import write_key_pair
@@ -96,3 +97,14 @@ def test_a_secure_node_refuses_a_key_that_is_not_its_own(tmp_path: Path) -> None
         ActorSystem(name="node-y", secret_key=str(secret), **config).start()
     with pytest.raises(ConfigError, match="role node"):
         ActorSystem(name="reader", secret_key=str(reader), **config).start()
+
+
+def test_a_client_takes_both_keys_or_neither(tmp_path: Path) -> None:
+    _, secret = write_key_pair(tmp_path, "app", "write")
+    with pytest.raises(ConfigError, match="go together"):
+        Client("tcp://127.0.0.1:1", secret_key=secret)
+    with pytest.raises(ConfigError, match="go together"):
+        Client("tcp://127.0.0.1:1", trust_dir=tmp_path)
+    public = tmp_path / "app.key"
+    with pytest.raises(ConfigError, match="public certificate"):
+        Client("tcp://127.0.0.1:1", secret_key=public, trust_dir=tmp_path)
