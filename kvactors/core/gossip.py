@@ -55,6 +55,15 @@ relays what it takes, so every message is checked before a record of it is merge
 - `RefusalLog` decides which refusals a node logs: the first of each sender in each
   interval, the rest counted in one line.
 
+Signatures (a secure cluster). A state given a `RecordSigner` and a `RecordVerifier`
+(kvactors.core.member_signatures) signs this node's record whenever its claim changes
+and its tombstones, takes from a message only the records signed by a trusted node
+(`Output.forged` and `forged_records` count the others), and sends only signed records
+(an unsigned one, such as a member remembered from the node's data, stays its own
+guess until signed news replaces it). Without them (an insecure cluster) nothing is
+signed, the wire form is as before, and a signature that comes anyway is dropped on
+arrival, so that it can never outrank the records of this cluster.
+
 Pure logic: no I/O, no clock (`now` comes in, in seconds, from any monotonic clock) and no
 global random (a `random.Random` comes in).
 """
@@ -62,10 +71,11 @@ global random (a `random.Random` comes in).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Self, TypeAlias, cast
 
+from kvactors.core.member_signatures import MemberSigning, RecordSigner, RecordVerifier
 from kvactors.core.membership import (
     MAX_COUNTER,
     MAX_ENDPOINT_LENGTH,
@@ -287,6 +297,9 @@ class Output:
     """Records of the message refused as implausible (kvactors.core.membership)."""
     ignored: int = 0
     """Records of new members the message brought that a full table left out."""
+    forged: int = 0
+    """Records of the message refused for a missing or wrong signature, or one by a node
+    not trusted (a secure cluster only)."""
 
 
 _NOTHING = Output()
@@ -355,7 +368,9 @@ class GossipState:
         "_last_advance",
         "_me",
         "_seeds",
+        "_signing",
         "_table",
+        "forged_records",
         "ignored_members",
         "refused_records",
     )
@@ -369,8 +384,16 @@ class GossipState:
         table: MemberTable | None = None,
         seeds: Iterable[str] = (),
         hold_joining: bool = False,
+        signer: RecordSigner | None = None,
+        verifier: RecordVerifier | None = None,
     ) -> None:
         self._config = config or GossipConfig()
+        if (signer is None) != (verifier is None):
+            raise ValueError("a secure gossip state needs both a signer and a verifier")
+        self._signing: MemberSigning | None = None
+        if signer is not None and verifier is not None:
+            self._signing = MemberSigning(me.name, signer, verifier)
+            me = self._signing.sign_own(me)
         self._me = me
         # A new member stays JOINING after contact until `finish_joining` (its partitions
         # are handed to it first); a member the cluster already knew is ALIVE at once.
@@ -392,6 +415,8 @@ class GossipState:
         """Records refused as implausible since this state was built."""
         self.ignored_members = 0
         """Records of new members left out of a full table since this state was built."""
+        self.forged_records = 0
+        """Records refused for their signature since this state was built."""
 
     @classmethod
     def join(
@@ -406,6 +431,8 @@ class GossipState:
         hold_joining: bool = False,
         remembered: Iterable[Member] = (),
         client_endpoint: str = "",
+        signer: RecordSigner | None = None,
+        verifier: RecordVerifier | None = None,
     ) -> GossipState:
         """A node about to join a cluster through any of `seeds` (endpoints; its own is
         skipped). It stays JOINING until another node sends it a table; with
@@ -414,12 +441,21 @@ class GossipState:
         one it last had and the members it `remembered`: it is ALIVE at once (a member
         already, it must not look like a newcomer that owns nothing yet), and starts
         with them in its table. `endpoint` is where peers reach it, `client_endpoint`
-        where clients do."""
+        where clients do. `signer` and `verifier` make it secure (see the module doc)."""
         remembered = [m for m in remembered if m.name != name]
         status = _ALIVE if remembered else _JOINING
         me = Member(name, endpoint, status, incarnation, 0, client_endpoint)
         table = MemberTable(remembered)
-        state = cls(me, now, config=config, table=table, seeds=seeds, hold_joining=hold_joining)
+        state = cls(
+            me,
+            now,
+            config=config,
+            table=table,
+            seeds=seeds,
+            hold_joining=hold_joining,
+            signer=signer,
+            verifier=verifier,
+        )
         if not state.seeds:
             raise ValueError("joining a cluster needs the endpoint of another node")
         return state
@@ -434,11 +470,14 @@ class GossipState:
         config: GossipConfig | None = None,
         incarnation: int = 0,
         client_endpoint: str = "",
+        signer: RecordSigner | None = None,
+        verifier: RecordVerifier | None = None,
     ) -> GossipState:
         """The first node of a new cluster: ALIVE, alone, waiting for others to join it.
-        `endpoint` is where peers reach it, `client_endpoint` where clients do."""
+        `endpoint` is where peers reach it, `client_endpoint` where clients do; `signer`
+        and `verifier` make it secure (see the module doc)."""
         me = Member(name, endpoint, _ALIVE, incarnation, 0, client_endpoint)
-        return cls(me, now, config=config)
+        return cls(me, now, config=config, signer=signer, verifier=verifier)
 
     # ------------------------------------------------------------------ read-only views
 
@@ -469,6 +508,11 @@ class GossipState:
     @property
     def config(self) -> GossipConfig:
         return self._config
+
+    def trust_changed(self) -> None:
+        """The trusted keys changed: check every signature again from now on."""
+        if self._signing is not None:
+            self._signing.forget_verified()
 
     def silence(self, name: str, now: float) -> float | None:
         """Seconds since `name`'s heartbeat last advanced here; None when it is not watched
@@ -504,15 +548,17 @@ class GossipState:
         """Merge what a peer sent; answer a Sync with what the peer lacks."""
         if message.sender == self._me.name or self._me.status is _LEFT:
             return _NOTHING
-        result = self._table.merge_tracking(message.members)
+        records, forged = _taken_records(self._signing, message.members)
+        result = self._table.merge_tracking(records)
         changes = self._absorb(result, now)
         self.refused_records += result.refused
         self.ignored_members += result.ignored
+        self.forged_records += forged
         if isinstance(message, SyncReply):
-            return Output((), changes, result.refused, result.ignored)
+            return Output((), changes, result.refused, result.ignored, forged)
         reply = SyncReply(self._me.name, self._me.endpoint, self._reply_records(message, result))
         outgoing = Outgoing(message.sender, message.sender_endpoint, reply)
-        return Output((outgoing,), changes, result.refused, result.ignored)
+        return Output((outgoing,), changes, result.refused, result.ignored, forged)
 
     def leave(self, now: float, rng: random.Random) -> Output:
         """Start leaving: LEAVING at a new incarnation (so that it outranks any suspicion),
@@ -559,6 +605,8 @@ class GossipState:
         result = RemoveResult(name, outcome, status)
         if outcome is not RemoveOutcome.REMOVED or record is None:
             return result, _NOTHING
+        if self._signing is not None:
+            table = table.with_member(self._signing.seal_removal(table[name]))
         self._table = table
         self._candidates = None
         self._last_advance.pop(name, None)
@@ -575,6 +623,8 @@ class GossipState:
     # ------------------------------------------------------------------ internals
 
     def _set_me(self, record: Member) -> None:
+        if self._signing is not None:
+            record = self._signing.sign_own(record)  # signs only a changed claim
         self._me = record
         self._table = self._table.with_member(record)
 
@@ -631,6 +681,8 @@ class GossipState:
                 for record in self._table.values()
                 if record.name not in theirs and record.name != me.name
             )
+        if self._signing is not None:
+            return tuple(record for record in records if record.signature is not None)
         return tuple(records)
 
     def _detect_failures(self, now: float) -> list[MemberChange]:
@@ -688,4 +740,18 @@ class GossipState:
         return Outgoing(name, self._table[name].endpoint, self._sync())
 
     def _sync(self) -> Sync:
-        return Sync(self._me.name, self._me.endpoint, self._table.members())
+        table, signing = self._table, self._signing
+        records = table.members() if signing is None else signing.signed_records(table)
+        return Sync(self._me.name, self._me.endpoint, records)
+
+
+def _taken_records(
+    signing: MemberSigning | None, records: tuple[Member, ...]
+) -> tuple[Sequence[Member], int]:
+    """The records of a message a node merges, and how many it refused for their
+    signature (see the module docstring)."""
+    if signing is not None:
+        return signing.authentic(records)
+    if all(record.signature is None for record in records):
+        return records, 0
+    return [dataclasses.replace(record, signature=None) for record in records], 0

@@ -57,6 +57,20 @@ has not heard of a member yet takes the first record of it that it is told, up t
 `INCARNATION_LIMIT`. The merge rule holds (commutative, associative, idempotent) for
 tables within these bounds.
 
+Signatures. In a secure cluster a record also carries a `signature`
+(kvactors.core.member_signatures says who signs what and how a receiver checks it): a
+`ClaimSignature`, the member's own signature of its claim (name, endpoints, incarnation
+and the status it announced), or, on a tombstone, a `RemovalSignature` by the node that
+removed it. The merge order grows two rules, which leave it as it was for unsigned
+tables:
+
+- a signed record outranks an unsigned one, whatever their incarnations: in a secure
+  cluster every record that travels is signed, and an unsigned one is a node's own guess
+  (the members it remembered from its data), which the first signed news replaces;
+- between two signed records of equal precedence, the signature breaks the tie (a
+  removal's above a claim's; among claims, the stronger announced status, then the
+  signature's bytes), so that the order stays total.
+
 Pure logic: no I/O, no clock, no randomness. `to_wire` / `from_wire` turn records into lists
 of builtin types for the node-to-node codec, and `from_wire` refuses anything malformed.
 """
@@ -68,6 +82,7 @@ from collections import deque
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TypeAlias
 
 __all__ = [
     "HEARTBEAT_LIMIT",
@@ -77,6 +92,8 @@ __all__ = [
     "MAX_INCARNATION_STEP",
     "MAX_MEMBERS",
     "MAX_NAME_LENGTH",
+    "MAX_SIGNATURE_LENGTH",
+    "ClaimSignature",
     "HandedOver",
     "Joined",
     "Leave",
@@ -86,10 +103,13 @@ __all__ = [
     "MemberTable",
     "MembersChanged",
     "MergeResult",
+    "RecordSignature",
+    "RemovalSignature",
     "Remove",
     "RemoveOutcome",
     "RemoveResult",
     "is_membership_change",
+    "outranks",
     "printable",
     "wire_counter",
     "wire_text",
@@ -119,6 +139,9 @@ an honest member reaches while another node is not listening."""
 HEARTBEAT_LIMIT = MAX_COUNTER // 2
 """Highest heartbeat taken from gossip, so that a forged one leaves the member room to
 beat on (a heartbeat that can no longer advance looks like silence)."""
+
+MAX_SIGNATURE_LENGTH = 128
+"""Longest signature a record carries, in bytes (an Ed25519 signature has 64)."""
 
 
 class MemberStatus(Enum):
@@ -157,6 +180,55 @@ _REMOVED = MemberStatus.REMOVED
 _UNWATCHED = frozenset({MemberStatus.DEAD, MemberStatus.LEFT, MemberStatus.REMOVED})
 _REMOVABLE = frozenset({MemberStatus.DEAD, MemberStatus.LEFT})
 _STATUS_BY_WIRE = {status.value: status for status in MemberStatus}
+_ANNOUNCED_BY_WIRE = {
+    status.value: status
+    for status in (
+        MemberStatus.JOINING,
+        MemberStatus.ALIVE,
+        MemberStatus.LEAVING,
+        MemberStatus.LEFT,
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSignature:
+    """A member's signature of its own claim: its name, endpoint, client endpoint and
+    incarnation, with `announced`, the status it announced (JOINING, ALIVE, LEAVING or
+    LEFT). An accusation (SUSPECT, DEAD) keeps the accused's signature of the claim it
+    accuses, so a record always shows a claim its member made."""
+
+    announced: MemberStatus
+    signature: bytes
+
+    def order(self) -> tuple[int, int, str, bytes]:
+        """Where this signature stands in a tie between records (see the module doc)."""
+        return (1, self.announced.rank, "", self.signature)
+
+    def to_wire(self) -> list[str | bytes]:
+        return [self.announced.value, self.signature]
+
+
+@dataclass(frozen=True, slots=True)
+class RemovalSignature:
+    """On a tombstone (REMOVED): the signature, by node `remover`, of the removal: the
+    member's name, endpoint, client endpoint and incarnation it took out."""
+
+    remover: str
+    signature: bytes
+
+    def order(self) -> tuple[int, int, str, bytes]:
+        """Where this signature stands in a tie between records (see the module doc)."""
+        return (2, 0, self.remover, self.signature)
+
+    def to_wire(self) -> list[str | bytes]:
+        return [MemberStatus.REMOVED.value, self.remover, self.signature]
+
+
+RecordSignature: TypeAlias = ClaimSignature | RemovalSignature
+"""What a signed record carries (kvactors.core.member_signatures)."""
+
+_UNSIGNED_ORDER = (0, 0, "", b"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +244,10 @@ class Member:
     """Where clients reach this member; `endpoint` is where its peers do. Empty when not
     known. It travels with the record but takes no part in the merge order: a member
     announces it with every incarnation, and nobody else changes it."""
+    signature: RecordSignature | None = None
+    """In a secure cluster, what shows that the member made this claim (or a trusted
+    node removed it); None in an insecure one. Takes part in the merge order only
+    between signed and unsigned records and to break ties (see the module doc)."""
     precedence: tuple[int, int, str] = field(init=False, repr=False, compare=False)
     """(incarnation, status rank, endpoint): the record with the higher precedence wins a
     merge. Derived once here, because merging compares it for every record of every table."""
@@ -198,36 +274,48 @@ class Member:
         """
         if other.name != self.name:
             raise ValueError(f"cannot merge records of {self.name!r} and {other.name!r}")
-        winner, loser = (other, self) if other.precedence > self.precedence else (self, other)
+        winner, loser = (other, self) if outranks(other, self) else (self, other)
         if winner.heartbeat >= loser.heartbeat:
             return winner
-        if winner.precedence == loser.precedence:
+        if winner.precedence == loser.precedence and winner.signature == loser.signature:
             return loser  # the same claim with a newer heartbeat: the loser is the merge
         return winner.with_heartbeat(loser.heartbeat)
 
-    def to_wire(self) -> list[str | int]:
-        """`[name, endpoint, status, incarnation, heartbeat, client_endpoint]`, builtin types
-        only; without the client endpoint when it is empty (the record as it was before)."""
-        wire: list[str | int] = [
+    @property
+    def claim(self) -> tuple[str, str, str, int, MemberStatus]:
+        """(name, endpoint, client endpoint, incarnation, status): what a member signs
+        of its own record (everything but the heartbeat)."""
+        return (self.name, self.endpoint, self.client_endpoint, self.incarnation, self.status)
+
+    def to_wire(self) -> list[str | int | list[str | bytes]]:
+        """`[name, endpoint, status, incarnation, heartbeat, client_endpoint, signature]`,
+        builtin types only; without the signature when there is none, and then without
+        the client endpoint when it is empty (the record as it was before). A claim's
+        signature is `[announced status, signature]`, a removal's `["removed", remover,
+        signature]`."""
+        wire: list[str | int | list[str | bytes]] = [
             self.name, self.endpoint, self.status.value, self.incarnation, self.heartbeat,
         ]  # fmt: skip
-        if self.client_endpoint:
+        if self.client_endpoint or self.signature is not None:
             wire.append(self.client_endpoint)
+        if self.signature is not None:
+            wire.append(self.signature.to_wire())
         return wire
 
     @classmethod
     def from_wire(cls, data: object) -> Member:
         """Inverse of `to_wire`; raises ValueError on anything that is not a valid record.
         A record without a client endpoint has an empty one."""
-        if not isinstance(data, list | tuple) or len(data) not in (5, 6):
+        if not isinstance(data, list | tuple) or len(data) not in (5, 6, 7):
             raise ValueError(
-                "a member is [name, endpoint, status, incarnation, heartbeat, client_endpoint]"
+                "a member is [name, endpoint, status, incarnation, heartbeat, "
+                "client_endpoint, signature]"
             )
         name, endpoint, status, incarnation, heartbeat = data[:5]
         if not isinstance(status, str) or status not in _STATUS_BY_WIRE:
             raise ValueError(f"unknown member status: {status!r}")
         client_endpoint = ""
-        if len(data) == 6 and data[5] != "":
+        if len(data) >= 6 and data[5] != "":
             client_endpoint = wire_text(data[5], "member client endpoint", MAX_ENDPOINT_LENGTH)
         return cls(
             wire_text(name, "member name", MAX_NAME_LENGTH),
@@ -236,7 +324,47 @@ class Member:
             wire_counter(incarnation, "incarnation"),
             wire_counter(heartbeat, "heartbeat"),
             client_endpoint,
+            _signature_from_wire(data[6]) if len(data) == 7 else None,
         )
+
+
+def _signature_from_wire(data: object) -> RecordSignature:
+    """Inverse of `ClaimSignature.to_wire` and `RemovalSignature.to_wire`; ValueError on
+    anything else."""
+    if not isinstance(data, list | tuple) or len(data) not in (2, 3):
+        raise ValueError(
+            "a record's signature is [status, signature] or [removed, remover, signature]"
+        )
+    if len(data) == 2:
+        announced = data[0]
+        if not isinstance(announced, str) or announced not in _ANNOUNCED_BY_WIRE:
+            raise ValueError("a claim's signature names the status a member announces")
+        return ClaimSignature(_ANNOUNCED_BY_WIRE[announced], _wire_signature(data[1]))
+    if data[0] != MemberStatus.REMOVED.value:
+        raise ValueError("a removal's signature starts with 'removed'")
+    remover = wire_text(data[1], "remover", MAX_NAME_LENGTH)
+    return RemovalSignature(remover, _wire_signature(data[2]))
+
+
+def _wire_signature(value: object) -> bytes:
+    if not isinstance(value, bytes) or not 0 < len(value) <= MAX_SIGNATURE_LENGTH:
+        raise ValueError(f"a signature is 1 to {MAX_SIGNATURE_LENGTH} bytes")
+    return value
+
+
+def _signature_order(record: Member) -> tuple[int, int, str, bytes]:
+    signature = record.signature
+    return _UNSIGNED_ORDER if signature is None else signature.order()
+
+
+def outranks(record: Member, other: Member) -> bool:
+    """True when `record` wins a merge against `other`, a record of the same member,
+    heartbeats aside (see the module docstring for the order)."""
+    if (record.signature is None) != (other.signature is None):
+        return other.signature is None
+    if record.precedence != other.precedence:
+        return record.precedence > other.precedence
+    return _signature_order(record) > _signature_order(other)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,23 +527,28 @@ class MemberTable(Mapping[str, Member]):
                 changes.append(MemberChange(None, theirs))
                 advanced.append(name)
                 continue
-            if theirs.precedence == mine.precedence:
+            # Unsigned tables (and most records of signed ones, which carry the signature
+            # held already) compare precedence alone; else see `outranks`.
+            if mine.signature is theirs.signature or mine.signature == theirs.signature:
+                order = (theirs.precedence > mine.precedence) - (
+                    theirs.precedence < mine.precedence
+                )
+            else:
+                order = 1 if outranks(theirs, mine) else -1
+            if order == 0:
                 if theirs.heartbeat > mine.heartbeat:
                     merged[name] = theirs
                     replaced = True
                     advanced.append(name)
                 elif theirs.heartbeat < mine.heartbeat:
                     differing.append(mine)
-            elif theirs.precedence > mine.precedence:
-                after = theirs
-                if theirs.heartbeat < mine.heartbeat:
-                    after = theirs.with_heartbeat(mine.heartbeat)
-                    differing.append(after)
+            elif order > 0:
+                merged[name] = after = _with_higher_heartbeat(theirs, mine, differing)
+                replaced = True
                 if theirs.incarnation > mine.incarnation or theirs.heartbeat > mine.heartbeat:
                     advanced.append(name)
-                merged[name] = after
-                replaced = True
-                changes.append(MemberChange(mine, after))
+                if theirs.precedence != mine.precedence:  # not a new signature alone
+                    changes.append(MemberChange(mine, after))
             else:
                 if theirs.heartbeat > mine.heartbeat:
                     mine = mine.with_heartbeat(theirs.heartbeat)
@@ -444,6 +577,16 @@ class MemberTable(Mapping[str, Member]):
             return self, RemoveOutcome.NOT_DOWN
         tombstone = dataclasses.replace(record, status=MemberStatus.REMOVED)
         return self.with_member(tombstone), RemoveOutcome.REMOVED
+
+
+def _with_higher_heartbeat(winner: Member, loser: Member, differing: list[Member]) -> Member:
+    """`winner`, with `loser`'s heartbeat if that is higher; then the merge differs from
+    what the other side sent, and `differing` is told so."""
+    if winner.heartbeat >= loser.heartbeat:
+        return winner
+    merged = winner.with_heartbeat(loser.heartbeat)
+    differing.append(merged)
+    return merged
 
 
 class _Room:
