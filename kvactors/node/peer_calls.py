@@ -9,13 +9,14 @@ error of its call as a whole. Runs on the transport thread.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 from kvactors.core.ops import wire_bytes
 from kvactors.core.placement import RingHolder
-from kvactors.core.versions import state_from_wire
+from kvactors.core.versions import check_state_bounds, state_from_wire
 from kvactors.errors import InternalError, KVActorsError, UnavailableError, error_for_code
 from kvactors.net import rpc
 from kvactors.replication.channel import IGNORE_ANSWERS, ReplicaTarget
@@ -48,12 +49,15 @@ class PeerCalls:
         timeout: float,
         call_bytes: int,
         schedule: Callable[[Callable[[], None]], object],
+        *,
+        max_clock_skew: float = 60.0,
     ) -> None:
         """`schedule(flush)` has `flush` run once the transport has drained what is
         ready (the transport's `call_soon`): a pass with nothing for peers costs
         nothing here."""
         self._rpc = client
         self._schedule = schedule
+        self._max_clock_skew = max_clock_skew
         self._scheduled = False
         self._ring = ring
         self._timeout = timeout
@@ -123,6 +127,9 @@ class PeerCalls:
                 return
             try:
                 state = state_from_wire(answer)
+                # A peer's answer is input like any other: a state stamped too far
+                # ahead would carry this node's clock there through read repair.
+                check_state_bounds(state, int((time.time() + self._max_clock_skew) * 1000))
             except ValueError as exc:
                 target.replica_failed(tag, InternalError(f"{endpoint}: {exc}"))
             else:

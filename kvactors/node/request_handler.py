@@ -93,7 +93,12 @@ class RequestService:
                 self.local.failed,
             )
         self.peers = PeerCalls(
-            self.rpc, services.ring, config.request_timeout, call_bytes, transport.call_soon
+            self.rpc,
+            services.ring,
+            config.request_timeout,
+            call_bytes,
+            transport.call_soon,
+            max_clock_skew=config.max_clock_skew,
         )
         self.channel = NodeChannel(
             config.name, self.local, self.peers, self.rpc, config.request_timeout

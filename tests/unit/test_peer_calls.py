@@ -1,17 +1,26 @@
 """Peer calls: the cuts of a peer's ops into calls: every call fits the frame the
 peer's ROUTER accepts (a larger one is dropped with the connection), and its answer fits
-the DEALER's limit."""
+the DEALER's limit; and a peer's answer to a read is checked like any input."""
 
 from __future__ import annotations
 
 import itertools
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any, cast
 
+import msgpack
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kvactors.core.membership import Member, MemberStatus
 from kvactors.core.ops import wire_bytes
-from kvactors.node.peer_calls import CALL_OPS, call_bounds
+from kvactors.core.placement import RingHolder, build_snapshot
+from kvactors.net.rpc import MARKER, RpcClient, decode_call, encode_result
+from kvactors.node.peer_calls import CALL_OPS, PeerCalls, call_bounds
+from kvactors.testing import FakeTransport
+
+if TYPE_CHECKING:
+    from kvactors.net.transport import Transport
 
 
 def merge(key: bytes, value_bytes: int) -> list[Any]:
@@ -72,3 +81,49 @@ def test_the_cuts_cover_every_op_once_in_order_and_keep_each_call_bounded(
         assert 0 < end - start <= CALL_OPS
         size = sum(wire_bytes(op) for op in ops[start:end])
         assert end - start == 1 or size <= limit
+
+
+# -- a peer's answer is checked like any input -------------------------------------------
+
+
+class _Target:
+    def __init__(self) -> None:
+        self.done: list[Any] = []
+        self.failed: list[Any] = []
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        self.done.append(result)
+
+    def replica_failed(self, tag: Any, error: Any) -> None:
+        self.failed.append(error)
+
+
+def _read_answered_with(wall_ms: int) -> _Target:
+    """One read for member b, answered by b with a state whose one version is stamped at
+    `wall_ms`; what the read's target heard."""
+    transport = FakeTransport()
+    client = RpcClient(cast("Transport", transport), clock=lambda: 0.0, default_timeout=5.0)
+    me = Member("a", "tcp://127.0.0.1:1", MemberStatus.ALIVE, 0, 0)
+    peer = Member("b", "tcp://127.0.0.1:2", MemberStatus.ALIVE, 0, 0)
+    ring = RingHolder(build_snapshot(1, me, [me, peer], 8, 2))
+    scheduled: list[Any] = []
+    calls = PeerCalls(client, ring, 5.0, 1 << 20, scheduled.append, max_clock_skew=60.0)
+    target = _Target()
+    calls.to_replica("b", ["read", b"k"], target, None)  # type: ignore[arg-type]
+    for flush in scheduled:
+        flush()
+    ((endpoint, frames),) = transport.to_peers
+    call_id = decode_call(frames[1:]).call_id  # type: ignore[union-attr]
+    version = [msgpack.packb("v"), "b", 7, ["b", 6], wall_ms, 0, None]
+    answer = {"results": [[["b", 6], [version]]]}
+    client.on_reply(endpoint, [MARKER, encode_result(call_id, answer)])
+    return target
+
+
+def test_a_read_answer_stamped_past_the_clock_skew_fails_the_read() -> None:
+    now_ms = int(time.time() * 1000)
+    fine = _read_answered_with(now_ms + 50_000)  # ahead, but within 60 s
+    assert len(fine.done) == 1 and not fine.failed
+    forged = _read_answered_with(now_ms + 3_600_000)  # an hour ahead
+    assert not forged.done
+    assert len(forged.failed) == 1 and "ahead" in str(forged.failed[0])
