@@ -12,9 +12,12 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvactors import __version__
+
+if TYPE_CHECKING:
+    from kvactors.launcher import LocalCluster
 
 __all__ = ["main"]
 
@@ -203,6 +206,18 @@ def _add_client_commands(commands: Any) -> None:
         "--data-dir",
         metavar="DIR",
         help="keep each node's data durably (lmdb) in DIR/NODE-NAME (default: in memory)",
+    )
+    cluster.add_argument(
+        "--secure",
+        action="store_true",
+        help="run secure: make a key pair per node and an admin client key, start the "
+        "nodes with them, and print how to use the client key",
+    )
+    cluster.add_argument(
+        "--keys-dir",
+        metavar="DIR",
+        help="with --secure, where the keys are made, or reused if there (default: "
+        "DATA-DIR/keys with --data-dir, else a temporary directory removed at the end)",
     )
 
 
@@ -530,24 +545,71 @@ def _join_lines(status: dict[str, Any]) -> list[str]:
 
 
 def _run_cluster(args: argparse.Namespace) -> int:
+    import tempfile  # noqa: PLC0415 - keep `--help` fast
+
+    from kvactors.errors import KVActorsError  # noqa: PLC0415
     from kvactors.launcher import LocalCluster  # noqa: PLC0415
 
     log = logging.getLogger("kvactors.cluster")
     done = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: done.set())
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    with LocalCluster(
-        args.nodes, base_port=args.base_port, host=args.host, data_dir=args.data_dir
-    ) as cluster:
-        for node in cluster.nodes:
-            print(f"{node.name}  {node.endpoint}  (pid {node.pid})", flush=True)
-        print(f"{args.nodes} nodes running; Ctrl-C stops them all", flush=True)
-        while not done.wait(0.5):
-            failed = cluster.failed()
-            if failed:
-                log.error("node %s failed; stopping the others", failed[0])
-                return 1
-            if len(cluster.exited()) == len(cluster.nodes):
-                log.info("every node has left")
-                return 0
+    with tempfile.TemporaryDirectory(prefix="kvactors-keys-") as scratch:
+        keys_dir = _cluster_keys_dir(args, scratch)
+        try:
+            cluster = LocalCluster(
+                args.nodes,
+                base_port=args.base_port,
+                host=args.host,
+                data_dir=args.data_dir,
+                keys_dir=keys_dir,
+            )
+        except KVActorsError as exc:
+            log.error("cannot start: %s", exc)
+            return 2
+        with cluster:
+            for node in cluster.nodes:
+                print(f"{node.name}  {node.endpoint}  (pid {node.pid})", flush=True)
+            if cluster.keys is not None:
+                print(_secure_cluster_help(cluster), flush=True)
+            print(f"{args.nodes} nodes running; Ctrl-C stops them all", flush=True)
+            while not done.wait(0.5):
+                failed = cluster.failed()
+                if failed:
+                    log.error("node %s failed; stopping the others", failed[0])
+                    return 1
+                if len(cluster.exited()) == len(cluster.nodes):
+                    log.info("every node has left")
+                    return 0
     return 0
+
+
+def _cluster_keys_dir(args: argparse.Namespace, scratch: str) -> str | None:
+    """Where `kvactors cluster` keeps its keys: None unless --secure."""
+    if not args.secure:
+        return None
+    if args.keys_dir is not None:
+        return str(args.keys_dir)
+    if args.data_dir is not None:
+        return os.path.join(args.data_dir, "keys")
+    return scratch
+
+
+def _secure_cluster_help(cluster: LocalCluster) -> str:
+    """Where a secure local cluster's client keys are, and a command that uses them."""
+    keys = cluster.keys
+    assert keys is not None
+    secret, trust = keys.secret_key("admin"), keys.trust_dir
+    return "\n".join(
+        [
+            f"secure: keys in {keys.directory}",
+            f"  admin client key: {secret}",
+            f"  trust dir:        {trust}",
+            "  try:",
+            f"    kvactors status -e {cluster.endpoints[0]} --secret-key {secret} "
+            f"--trust-dir {trust}",
+            f"  or: export KVACTORS_SECRET_KEY={secret} KVACTORS_TRUST_DIR={trust}",
+            f"  more client keys: kvactors keygen --dir {keys.secrets} --role read NAME, "
+            f"then copy {keys.secrets}/NAME.key into {trust}",
+        ]
+    )

@@ -3,6 +3,12 @@
 Each node is a real `kvactors node` process bound to loopback; the first founds the
 cluster and the others join through it. The launcher waits until every node answers
 before it returns, and stops them all (SIGTERM, then SIGKILL after a grace period).
+
+A secure cluster (`LocalCluster(..., keys_dir=DIR)`) gets its keys made by the launcher
+(`ClusterKeys`): a node key pair per node and client key pairs (an `admin` one at
+least), the public certificates gathered in a trust dir. Every node runs with
+`--secret-key` and `--trust-dir`, and the launcher checks readiness and convergence
+through a client holding the admin key, since a secure node answers no keyless ping.
 """
 
 from __future__ import annotations
@@ -14,18 +20,35 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, TYPE_CHECKING, Final, Self
 
 import msgpack
 import zmq
 
-from kvactors.errors import KVActorsError
+from kvactors.errors import ConfigError, KVActorsError
+from kvactors.net.certs import (
+    PUBLIC_SUFFIX,
+    SECRET_SUFFIX,
+    Role,
+    load_certificate,
+    write_key_pair,
+)
 
-__all__ = ["LocalCluster", "NodeProcess", "free_port_block", "node_answers"]
+if TYPE_CHECKING:
+    from kvactors.client.client import Client
+
+__all__ = [
+    "ClusterKeys",
+    "LocalCluster",
+    "NodeProcess",
+    "free_port_block",
+    "node_answers",
+    "secure_node_answers",
+]
 
 # Below Linux's ephemeral range (32768 and up), so outgoing connections do not take them.
 _PORT_RANGE = (20_000, 30_000)
@@ -62,6 +85,113 @@ def node_answers(endpoint: str, timeout: float = 0.5) -> bool:
         sock.close()
 
 
+def secure_node_answers(
+    endpoint: str, secret_key: str | Path, trust_dir: str | Path, timeout: float = 0.5
+) -> bool:
+    """True if a secure node answers a ping on `endpoint` within `timeout` seconds, to a
+    client holding `secret_key` and trusting the node keys in `trust_dir`."""
+    from kvactors.client.client import Client  # noqa: PLC0415 - the launcher needs it here only
+    from kvactors.errors import RequestTimeoutError  # noqa: PLC0415
+
+    try:
+        with Client(
+            endpoint, timeout=timeout, retries=0, secret_key=secret_key, trust_dir=trust_dir
+        ) as client:
+            client.ping()
+    except RequestTimeoutError:
+        return False
+    return True
+
+
+ADMIN_CLIENT: Final = "admin"
+
+
+@dataclass(frozen=True)
+class ClusterKeys:
+    """The keys of a secure local cluster, kept under `directory`:
+
+        DIR/secrets/NAME.key, NAME.key_secret   every node's and client's key pair
+        DIR/trust/NAME.key                      their public certificates: the trust dir
+
+    The nodes and the clients all use DIR/trust (a client uses only its node keys)."""
+
+    directory: Path
+
+    @property
+    def secrets(self) -> Path:
+        return self.directory / "secrets"
+
+    @property
+    def trust_dir(self) -> Path:
+        return self.directory / "trust"
+
+    @classmethod
+    def create(
+        cls,
+        directory: str | Path,
+        nodes: Sequence[str],
+        clients: Mapping[str, Role | str] | None = None,
+    ) -> ClusterKeys:
+        """Keys for `nodes` (role node) and `clients` (name: role; by default one
+        `admin` client), made where missing and reused where present (so a cluster
+        started again on the same directory keeps its keys); ConfigError if a key
+        present has another role than asked."""
+        keys = cls(Path(directory))
+        wanted = {**{name: Role.NODE for name in nodes}, **(clients or {ADMIN_CLIENT: Role.ADMIN})}
+        keys.trust_dir.mkdir(parents=True, exist_ok=True)
+        for name, role in wanted.items():
+            keys.ensure(name, role)
+        return keys
+
+    def ensure(self, name: str, role: Role | str) -> Path:
+        """`name`'s secret key, made (with role `role`) if missing, its public
+        certificate in the trust dir. Nodes re-read the trust dir every few seconds (at
+        once on SIGHUP), so a key added while they run is accepted shortly after."""
+        public = self.secrets / f"{name}{PUBLIC_SUFFIX}"
+        secret = self.secret_key(name)
+        if secret.exists():
+            found = load_certificate(secret).role
+            if found != Role(role):
+                raise ConfigError(f"{secret} has role {found.value}, not {Role(role).value}")
+        else:
+            write_key_pair(self.secrets, name, role)
+        trusted = self.trust_dir / public.name
+        if not trusted.exists():
+            trusted.write_bytes(public.read_bytes())
+        return secret
+
+    def secret_key(self, name: str) -> Path:
+        """The secret certificate of node or client `name`."""
+        return self.secrets / f"{name}{SECRET_SUFFIX}"
+
+    def node_args(self, name: str) -> list[str]:
+        """The flags that make node `name` run secure."""
+        return ["--secret-key", str(self.secret_key(name)), "--trust-dir", str(self.trust_dir)]
+
+    def client(
+        self,
+        endpoints: str | Sequence[str],
+        name: str = ADMIN_CLIENT,
+        *,
+        timeout: float = 5.0,
+        retries: int = 2,
+    ) -> Client:
+        """A Client holding client `name`'s key."""
+        from kvactors.client.client import Client  # noqa: PLC0415
+
+        return Client(
+            endpoints,
+            timeout=timeout,
+            retries=retries,
+            secret_key=self.secret_key(name),
+            trust_dir=self.trust_dir,
+        )
+
+    def answers(self, endpoint: str, timeout: float = 0.5) -> bool:
+        """True if the node at `endpoint` answers the admin client's ping in time."""
+        return secure_node_answers(endpoint, self.secret_key(ADMIN_CLIENT), self.trust_dir, timeout)
+
+
 @dataclass
 class NodeProcess:
     """One `kvactors node` process."""
@@ -74,6 +204,9 @@ class NodeProcess:
     peer_endpoint: str | None = None
     """Its peer plane's endpoint; by default a port free when this is made, on the
     client endpoint's host, kept across restarts of the process."""
+    keys: ClusterKeys | None = None
+    """Run secure: with this node's key (named after it) and the keys' trust dir, and
+    checked for readiness through the keys' admin client."""
 
     def __post_init__(self) -> None:
         if self.peer_endpoint is None:
@@ -90,6 +223,7 @@ class NodeProcess:
             sys.executable, "-m", "kvactors", "node",
             "--name", self.name, "--bind", self.endpoint,
             "--peer-bind", str(self.peer_endpoint), *self.args,
+            *(self.keys.node_args(self.name) if self.keys is not None else []),
         ]  # fmt: skip
         target = self.log if self.log is not None else subprocess.DEVNULL
         # A session of its own: a terminal's Ctrl-C reaches the launcher alone, which then
@@ -103,12 +237,19 @@ class NodeProcess:
         """Wait until the launched node answers a ping."""
         assert self.process is not None, "launch() first"
         deadline = time.monotonic() + timeout
-        while not node_answers(self.endpoint):
+        while not self.answers():
             if self.process.poll() is not None:
                 raise KVActorsError(f"node {self.name} exited with {self.process.returncode}")
             if time.monotonic() > deadline:
                 raise KVActorsError(f"node {self.name} did not answer within {timeout}s")
         return self
+
+    def answers(self, timeout: float = 0.5) -> bool:
+        """True if the node answers a ping within `timeout` seconds (secure: to the
+        admin client of its keys)."""
+        if self.keys is not None:
+            return self.keys.answers(self.endpoint, timeout)
+        return node_answers(self.endpoint, timeout)
 
     @property
     def pid(self) -> int:
@@ -165,13 +306,23 @@ class LocalCluster:
         data_dir: str | Path | None = None,
         converge: bool = True,
         peer_base_port: int | None = None,
+        keys_dir: str | Path | None = None,
+        clients: Mapping[str, Role | str] | None = None,
     ) -> None:
         """`converge`: `start()` returns only once every node sees every node alive.
         `peer_base_port`: the first of the nodes' peer ports (default: free ones).
         `data_dir`: every node keeps its data durably (lmdb) in a directory of its own
-        there, named after the node, so that a node restarted keeps what it had."""
+        there, named after the node, so that a node restarted keeps what it had.
+        `keys_dir`: run secure, with keys made (or reused) there (`ClusterKeys`): one
+        per node and one per client of `clients` (name: role; by default one `admin`,
+        which must stay among them: the launcher checks the nodes through it)."""
         if nodes < 1:
             raise KVActorsError("a cluster needs at least one node")
+        names = [f"node-{index + 1}" for index in range(nodes)]
+        if clients is not None and Role(clients.get(ADMIN_CLIENT, Role.READ)) is not Role.ADMIN:
+            raise ConfigError(f"a secure cluster's clients need {ADMIN_CLIENT!r} with role admin")
+        self.keys = None if keys_dir is None else ClusterKeys.create(keys_dir, names, clients)
+        """The secure cluster's keys (None when insecure): `keys.client(endpoints, NAME)`."""
         self._log_dir = None if log_dir is None else Path(log_dir)
         self._converge = converge
         self._logs: list[IO[bytes]] = []
@@ -189,6 +340,7 @@ class LocalCluster:
                     *(["--join", first] if index else []),
                 ],
                 peer_endpoint=f"tcp://{host}:{peer_base + index}",
+                keys=self.keys,
             )
             for index in range(nodes)
         ]
@@ -232,12 +384,10 @@ class LocalCluster:
     def wait_converged(self, timeout: float = 30.0) -> None:
         """Wait until every node lists every node as alive: until then a joiner that is
         still alone thinks it owns every key."""
-        from kvactors.client.client import Client  # noqa: PLC0415 - the launcher needs it here only
-
         names = {node.name for node in self.nodes}
         deadline = time.monotonic() + timeout
         for node in self.nodes:
-            with Client(node.endpoint, timeout=2.0, retries=0) as client:
+            with self.client(node.endpoint, timeout=2.0, retries=0) as client:
                 while True:
                     alive = {
                         m["name"] for m in client.status()["members"] if m["status"] == "alive"
@@ -247,6 +397,22 @@ class LocalCluster:
                     if time.monotonic() > deadline:
                         raise KVActorsError(f"{node.name} sees only {sorted(alive)} alive")
                     time.sleep(0.05)
+
+    def client(
+        self,
+        endpoints: str | Sequence[str] | None = None,
+        *,
+        timeout: float = 5.0,
+        retries: int = 2,
+    ) -> Client:
+        """A Client of this cluster (every node's endpoint by default); secure: holding
+        the admin key (`keys.client` for another client's key)."""
+        from kvactors.client.client import Client  # noqa: PLC0415 - the launcher needs it here only
+
+        where = self.endpoints if endpoints is None else endpoints
+        if self.keys is not None:
+            return self.keys.client(where, timeout=timeout, retries=retries)
+        return Client(where, timeout=timeout, retries=retries)
 
     def node(self, name: str) -> NodeProcess:
         return next(node for node in self.nodes if node.name == name)
