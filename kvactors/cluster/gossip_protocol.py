@@ -12,6 +12,10 @@ is logged sparingly: the first refusal of each sender per `_REFUSAL_LOG_INTERVAL
 count of the rest. A name from outside is logged only once it has been read as printable,
 or escaped (`claimed_sender`).
 `Remove` (an admin's `remove`) turns a DEAD or LEFT member into a tombstone.
+
+A secure node signs its own record and its tombstones with its certificate's key and
+takes only records signed by a trusted node (kvactors.cluster.signatures); when the
+trust set changes, the signatures verified so far are checked again.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvactors.cluster.membership_manager import TableUpdate
+from kvactors.cluster.signatures import record_keys
 from kvactors.core.gossip import (
     GossipConfig,
     GossipState,
@@ -96,6 +101,8 @@ class GossipProtocol(SupervisedActor):
         self._stop_ticker = threading.Event()
         self._ticker: threading.Thread | None = None
         self._refusals = RefusalLog(_REFUSAL_LOG_INTERVAL)
+        # The trust set's generation the verified signatures were checked against.
+        self._trust_generation = 0
 
     def __str__(self) -> str:
         return f"GossipProtocol {self._services.config.name}"
@@ -109,6 +116,7 @@ class GossipProtocol(SupervisedActor):
         # request path routes a seed's client endpoint to its peer one).
         endpoint = config.peer_endpoint
         seeds = [seed for seed in config.seeds if seed not in (endpoint, config.endpoint)]
+        signer, verifier = record_keys(self._services.security)
         if self._services.gossip_state is not None:
             self._state = self._services.gossip_state  # restarted: carry on
             self._state.restarted(now)
@@ -125,6 +133,8 @@ class GossipProtocol(SupervisedActor):
                 # to it; one restarted on its data rejoins as the owner it was.
                 hold_joining=config.join_handoff and self._services.incarnation == 0,
                 remembered=self._services.remembered,
+                signer=signer,
+                verifier=verifier,
             )
         else:
             self._state = GossipState.found_cluster(
@@ -134,6 +144,8 @@ class GossipProtocol(SupervisedActor):
                 client_endpoint=config.endpoint,
                 config=self._gossip_config,
                 incarnation=self._services.incarnation,
+                signer=signer,
+                verifier=verifier,
             )
         self._services.gossip_state = self._state
         self._services.network.handle(GOSSIP, self._incoming)
@@ -223,6 +235,7 @@ class GossipProtocol(SupervisedActor):
                 logger.warning("refusing gossip from %s: %s", sender, exc)
             return
         was_joining = state.status is MemberStatus.JOINING
+        self._check_trust(state)
         output = state.on_message(message, self._clock())
         self._send(output)
         if (output.refused or output.ignored) and self._refusals.note(
@@ -235,6 +248,13 @@ class GossipProtocol(SupervisedActor):
                 output.refused,
                 output.ignored,
             )
+        if output.forged and self._refusals.note(message.sender, self._clock()):
+            logger.warning(
+                "gossip from %s: %d records refused (unsigned, wrongly signed, or signed "
+                "by a node not trusted)",
+                message.sender,
+                output.forged,
+            )
         if was_joining and state.status is MemberStatus.ALIVE:
             logger.info("joined the cluster through %s", message.sender)
         elif was_joining and state.holding_join and not self._announced_contact:
@@ -244,6 +264,13 @@ class GossipProtocol(SupervisedActor):
                 message.sender,
             )
             self._send(state.sync_everyone())
+
+    def _check_trust(self, state: GossipState) -> None:
+        """After a change of the trust set, check every signature again."""
+        security = self._services.security
+        if security is not None and security.generation != self._trust_generation:
+            self._trust_generation = security.generation
+            state.trust_changed()
 
     def _remove(self, name: str) -> RemoveResult:
         state = self._live_state()
