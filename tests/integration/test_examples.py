@@ -65,6 +65,17 @@ EXPECTED_OUTPUT = {
         "node-2 stopped (exit code 0",
         "Every node has stopped cleanly.",
     ],
+    "secure_cluster.py": [
+        "3 secure nodes running: every node sees 3 alive members.",
+        "reader (role read) got greeting through node-2: 'hello, securely'",
+        "reader's put was refused: ForbiddenError (forbidden)",
+        "greeting is still 'hello, securely'",
+        "node-1 refused its handshake",
+        "every node lists only ['node-1', 'node-2', 'node-3']",
+        "lists only ['rogue'] and holds 0 keys",
+        "stopped all 3 nodes cleanly",
+        "The cluster served its own keys by role and kept the rogue out.",
+    ],
 }
 
 # Wire-protocol clients: each runs against its own real node process, whose endpoint is
