@@ -23,6 +23,14 @@ Faults come from outside the nodes, with iproute2 alone (`ip`, `tc`):
 Every nemesis draws its choices from a `random.Random(seed)` and logs what it did, with
 monotonic and wall-clock timestamps, as JSON lines. Needs root and iproute2: without them
 `require_network_privileges` fails the test with a message saying what is missing.
+
+A secure cluster (`NetCluster(..., secure=True)`) runs every node with a key of its own
+and a trust dir, made in the run's directory (`kvactors.launcher.ClusterKeys`):
+node keys, a `workload` client key (role write) for the workloads and final reads, an
+`admin` client key for the harness's status calls, and a `checker` node key with which
+`replica_states` reads each replica over the peer plane (which admits node keys only),
+pinned to that node's own key. Without `secure` the nodes say `--insecure` (their
+addresses are not loopback, so protected mode would refuse them otherwise).
 """
 
 from __future__ import annotations
@@ -53,12 +61,17 @@ from checker import Window
 from kvactors import Client
 from kvactors.core.ring import Ring
 from kvactors.core.versions import KeyState, state_from_wire
-from kvactors.launcher import node_answers
+from kvactors.launcher import ClusterKeys, node_answers
+from kvactors.net.certs import load_certificate
 from kvactors.net.rpc import MARKER, STORE, decode_reply, encode_call
+from kvactors.net.zap import secure_client
 from kvactors.testing import peer_endpoint
 
 PREFIX = "kva-"
 NODE_PORT = 7000
+# The client keys of a secure cluster, by name and role (see the module docstring).
+ADMIN, WORKLOAD, CHECKER = "admin", "workload", "checker"
+SECURE_CLIENTS = {ADMIN: "admin", WORKLOAD: "write", CHECKER: "node"}
 NODE_WRAPPER = Path(__file__).with_name("_node.py")
 LOCK_DIR = Path(tempfile.gettempdir())
 _RUN_ID = re.compile(r"^kva-(?:br-)?([0-9a-f]{6})(?:-[nh]\d+)?$")
@@ -234,6 +247,8 @@ class FaultNode:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     restart_args: list[str] | None = None
+    keys: ClusterKeys | None = None
+    """Secure: this node's key and the trust dir; None runs it --insecure."""
 
     @property
     def endpoint(self) -> str:
@@ -250,11 +265,12 @@ class FaultNode:
 
     def launch(self, args: Sequence[str] | None = None) -> None:
         program = [str(NODE_WRAPPER)] if self.wrapper else ["-m", "kvactors"]
+        # Non-loopback addresses: protected mode refuses a keyless node unless told.
+        security = self.keys.node_args(self.name) if self.keys is not None else ["--insecure"]
         command = [
             "ip", "netns", "exec", self.netns, sys.executable, *program, "node",
             "--name", self.name, "--bind", self.endpoint,
-            # Non-loopback addresses: protected mode refuses a keyless node unless told.
-            "--insecure", *(self.args if args is None else args),
+            *security, *(self.args if args is None else args),
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             # `ip netns exec` execs the command: the child's pid is the node's.
@@ -268,13 +284,19 @@ class FaultNode:
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not node_answers(self.endpoint):
+        while not self.answers():
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(
                     f"{self.name} exited with {self.process.returncode}; see {self.log_path}"
                 )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} did not answer within {timeout}s")
+
+    def answers(self) -> bool:
+        """Whether the node answers a ping (secure: the admin key's)."""
+        if self.keys is not None:
+            return self.keys.answers(self.endpoint)
+        return node_answers(self.endpoint)
 
     def signal(self, number: int) -> None:
         assert self.process is not None
@@ -331,10 +353,15 @@ class NetCluster:
         rejoin: bool = True,
         wrapper: bool = False,
         env: dict[str, str] | None = None,
+        secure: bool = False,
     ) -> None:
         require_network_privileges()
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        names = [f"node-{index}" for index in range(1, size + 1)]
+        self.keys = (
+            ClusterKeys.create(directory / "keys", names, SECURE_CLIENTS) if secure else None
+        )
         self.run_id = secrets.token_hex(3)
         self.bridge = f"{PREFIX}br-{self.run_id}"
         self.events = EventLog(directory / "nemesis.jsonl")
@@ -362,6 +389,7 @@ class NetCluster:
                     log_path=directory / f"{name}.log",
                     wrapper=wrapper,
                     env=dict(env or {}),
+                    keys=self.keys,
                 )
             )
         first = self.nodes[0].endpoint
@@ -461,8 +489,20 @@ class NetCluster:
     def node(self, name: str) -> FaultNode:
         return next(node for node in self.nodes if node.name == name)
 
+    def client(self, endpoints: str | Sequence[str], *, timeout: float, retries: int) -> Client:
+        """A Client of these nodes (secure: holding the admin key)."""
+        if self.keys is not None:
+            return self.keys.client(endpoints, ADMIN, timeout=timeout, retries=retries)
+        return Client(endpoints, timeout=timeout, retries=retries)
+
+    def client_keys(self) -> tuple[Path, Path] | None:
+        """The workloads' (secret key, trust dir) in a secure cluster, else None."""
+        if self.keys is None:
+            return None
+        return self.keys.secret_key(WORKLOAD), self.keys.trust_dir
+
     def status(self, name: str, timeout: float = 3.0) -> dict[str, Any]:
-        with Client(self.node(name).endpoint, timeout=timeout, retries=0) as client:
+        with self.client(self.node(name).endpoint, timeout=timeout, retries=0) as client:
             return client.status()
 
     def alive_in_view(self, name: str) -> set[str]:
@@ -595,9 +635,23 @@ class NetCluster:
             self.names, partitions=int(status["partitions"]), replicas=status["replication"]["n"]
         )
 
+    def _peer_credentials(self, node: FaultNode) -> PeerCredentials | None:
+        """What `replica_states` needs to read `node`'s replicas in a secure cluster."""
+        if self.keys is None:
+            return None
+        status = self.status(node.name, timeout=10.0)
+        return PeerCredentials(
+            peer_endpoint=str(status["peer_endpoint"]),
+            checker_secret_key=self.keys.secret_key(CHECKER),
+            node_public_key=load_certificate(self.keys.trust_dir / f"{node.name}.key").public_key,
+        )
+
     def disagreements(self, keys: Sequence[str], ring: Ring) -> list[str]:
         """The keys whose replicas (the ring's owners) do not all hold the same state."""
-        held = {node.name: replica_states(node.endpoint, keys) for node in self.nodes}
+        held = {
+            node.name: replica_states(node.endpoint, keys, secure=self._peer_credentials(node))
+            for node in self.nodes
+        }
         return [
             key
             for key in keys
@@ -618,16 +672,37 @@ def _drop_flag_value(args: Sequence[str], flag: str) -> list[str]:
     return kept
 
 
+@dataclass(frozen=True)
+class PeerCredentials:
+    """How to reach a secure node's peer plane: its endpoint, a node key to present (the
+    plane admits node keys only), and the node's own public key, to pin."""
+
+    peer_endpoint: str
+    checker_secret_key: Path
+    node_public_key: bytes
+
+
 def replica_states(
-    endpoint: str, keys: Sequence[str], timeout: float = 10.0, chunk: int = 500
+    endpoint: str,
+    keys: Sequence[str],
+    timeout: float = 10.0,
+    chunk: int = 500,
+    *,
+    secure: PeerCredentials | None = None,
 ) -> dict[str, KeyState]:
     """What the node at `endpoint` holds for each key in its own store (node-to-node
-    `store` reads, `chunk` keys a call), as kvactors.testing.replica_state does for one."""
+    `store` reads, `chunk` keys a call), as kvactors.testing.replica_state does for one.
+    `secure`: the node runs secure; read its peer plane with these credentials."""
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     states: dict[str, KeyState] = {}
     with context.socket(zmq.DEALER) as sock:
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(peer_endpoint(endpoint, timeout))
+        if secure is None:
+            sock.connect(peer_endpoint(endpoint, timeout))
+        else:
+            checker = load_certificate(secure.checker_secret_key)
+            secure_client(sock, checker, secure.node_public_key)
+            sock.connect(secure.peer_endpoint)
         for start in range(0, len(keys), chunk):
             part = keys[start : start + chunk]
             ops = [["read", key.encode()] for key in part]

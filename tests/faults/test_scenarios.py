@@ -63,6 +63,9 @@ class Scenario:
     """Replication deliberately broken: the run must report losses."""
     majority_floor: float | None = None
     """Availability required of the nodes the nemesis left alone, during the fault."""
+    secure: bool = False
+    """Nodes run with CURVE keys and a trust dir (made in the run's directory); clients
+    and the checker's replica reads hold keys too."""
 
 
 SCENARIOS = [
@@ -83,6 +86,15 @@ SCENARIOS = [
     ),
     Scenario("lmdb-kill-all", KillAllNemesis, seed=17, lmdb=True),
     Scenario("clock-skew", SkewNemesis, seed=19, wrapped=True),
+]
+# The same faults against secure nodes (CURVE on both planes): kill -9 and the partitions.
+SECURE_KILL9 = Scenario("secure-kill9", KillNemesis, seed=21, secure=True)
+SECURE_SCENARIOS = [
+    SECURE_KILL9,
+    Scenario(
+        "secure-isolate", IsolateNemesis, seed=22, majority_floor=MAJORITY_AVAILABILITY, secure=True
+    ),
+    Scenario("secure-split", SplitNemesis, seed=23, secure=True),
 ]
 CONTROL = Scenario(
     "control-n1-kill9",
@@ -118,6 +130,7 @@ def make_cluster(scenario: Scenario, directory: Path, seed: int) -> NetCluster:
         rejoin=not scenario.lmdb,  # an lmdb node rejoins through the members it knew
         wrapper=scenario.wrapped,
         env=env,
+        secure=scenario.secure,
     )
 
 
@@ -128,7 +141,10 @@ def run_scenario(scenario: Scenario, duration: float, directory: Path) -> dict[s
     directory.mkdir(parents=True, exist_ok=True)
     nemesis = scenario.nemesis(duration)
     with make_cluster(scenario, directory, seed) as cluster:
-        workers = Workers(directory, cluster.endpoints, seed=seed, hot_keys=HOT_KEYS).start()
+        client_keys = cluster.client_keys()
+        workers = Workers(
+            directory, cluster.endpoints, seed=seed, hot_keys=HOT_KEYS, client_keys=client_keys
+        ).start()
         try:
             time.sleep(WARM_UP)  # load before the fault: a timed phase, not a wait on a state
             windows = nemesis.run(cluster, rng)
@@ -144,6 +160,7 @@ def run_scenario(scenario: Scenario, duration: float, directory: Path) -> dict[s
             if not node.running:
                 cluster.restart(node.name)
         cluster.wait_all_alive(60.0)
+        secure_nodes = [name for name in cluster.names if cluster.status(name).get("secure")]
         history = read_history(directory)
         keys = written_keys(history)
         ring = cluster.ring()
@@ -159,7 +176,7 @@ def run_scenario(scenario: Scenario, duration: float, directory: Path) -> dict[s
         except AssertionError:
             converged = False
         converged_at = time.monotonic()
-        final_reads(directory, list(cluster.endpoints.values()), history)
+        final_reads(directory, list(cluster.endpoints.values()), history, client_keys)
         dropped = cluster.dropped_packets()
     history = read_history(directory)
     majority = [name for name in cluster.names if name not in nemesis.faulty]
@@ -167,6 +184,8 @@ def run_scenario(scenario: Scenario, duration: float, directory: Path) -> dict[s
     on_majority = check(history, windows, nodes=majority)
     report = {
         "scenario": scenario.name,
+        "secure": scenario.secure,
+        "secure_nodes": secure_nodes,
         "seed": seed,
         "fault_seconds": duration,
         "windows": [[w.start, w.end] for w in windows],
@@ -234,6 +253,26 @@ DURATIONS = [
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 def test_no_acknowledged_write_is_lost(scenario: Scenario, duration: float, tmp_path: Path) -> None:
     report = run_scenario(scenario, duration, tmp_path / scenario.name)
+    assert_run(scenario, report)
+
+
+SECURE_RUNS = [
+    # One short secure run in the quick set; the full ones with the other full runs.
+    pytest.param(SECURE_KILL9, SHORT, id="short-secure-kill9"),
+    *(
+        pytest.param(s, FULL, id=f"full-{s.name}", marks=[pytest.mark.slow, pytest.mark.faults])
+        for s in SECURE_SCENARIOS
+    ),
+]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(("scenario", "duration"), SECURE_RUNS)
+def test_no_acknowledged_write_is_lost_in_a_secure_cluster(
+    scenario: Scenario, duration: float, tmp_path: Path
+) -> None:
+    report = run_scenario(scenario, duration, tmp_path / scenario.name)
+    assert report["secure_nodes"] == [f"node-{i}" for i in range(1, 6)], report
     assert_run(scenario, report)
 
 

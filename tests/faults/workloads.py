@@ -16,7 +16,9 @@ that node alone (no failover), so the history says which node served what. Opera
 are paced to `--rate` a second so that five nodes and the clients share two cores.
 
 In the test process: `Workers` starts and stops the processes, `final_reads` reads back
-what survived, `read_history` collects the records.
+what survived, `read_history` collects the records. Against a secure cluster both take
+`client_keys`, a client's (secret key, trust dir), and the processes get them as
+`--secret-key` and `--trust-dir`.
 """
 
 from __future__ import annotations
@@ -87,8 +89,10 @@ def perform(recorder: Recorder, node: str, f: str, key: str, value: Any, *, acti
 def run_workload(args: argparse.Namespace, stop: threading.Event) -> int:
     nodes = dict(pair.split("=", 1) for pair in args.nodes)
     rng = random.Random(args.seed)
+    keys = {"secret_key": args.secret_key, "trust_dir": args.trust_dir}
     clients = {
-        name: Client(endpoint, timeout=args.timeout, retries=0) for name, endpoint in nodes.items()
+        name: Client(endpoint, timeout=args.timeout, retries=0, **keys)
+        for name, endpoint in nodes.items()
     }
     names = sorted(clients)
     done = 0
@@ -130,6 +134,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per request")
     parser.add_argument("--hot-keys", type=int, default=4)
     parser.add_argument("--element-base", type=int, default=0)
+    parser.add_argument("--secret-key", help="the client's secret key (a secure cluster)")
+    parser.add_argument("--trust-dir", help="the node keys it trusts (a secure cluster)")
     return parser.parse_args(argv)
 
 
@@ -163,6 +169,7 @@ class Workers:
         register_processes: int = 2,
         rate: float = 40.0,
         hot_keys: int = 4,
+        client_keys: tuple[Path, Path] | None = None,
     ) -> None:
         self.directory = directory
         self.hot_keys = hot_keys
@@ -171,13 +178,16 @@ class Workers:
         pairs = [f"{name}={endpoint}" for name, endpoint in endpoints.items()]
         plan = [("set", i) for i in range(set_processes)]
         plan += [("register", set_processes + i) for i in range(register_processes)]
+        secure = []
+        if client_keys is not None:
+            secure = ["--secret-key", str(client_keys[0]), "--trust-dir", str(client_keys[1])]
         for workload, number in plan:
             self._commands.append([
                 sys.executable, str(SCRIPT), *pairs, "--workload", workload,
                 "--process", f"{workload}-{number}", "--seed", str(seed * 1000 + number),
                 "--history", str(directory / f"history-{workload}-{number}.jsonl"),
                 "--rate", str(rate), "--hot-keys", str(hot_keys),
-                "--element-base", str(number * 10_000_000),
+                "--element-base", str(number * 10_000_000), *secure,
             ])  # fmt: skip
 
     def start(self, timeout: float = 60.0) -> Workers:
@@ -239,14 +249,24 @@ def _chunked(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
 
 
 def final_reads(
-    directory: Path, endpoints: Sequence[str], history: Sequence[dict[str, Any]]
+    directory: Path,
+    endpoints: Sequence[str],
+    history: Sequence[dict[str, Any]],
+    client_keys: tuple[Path, Path] | None = None,
 ) -> None:
     """Read back every key the workloads touched, through `endpoints` (with failover),
     and append the reads to ``history-final.jsonl`` as process ``final``."""
     puts, hot = _written_keys(history)
+    secret_key, trust_dir = client_keys if client_keys is not None else (None, None)
     with (
         (directory / "history-final.jsonl").open("a") as stream,
-        Client(list(endpoints), timeout=10.0, retries=len(endpoints)) as client,
+        Client(
+            list(endpoints),
+            timeout=10.0,
+            retries=len(endpoints),
+            secret_key=secret_key,
+            trust_dir=trust_dir,
+        ) as client,
     ):
         recorder = Recorder(stream, FINAL_PROCESS)
         # One get_many per chunk, recorded as one read per key (the checker pairs each
