@@ -175,6 +175,17 @@ class NodeConfig:
     max_inflight: int = 10_000
     """Network requests in flight before new ones are answered ``overloaded``."""
 
+    max_inflight_per_connection: int = 128
+    """Requests in flight from one client connection before its new ones are answered
+    ``overloaded``: one connection cannot take the whole of `max_inflight`, nor make the
+    node hold more than this many values at once while they are served. Twice what it
+    takes to keep a node busy (benchmarks pipeline 64)."""
+
+    max_reply_backlog_bytes: int = 16 * 1024 * 1024
+    """Bytes of replies the node holds for one client connection that does not read
+    them (its ZeroMQ queue full). A reply past it is dropped and counted, and that
+    connection's requests are refused ``overloaded`` until it has read what is held."""
+
     max_restarts: int = 10
     """Restart intensity: more than this many restarts ..."""
 
@@ -234,6 +245,8 @@ class NodeConfig:
         _check(self.max_clock_skew > 0, "max_clock_skew must be positive")
         _check(self.request_timeout > 0, "request_timeout must be positive")
         _check(self.max_inflight > 0, "max_inflight must be positive")
+        _check(self.max_inflight_per_connection > 0, "max_inflight_per_connection must be positive")
+        _check(self.max_reply_backlog_bytes > 0, "max_reply_backlog_bytes must be positive")
         _check(self.max_restarts >= 0, "max_restarts must be zero or more")
         _check(self.gossip_interval > 0, "gossip_interval must be positive")
         _check(

@@ -89,11 +89,14 @@ class FakeTransport:
     def __init__(
         self, endpoint: str = "tcp://127.0.0.1:1", peer_endpoint: str = "tcp://127.0.0.1:2"
     ) -> None:
+        from kvactors.net.reply_backlog import ReplyBacklog  # noqa: PLC0415
         from kvactors.net.transport import TransportStats  # noqa: PLC0415
 
         self.endpoint = endpoint
         self.peer_endpoint = peer_endpoint
         self.stats = TransportStats()
+        self.reply_backlog = ReplyBacklog(16 * 1024 * 1024)
+        """Never holds a reply here (every send goes out), but the node reads its `slow`."""
         self.to_clients: list[list[bytes]] = []
         self.to_callers: list[list[bytes]] = []
         self.to_peers: list[tuple[str, list[bytes]]] = []

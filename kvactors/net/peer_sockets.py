@@ -16,11 +16,20 @@ from dataclasses import dataclass
 
 import zmq
 
+from kvactors.config import NodeConfig
 from kvactors.errors import ConfigError
 from kvactors.net.certs import Certificate, TrustSet
+from kvactors.net.protocol import default_max_frame_bytes
 from kvactors.net.zap import secure_client
 
-__all__ = ["PeerSockets", "SocketOptions", "TransportSecurity", "apply_common_options"]
+__all__ = [
+    "PeerSockets",
+    "SocketOptions",
+    "TransportSecurity",
+    "apply_common_options",
+    "client_send_hwm_for",
+    "peer_frame_bytes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -28,18 +37,35 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
 
+PEER_FRAME_SLACK = 64 * 1024
+"""What a peer frame holds besides a key and its state: the call's envelope and op."""
+
+DEFAULT_CLIENT_SEND_HWM = 16
+"""The least SNDHWM of the client ROUTER (`client_send_hwm_for`)."""
+MAX_CLIENT_SEND_HWM = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class SocketOptions:
     """ZeroMQ options set on purpose (docs/protocol.md explains each)."""
 
     max_message_bytes: int
-    """MAXMSGSIZE on the ROUTER: a client or peer sending a larger frame is disconnected
+    """MAXMSGSIZE on the client ROUTER: a client sending a larger frame is disconnected
     by libzmq."""
+    peer_message_bytes: int | None = None
+    """MAXMSGSIZE on the peer ROUTER (None: `max_message_bytes`): at least N x
+    `max_state_bytes`, so that a merge of a key at its size bound always fits."""
     reply_frames: int = 64
-    """MAXMSGSIZE on the DEALERs to peers is this many times `max_message_bytes`: a
-    peer's answer to a batched call (reads, a pull) may carry many values."""
+    """MAXMSGSIZE on the DEALERs to peers is this many peer frames: a peer's answer to
+    a batched call (reads, a pull) may carry many states."""
     high_water_mark: int = 10_000
     """SNDHWM and RCVHWM: messages queued per peer before ZeroMQ pushes back."""
+    client_send_hwm: int = DEFAULT_CLIENT_SEND_HWM
+    """SNDHWM of the client ROUTER, per connection (`client_send_hwm_for`): a reply to a
+    connection with this many queued is held by the transport instead."""
+    reply_backlog_bytes: int = 16 * 1024 * 1024
+    """Bytes of replies the transport holds for one client connection whose queue is
+    full (`max_reply_backlog_bytes`)."""
     linger_ms: int = 500
     """LINGER: how long replies already queued may still go out after close."""
     heartbeat_interval_ms: int = 2_000
@@ -50,6 +76,42 @@ class SocketOptions:
     """HEARTBEAT_TTL: the remote side drops us after this long without traffic."""
     reconnect_interval_ms: int = 100
     """RECONNECT_IVL for DEALERs (RECONNECT_IVL_MAX is 20x this)."""
+
+    @classmethod
+    def from_config(cls, config: NodeConfig) -> SocketOptions:
+        """The options of a node's sockets: the client frame limit of its key and value
+        bounds, the peer frame limit of `peer_frame_bytes`, its reply backlog bound."""
+        client_frame = default_max_frame_bytes(config.max_key_bytes, config.max_value_bytes)
+        return cls(
+            max_message_bytes=client_frame,
+            peer_message_bytes=peer_frame_bytes(config, client_frame),
+            client_send_hwm=client_send_hwm_for(config),
+            reply_backlog_bytes=config.max_reply_backlog_bytes,
+        )
+
+    @property
+    def peer_frame_bytes(self) -> int:
+        """MAXMSGSIZE of the peer ROUTER."""
+        return self.peer_message_bytes or self.max_message_bytes
+
+
+def client_send_hwm_for(config: NodeConfig) -> int:
+    """SNDHWM of a node's client ROUTER: as many replies of the largest value as
+    `max_reply_backlog_bytes` holds, so that ZeroMQ's queue for one connection holds
+    about as many bytes as the transport may hold beside it; at least 16, so that a
+    pipelining client's bursts rarely wait in the backlog (they would lose nothing
+    there: see kvactors.net.reply_backlog)."""
+    fitting = config.max_reply_backlog_bytes // config.max_value_bytes
+    return max(DEFAULT_CLIENT_SEND_HWM, min(MAX_CLIENT_SEND_HWM, fitting))
+
+
+def peer_frame_bytes(config: NodeConfig, client_frame: int) -> int:
+    """The largest frame a node's peer ROUTER accepts: a merge of a key whose N replicas
+    each reached `max_state_bytes` concurrently (merges are never refused, so a merged
+    state may hold all of them), with its key; never less than a client frame (a
+    forwarded write is one)."""
+    merge = config.replicas * config.max_state_bytes + config.max_key_bytes + PEER_FRAME_SLACK
+    return max(client_frame, merge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +246,7 @@ class PeerSockets:
         options = self._options
         dealer = self.context.socket(zmq.DEALER)
         apply_common_options(dealer, options)
-        dealer.setsockopt(zmq.MAXMSGSIZE, options.max_message_bytes * options.reply_frames)
+        dealer.setsockopt(zmq.MAXMSGSIZE, options.peer_frame_bytes * options.reply_frames)
         # Queue nothing for a peer with no live connection: a send fails at once and the
         # RPC layer reports it, instead of messages piling up for a dead node.
         dealer.setsockopt(zmq.IMMEDIATE, 1)

@@ -10,6 +10,18 @@ Each turn of the loop drains every ready frame and every queued call before it p
 again, then runs the flush handler, so work that arrived together leaves together (one
 batch per StoreServer, one send per reply).
 
+Replies to clients are bounded in bytes per connection: the client ROUTER has a modest
+SNDHWM and ROUTER_MANDATORY, so a reply to a connection whose queue is full raises
+EAGAIN at once; it is then held in that connection's `ReplyBacklog`
+(kvactors.net.reply_backlog, which tells the whole design) and offered again on later
+turns, while the loop also watches the ROUTER's command descriptor, which ZeroMQ's I/O
+thread signals as the queue drains. A connection past its budget has its replies dropped
+and its requests refused until it reads; one that has gone has its held replies freed.
+With nothing held, a reply costs one test of an empty dict more than a bare send.
+
+The peer ROUTER takes frames up to `SocketOptions.peer_frame_bytes` (N x
+`max_state_bytes` and a key: a merge of a key at its size bound always fits).
+
 Secure mode (`TransportSecurity`): the thread answers CURVE handshakes with a
 `ZapResponder` on its own context, both ROUTERs are CURVE servers (the client plane on
 `CLIENT_DOMAIN`, the peer plane on `PEER_DOMAIN`, which admits node keys only), and each
@@ -37,13 +49,14 @@ from typing import cast
 import zmq
 
 from kvactors.errors import ConfigError, InternalError
-from kvactors.net.certs import Certificate
+from kvactors.net.certs import Certificate, TrustSet
 from kvactors.net.peer_sockets import (
     PeerSockets,
     SocketOptions,
     TransportSecurity,
     apply_common_options,
 )
+from kvactors.net.reply_backlog import FULL, GONE, SENT, ReplyBacklog
 from kvactors.net.zap import (
     CLIENT_DOMAIN,
     PEER_DOMAIN,
@@ -80,6 +93,29 @@ def _send_parts(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
         send(frame, _NOBLOCK if index == last else _NOBLOCK_MORE)
 
 
+def _try_send(sock: zmq.Socket[bytes], frames: list[bytes]) -> int:
+    """One held reply offered again on a ROUTER_MANDATORY ROUTER: SENT, FULL or GONE.
+    Either error comes on the routing id, before any part is queued."""
+    try:
+        _send_parts(sock, frames)
+    except zmq.ZMQError as exc:
+        if exc.errno == zmq.EAGAIN:
+            return FULL
+        if exc.errno == zmq.EHOSTUNREACH:
+            return GONE
+        raise
+    return SENT
+
+
+def _offer_held(router: zmq.Socket[bytes], backlog: ReplyBacklog, stats: TransportStats) -> None:
+    """Offer a backlog's held replies again. Reading EVENTS first has the socket take in
+    its I/O thread's commands: the room freed in each queue, the connections gone."""
+    router.get(_EVENTS)
+    freed = backlog.freed
+    stats.frames_out += backlog.retry(lambda frames: _try_send(router, frames))
+    stats.unroutable += backlog.freed - freed
+
+
 def _recv_parts(sock: zmq.Socket[bytes]) -> list[bytes]:
     """recv_multipart without blocking; raises zmq.Again when nothing is ready.
 
@@ -95,12 +131,38 @@ def _recv_parts(sock: zmq.Socket[bytes]) -> list[bytes]:
     return frames
 
 
+def _drain_secure_router(
+    router: zmq.Socket[bytes],
+    serve: Callable[[list[bytes], Certificate | None], None],
+    trust: TrustSet,
+    stats: TransportStats,
+) -> None:
+    """The transport's `_drain_router` for a CURVE ROUTER: the sender's key is read off
+    the first frame (libzmq attaches the handshake's properties to every frame) and
+    looked up in the live trust set, per message."""
+    events = cast(Callable[[int], int], router.get)
+    recv = router.recv
+    for _ in range(_DRAIN_BUDGET):
+        if not events(_EVENTS) & _POLLIN:
+            return
+        frame = recv(_NOBLOCK, copy=False)
+        certificate = authenticated_peer(frame, trust)
+        frames = [frame.bytes]
+        while frame.more:
+            frame = recv(_NOBLOCK, copy=False)
+            frames.append(frame.bytes)
+        stats.frames_in += 1
+        if certificate is None:
+            stats.unauthorized += 1
+        serve(frames, certificate)
+
+
 @dataclass(slots=True)
 class TransportStats:
     frames_in: int = 0
     frames_out: int = 0
     unroutable: int = 0
-    """Replies to a client that had gone (ROUTER_MANDATORY reports them)."""
+    """Replies to a client that had gone (ROUTER_MANDATORY reports them), held ones too."""
     peer_send_dropped: int = 0
     """Messages to a peer dropped because it was unreachable or its queue full."""
     unauthorized: int = 0
@@ -174,6 +236,10 @@ class Transport:
         self._peers = PeerSockets(options, self._poller, security, name)
         self._dealers = self._peers.dealers
         self._dealer_endpoints = self._peers.endpoints
+        self.reply_backlog = ReplyBacklog(options.reply_backlog_bytes)
+        """Replies held for client connections whose queue is full."""
+        self._held = self.reply_backlog.held  # tested before each reply: empty, nearly free
+        self._router_fd: int | None = None  # the client ROUTER's, polled while replies are held
         self._handlers: TransportHandlers | None = None
         self._on_failure: Callable[[BaseException], None] | None = None
         self.endpoint = bind
@@ -253,10 +319,25 @@ class Transport:
 
     # -- sending (transport thread only) -----------------------------------------------
 
-    def send_to_client(self, frames: list[bytes]) -> None:
-        """Send a reply on the client ROUTER; `frames` start with the request's envelope."""
+    def send_to_client(self, frames: list[bytes]) -> bool:
+        """Send a reply on the client ROUTER; `frames` start with the request's envelope.
+        A connection whose queue is full has the reply held (see the module docstring);
+        False if it was dropped instead, its connection's backlog being full."""
+        held = self._held
+        if held and frames[0] in held:  # behind the replies already held for it
+            return self.reply_backlog.hold(frames)
         assert self._router is not None
-        self._reply(self._router, frames)
+        try:
+            _send_parts(self._router, frames)
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EAGAIN:
+                return self.reply_backlog.hold(frames)
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.stats.unroutable += 1  # the client has gone
+            return True
+        self.stats.frames_out += 1
+        return True
 
     def reply_to_peer(self, frames: list[bytes]) -> None:
         """Send a reply on the peer ROUTER; `frames` start with the caller's routing id."""
@@ -268,11 +349,26 @@ class Transport:
             _send_parts(router, frames)
             self.stats.frames_out += 1
         except zmq.ZMQError as exc:
-            # ROUTER_MANDATORY: EHOSTUNREACH for a client that has gone; EAGAIN when its
-            # queue is full. Either way the reply cannot be delivered; count it.
+            # ROUTER_MANDATORY: EHOSTUNREACH for a peer that has gone; EAGAIN when its
+            # queue is full. Either way the reply cannot be delivered (the caller's own
+            # timeout covers it); count it.
             if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 raise
             self.stats.unroutable += 1
+
+    def _retry_held(self, router: zmq.Socket[bytes]) -> None:
+        """Offer the held replies again (`_offer_held`). While replies are held, the loop
+        also wakes when ZeroMQ signals the ROUTER's descriptor (a queue drained, a
+        connection gone), not on a timer."""
+        _offer_held(router, self.reply_backlog, self.stats)
+        if bool(self._held) != (self._router_fd is None):
+            return
+        if self._router_fd is None:
+            self._router_fd = cast(int, router.get(zmq.FD))
+            self._poller.register(self._router_fd, zmq.POLLIN)
+        else:
+            self._poller.unregister(self._router_fd)
+            self._router_fd = None
 
     def send_to_peer(self, endpoint: str, frames: list[bytes]) -> bool:
         """Send to a peer's ROUTER over this node's DEALER to it; False if dropped."""
@@ -358,7 +454,12 @@ class Transport:
     def _bind_router(self, endpoint: str, domain: str) -> zmq.Socket[bytes]:
         assert self._context is not None
         router = self._context.socket(zmq.ROUTER)
-        apply_common_options(router, self._options)
+        options = self._options
+        apply_common_options(router, options)
+        if domain == PEER_DOMAIN:
+            router.setsockopt(zmq.MAXMSGSIZE, options.peer_frame_bytes)
+        else:
+            router.setsockopt(zmq.SNDHWM, options.client_send_hwm)
         if self._security is not None:
             try:
                 secure_server(router, self._security.certificate, domain)
@@ -382,6 +483,7 @@ class Transport:
         router, peer_router = self._router, self._peer_router
         flush = handlers.flush
         zap = None if self._zap is None else self._zap.socket
+        trust = None if self._security is None else self._security.trust
         serve_client: Callable[[list[bytes], Certificate | None], None] | None
         serve_client, serve_peer = (
             handlers.authorized_client_frames,
@@ -397,14 +499,14 @@ class Transport:
                     if zap is None:
                         self._drain_router(router, handlers.client_frames)
                     else:
-                        assert serve_client is not None
-                        self._drain_secure_router(router, serve_client)
+                        assert serve_client is not None and trust is not None
+                        _drain_secure_router(router, serve_client, trust, self.stats)
                 elif sock is peer_router:
                     if zap is None:
                         self._drain_router(peer_router, handlers.peer_request)
                     else:
-                        assert serve_peer is not None
-                        self._drain_secure_router(peer_router, serve_peer)
+                        assert serve_peer is not None and trust is not None
+                        _drain_secure_router(peer_router, serve_peer, trust, self.stats)
                 elif sock == self._wake_read:
                     self._drain_wake_pipe()
                 elif isinstance(sock, zmq.Socket) and sock in self._dealer_endpoints:
@@ -416,6 +518,8 @@ class Transport:
             while self._calls:  # what the flush handed to actors running on this thread
                 self._run_calls()
                 flush()  # and what their answers queued in turn
+            if self._held or self._router_fd is not None:
+                self._retry_held(router)
             now = time.monotonic()
             if now >= next_tick:
                 handlers.tick(now)
@@ -435,32 +539,6 @@ class Transport:
             frames = _recv_parts(router)
             self.stats.frames_in += 1
             serve(frames)
-
-    def _drain_secure_router(
-        self,
-        router: zmq.Socket[bytes],
-        serve: Callable[[list[bytes], Certificate | None], None],
-    ) -> None:
-        """`_drain_router` for a CURVE ROUTER: the sender's key is read off the first
-        frame (libzmq attaches the handshake's properties to every frame) and looked up
-        in the live trust set, per message."""
-        assert self._security is not None
-        trust = self._security.trust
-        events = cast(Callable[[int], int], router.get)
-        recv = router.recv
-        for _ in range(_DRAIN_BUDGET):
-            if not events(_EVENTS) & _POLLIN:
-                return
-            frame = recv(_NOBLOCK, copy=False)
-            certificate = authenticated_peer(frame, trust)
-            frames = [frame.bytes]
-            while frame.more:
-                frame = recv(_NOBLOCK, copy=False)
-                frames.append(frame.bytes)
-            self.stats.frames_in += 1
-            if certificate is None:
-                self.stats.unauthorized += 1
-            serve(frames, certificate)
 
     def _drain_dealer(self, handlers: TransportHandlers, dealer: zmq.Socket[bytes]) -> None:
         endpoint = self._peers.settle(dealer)
@@ -498,6 +576,10 @@ class Transport:
                 os.write(self._wake_write, b"\0")
 
     def _close_sockets(self) -> None:
+        self.reply_backlog.clear()
+        if self._router_fd is not None:
+            self._poller.unregister(self._router_fd)
+            self._router_fd = None
         self._peers.close_all()
         for router in (self._router, self._peer_router):
             if router is not None:

@@ -6,7 +6,10 @@ key's replicas (kvactors.replication.coordinator), or, where this node holds the
 only copy, one op for its own StoreServer. When every key has its outcome, the reply
 goes out with the request's envelope (`reply_for` shapes it, `Replies` sends it). The
 embedded client's requests (`submit`) take the same path and are answered through a
-Future. Runs on the transport thread.
+Future. A network request is admitted against its connection's bounds as well as the
+node's (`InFlight.admit`): one connection cannot take the whole in-flight budget, nor
+have more work done while the node holds too many unread replies for it. Runs on the
+transport thread.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from kvactors.errors import (
     ForbiddenError,
     InternalError,
     KVActorsError,
+    OverloadedError,
     UnavailableError,
 )
 from kvactors.net.certs import Certificate, role_allows
@@ -55,7 +59,7 @@ from kvactors.net.replies import (
 )
 from kvactors.net.rpc import MARKER
 from kvactors.node.channel import NodeChannel
-from kvactors.node.inflight import InFlight, Pending
+from kvactors.node.inflight import SLOW_CONNECTION, InFlight, Pending
 from kvactors.node.local_batches import LocalBatches
 from kvactors.replication.coordinator import (
     KeyOutcome,
@@ -196,7 +200,8 @@ class Frontend:
         elif op is Op.REMOVE:
             self._remove(envelope, request)
         else:
-            self._inflight.admit()
+            # Its connection's bounds too: requests in flight, and unread replies held.
+            self._inflight.admit(envelope[0])
             slots, deadline = _slots(request), self._deadline(request)
             self.start(request, _ClientRequest(self._replies, envelope, request, slots, deadline))
 
@@ -351,6 +356,7 @@ class _ClientRequest(Pending):
         self.missing = slots
         self.deadline = deadline
         self.done = False
+        self.connection = envelope[0]  # its routing id: counted against its connection
         self.replies = replies
         self.envelope = envelope
         self.request = request
@@ -362,7 +368,10 @@ class _ClientRequest(Pending):
         except KVActorsError as error:
             self.refuse(error)
             return
-        self.replies.send([*self.envelope, encode_reply(reply, request.fmt)])
+        if self.replies.send([*self.envelope, encode_reply(reply, request.fmt)]) is False:
+            # Dropped: the node holds too many unread replies for this connection. A
+            # short refusal in its place (held if it fits) tells the client so.
+            self.refuse(OverloadedError(SLOW_CONNECTION))
 
     def refuse(self, error: KVActorsError) -> None:
         request = self.request
@@ -459,11 +468,12 @@ def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
 
 
 class Replies:
-    """Sends frames to clients (through `send`, the transport's), counting errors."""
+    """Sends frames to clients (through `send`, the transport's), counting errors. `send`
+    returns False when it dropped a reply because its connection does not read."""
 
     __slots__ = ("errors", "send")
 
-    def __init__(self, send: Callable[[list[bytes]], None]) -> None:
+    def __init__(self, send: Callable[[list[bytes]], bool | None]) -> None:
         self.send = send
         self.errors = 0
 

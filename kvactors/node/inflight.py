@@ -4,6 +4,13 @@ Every request that waits for replicas is a `Pending`: one result slot per key, a
 deadline, and how to answer. `InFlight` admits it (refusing past `max_inflight`),
 watches its deadline, fills its slots as answers come and answers it once the last one
 is in. Everything here runs on the transport thread.
+
+A client connection's requests are bounded on their own too, so that one connection
+cannot take the node's whole budget: past `max_inflight_per_connection` in flight, or
+while the node holds more unread replies for it than `max_reply_backlog_bytes` (its
+routing id is in the transport's `ReplyBacklog.slow`), its key requests are refused
+``overloaded``. The count per connection is kept for each request that has one; the
+check costs nothing while the node has fewer requests in flight than one connection may.
 """
 
 from __future__ import annotations
@@ -11,8 +18,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Set
+from typing import Any, Final
 
 from kvactors.errors import (
     KVActorsError,
@@ -21,19 +28,27 @@ from kvactors.errors import (
     UnavailableError,
 )
 
-__all__ = ["InFlight", "Pending"]
+__all__ = ["SLOW_CONNECTION", "InFlight", "Pending"]
+
+SLOW_CONNECTION: Final = (
+    "the node holds too many unread replies for this connection "
+    "(max_reply_backlog_bytes); read them, then retry"
+)
 
 
 class Pending:
     """One request waiting for its keys: one result slot per key."""
 
-    __slots__ = ("deadline", "done", "missing", "results")
+    __slots__ = ("connection", "deadline", "done", "missing", "results")
 
-    def __init__(self, slots: int, deadline: float) -> None:
+    def __init__(self, slots: int, deadline: float, connection: bytes | None = None) -> None:
         self.results: list[Any] = [None] * slots
         self.missing = slots
         self.deadline = deadline
         self.done = False
+        self.connection = connection
+        """The client connection (routing id) it came on, counted against its bound;
+        None for the embedded client's requests and peers' calls."""
 
     def answer(self) -> None:
         """Send the reply built from `results`."""
@@ -47,12 +62,31 @@ class Pending:
 class InFlight:
     """The requests in flight: admission, deadlines, and their slots as answers come."""
 
-    def __init__(self, max_inflight: int, timeout: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        max_inflight: int,
+        timeout: float,
+        clock: Callable[[], float],
+        *,
+        max_per_connection: int | None = None,
+        slow_connections: Set[bytes] = frozenset(),
+    ) -> None:
         self._max = max_inflight
+        self._max_per_connection = (
+            max_inflight if max_per_connection is None else max_per_connection
+        )
+        self._slow = slow_connections
         self._timeout = timeout
         self._clock = clock
         self.count = 0
+        self.per_connection: dict[bytes, int] = {}
+        """Requests in flight per client connection, for those with any."""
         self.overloaded = 0
+        self.connection_refusals = 0
+        """Requests refused because their connection had as many in flight as it may."""
+        self.slow_refusals = 0
+        """Requests refused because the node held too many unread replies for their
+        connection."""
         self.timeouts = 0
         self.closing = False
         # Deadlines in arrival order: with the default timeout they are also in deadline
@@ -62,13 +96,30 @@ class InFlight:
         self._custom: list[tuple[float, int, Pending]] = []
         self._sequence = itertools.count()
 
-    def admit(self) -> None:
-        """Refuse new work while closing or past the in-flight bound."""
+    def admit(self, connection: bytes | None = None) -> None:
+        """Refuse new work while closing or past the in-flight bound; a client
+        `connection`'s also past its own bound, or while it is slow to read."""
         if self.closing:
             raise UnavailableError("the node is shutting down")
-        if self.count >= self._max:
+        count = self.count
+        if count >= self._max:
             self.overloaded += 1
-            raise OverloadedError(f"{self.count} requests in flight; retry later")
+            raise OverloadedError(f"{count} requests in flight; retry later")
+        if connection is None:
+            return
+        if self._slow and connection in self._slow:
+            self.overloaded += 1
+            self.slow_refusals += 1
+            raise OverloadedError(SLOW_CONNECTION)
+        limit = self._max_per_connection
+        # No connection can be at its bound while the node has fewer in flight.
+        if count >= limit and self.per_connection.get(connection, 0) >= limit:
+            self.overloaded += 1
+            self.connection_refusals += 1
+            raise OverloadedError(
+                f"this connection has {limit} requests in flight, the most one may have "
+                "(max_inflight_per_connection); read their replies, then send more"
+            )
 
     def deadline(self, timeout: float | None) -> float:
         """The deadline of a request with `timeout` seconds (None: the node's default)."""
@@ -76,6 +127,10 @@ class InFlight:
 
     def track(self, pending: Pending, own_timeout: bool) -> None:
         self.count += 1
+        connection = pending.connection
+        if connection is not None:
+            per_connection = self.per_connection
+            per_connection[connection] = per_connection.get(connection, 0) + 1
         if not own_timeout:
             self._deadlines.append(pending)
         else:
@@ -89,6 +144,8 @@ class InFlight:
         if pending.missing == 0:
             pending.done = True
             self.count -= 1
+            if pending.connection is not None:
+                self._release(pending.connection)
             pending.answer()
 
     def fail(self, pending: Pending, error: KVActorsError) -> None:
@@ -96,7 +153,17 @@ class InFlight:
             return
         pending.done = True
         self.count -= 1
+        if pending.connection is not None:
+            self._release(pending.connection)
         pending.refuse(error)
+
+    def _release(self, connection: bytes) -> None:
+        per_connection = self.per_connection
+        left = per_connection[connection] - 1
+        if left:
+            per_connection[connection] = left
+        else:
+            del per_connection[connection]
 
     def expire(self, now: float) -> None:
         """Answer `timeout` for every request past its deadline."""

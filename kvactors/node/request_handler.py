@@ -81,7 +81,13 @@ class RequestService:
         client_seeds = [seed for seed in config.seeds if seed not in services.peer_seeds]
         self.seeds = Seeds(client_seeds, transport.send_to_peer, clock)
         self.rpc.route = self.seeds.route
-        self.inflight = InFlight(config.max_inflight, config.request_timeout, clock)
+        self.inflight = InFlight(
+            config.max_inflight,
+            config.request_timeout,
+            clock,
+            max_per_connection=config.max_inflight_per_connection,
+            slow_connections=transport.reply_backlog.slow,
+        )
         self.replies = Replies(transport.send_to_client)
         self.local = LocalBatches(services.directory, transport.call_soon, transport.in_loop_thread)
         if services.storage_sync is not None and services.storage is not None:
@@ -211,6 +217,7 @@ class RequestService:
     def status(self) -> dict[str, Any]:
         """The node's view of the cluster and its own counters (the `status` reply)."""
         config, transport = self._config, self._transport.stats
+        backlog = self._transport.reply_backlog
         group = self.local.group
         return {
             **cluster_status(config, self._services.ring.current),
@@ -223,6 +230,14 @@ class RequestService:
             "overloaded": self.inflight.overloaded,
             "timeouts": self.inflight.timeouts,
             "unroutable_replies": transport.unroutable,
+            "held_replies": backlog.held_replies,
+            "held_reply_bytes": backlog.held_bytes,
+            "backlogged_connections": len(backlog.held),
+            "replies_held_total": backlog.held_total,
+            "slow_connections": len(backlog.slow),
+            "slow_consumer_drops": backlog.dropped,
+            "slow_consumer_refusals": self.inflight.slow_refusals,
+            "connection_inflight_refusals": self.inflight.connection_refusals,
             "secure": self._security is not None,
             "unauthorized_messages": transport.unauthorized,
             "peer_sends_dropped": transport.peer_send_dropped,
@@ -259,7 +274,7 @@ class RequestHandler(SupervisedActor):
         self._services = services
         self._config = config
         self._dispatcher = services.dispatcher
-        options = SocketOptions(max_message_bytes=Codec.from_config(config).max_frame_bytes)
+        options = SocketOptions.from_config(config)
         security = services.security
         self._transport = Transport(
             config.bind,
