@@ -950,11 +950,19 @@ class SkewNemesis(Nemesis):
 
     skewed: float = 8.0
     gap: float = 2.0
+    offsets: tuple[float, ...] = (2.0, 30.0, 600.0, 3600.0)
+    """The sizes of skew drawn from."""
+    directions: tuple[int, ...] = (-1, 1)
+    """Ahead (1), behind (-1) or either."""
     name = "clock-skew"
+
+    @property
+    def largest(self) -> float:
+        return max(self.offsets)
 
     def cycle(self, cluster: NetCluster, rng: Any, deadline: float) -> None:
         def skew(victim: str) -> float:  # drawn after the victim, as the seed expects
-            seconds = rng.choice([-1, 1]) * rng.choice([2.0, 30.0, 600.0, 3600.0])
+            seconds = rng.choice(self.directions) * rng.choice(self.offsets)
             return cluster.skew_clock(victim, seconds)
 
         self.fault_one_node(

@@ -63,6 +63,9 @@ class Scenario:
     """Replication deliberately broken: the run must report losses."""
     majority_floor: float | None = None
     """Availability required of the nodes the nemesis left alone, during the fault."""
+    env: tuple[tuple[str, str], ...] = ()
+    """Environment variables of every node (KVACTORS_* settings)."""
+    convergence_patience: float = CONVERGENCE_PATIENCE
     secure: bool = False
     """Nodes run with CURVE keys and a trust dir (made in the run's directory); clients
     and the checker's replica reads hold keys too."""
@@ -85,8 +88,31 @@ SCENARIOS = [
         wrapped=True,
     ),
     Scenario("lmdb-kill-all", KillAllNemesis, seed=17, lmdb=True),
-    Scenario("clock-skew", SkewNemesis, seed=19, wrapped=True),
+    # Clocks up to an hour apart. A node refuses a state stamped further ahead of its
+    # clock than max_clock_skew (60 s by default, security.md): with the default, a node
+    # skewed an hour ahead has every write it coordinates refused by the other replicas
+    # (never acknowledged), and the version it stored alone stays apart until the others'
+    # clocks reach its stamp, an hour later: no run could converge. This scenario is about
+    # clocks that drift, not about that bound, so its nodes allow twice its largest skew;
+    # SKEW_PAST_THE_BOUND below shows what the default bound does to a skewed node.
+    Scenario(
+        "clock-skew",
+        SkewNemesis,
+        seed=19,
+        wrapped=True,
+        env=(("KVACTORS_MAX_CLOCK_SKEW", str(2 * SkewNemesis(0).largest)),),
+    ),
 ]
+# A clock 10 minutes to an hour ahead, with the default max_clock_skew (60 s): the writes
+# the skewed node coordinates are refused (bad_request from the replicas), never
+# acknowledged and then lost; replicas stay apart only on keys such a write touched.
+SKEW_PAST_THE_BOUND = Scenario(
+    "clock-skew-past-bound",
+    lambda duration: SkewNemesis(duration, offsets=(600.0, 3600.0), directions=(1,)),
+    seed=24,
+    wrapped=True,
+    convergence_patience=15.0,
+)
 # The same faults against secure nodes (CURVE on both planes): kill -9 and the partitions.
 SECURE_KILL9 = Scenario("secure-kill9", KillNemesis, seed=21, secure=True)
 SECURE_SCENARIOS = [
@@ -116,9 +142,9 @@ def make_cluster(scenario: Scenario, directory: Path, seed: int) -> NetCluster:
         data = directory / "data" / name
         return ["--storage", "lmdb", "--data-dir", str(data), "--fsync", "always"]
 
-    env = {}
+    env = dict(scenario.env)
     if scenario.wrapped:
-        env = {
+        env |= {
             "KVA_FAULTS_SEED": str(seed),
             "KVA_FAULTS_CRASHES": os.environ.get("KVA_FAULTS_CRASHES", "4"),
             "KVA_FAULTS_CRASH_KEYS": ",".join(hot_key(i) for i in range(HOT_KEYS)),
@@ -172,7 +198,7 @@ def run_scenario(scenario: Scenario, duration: float, directory: Path) -> dict[s
 
         converged = True
         try:
-            wait_for(agreed, CONVERGENCE_PATIENCE, "replicas never agreed")
+            wait_for(agreed, scenario.convergence_patience, "replicas never agreed")
         except AssertionError:
             converged = False
         converged_at = time.monotonic()
@@ -193,6 +219,8 @@ def run_scenario(scenario: Scenario, duration: float, directory: Path) -> dict[s
         "keys_checked_for_convergence": len(keys),
         "converged": converged,
         "disagreeing_keys": remaining[:20],
+        "disagreeing_key_count": len(remaining),
+        "all_disagreeing_keys": remaining,
         "convergence_seconds_after_heal": round(converged_at - healed_at, 2),
         "convergence_seconds_after_quiet": round(converged_at - quiet_at, 2),
         "packets_dropped_on_purpose": dropped,
@@ -254,6 +282,26 @@ DURATIONS = [
 def test_no_acknowledged_write_is_lost(scenario: Scenario, duration: float, tmp_path: Path) -> None:
     report = run_scenario(scenario, duration, tmp_path / scenario.name)
     assert_run(scenario, report)
+
+
+@pytest.mark.timeout(300)
+def test_a_clock_skewed_past_the_bound_has_its_writes_refused_not_lost(tmp_path: Path) -> None:
+    scenario = SKEW_PAST_THE_BOUND
+    directory = tmp_path / scenario.name
+    report = run_scenario(scenario, SHORT, directory)
+    assert report["unread"] == 0, report
+    assert report["lost"] == 0, f"acknowledged writes lost: {report['lost_writes'][:10]}"
+    assert report["unexpected"] == 0, report
+    refused = [
+        record
+        for record in read_history(directory)
+        if record["type"] == "fail" and "bad_request" in record.get("error", "")
+    ]
+    assert refused, f"no write was refused while a clock ran an hour ahead: {report}"
+    # Apart only where a refused write left a version on the skewed node alone.
+    refused_keys = {record["key"] for record in refused}
+    apart = set(report["all_disagreeing_keys"])
+    assert apart <= refused_keys, sorted(apart - refused_keys)[:20]
 
 
 SECURE_RUNS = [
