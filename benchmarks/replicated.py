@@ -35,6 +35,13 @@ build (this checkout, or `--new-ref`'s commit), in alternating order, each throu
 tree's `kvactors cluster` (see _builds.py), and measures peak puts and gets on each; it
 prints each build's rate per run and the median of the runs' ratios new/old. PySyncObj
 and Redis are left out.
+
+With `--secure`, each run starts an insecure 3-node cluster and a secure one (CURVE on
+both planes, keys made by the launcher; the load holds the admin client's key, see
+_secure.py), in alternating order, measures peak puts and gets on each and prints the
+median of the runs' ratios secure/insecure. PySyncObj and Redis are left out.
+
+    python benchmarks/replicated.py --secure --runs 3
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ from _builds import (
     builds,
     cluster_of,
     in_turn,
+    paired,
     rate_row,
     ratio_row,
 )
@@ -75,6 +83,8 @@ from _builds import (
 from kvactors.launcher import free_port_block
 
 if TYPE_CHECKING:
+    from _secure import Credentials
+
     from kvactors.launcher import LocalCluster
 
 HERE = Path(__file__).resolve().parent
@@ -144,7 +154,12 @@ class DealerLoad:
     table maps it to its send time (and, for a put, its key: acknowledged keys are what
     the gets read)."""
 
-    def __init__(self, endpoints: list[str], rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        endpoints: list[str],
+        rng: random.Random | None = None,
+        secure: Credentials | None = None,
+    ) -> None:
         self.rng = rng or random.Random()
         self.written: list[str] = []
         self._sockets: list[zmq.Socket[bytes]] = []
@@ -152,6 +167,8 @@ class DealerLoad:
         for endpoint in endpoints:
             sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            if secure is not None:  # a CURVE client pinned to that node's key
+                secure.apply(sock, endpoint)
             sock.connect(endpoint)
             self._poller.register(sock, zmq.POLLIN)
             self._sockets.append(sock)
@@ -384,6 +401,64 @@ def compare_builds(args: argparse.Namespace) -> None:
         f"failed requests: old {failed['old']}, new {failed['new']}; gets that found "
         f"no value: old {missing['old']}, new {missing['new']}"
     )
+
+
+def measure_secure_peak(
+    keys_dir: Path | None, inflight: int, warmup: float, seconds: float
+) -> PeakRun:
+    """Peak puts, then gets, on a fresh 3-node LocalCluster of this checkout; secure
+    (keys made, or reused, in `keys_dir`) unless `keys_dir` is None."""
+    from _secure import cluster_credentials  # noqa: PLC0415 - imports kvactors
+
+    from kvactors.launcher import LocalCluster  # noqa: PLC0415
+
+    with LocalCluster(3, base_port=free_port_block(3), keys_dir=keys_dir) as cluster:
+        load = DealerLoad(cluster.endpoints, secure=cluster_credentials(cluster))
+        try:
+            put = load.closed_loop("put", inflight, warmup, seconds)
+            if not load.written:
+                raise RuntimeError("no put succeeded")
+            get = load.closed_loop("get", inflight, warmup, seconds)
+            return PeakRun(put, get, load.copies_probe())
+        finally:
+            load.close()
+
+
+def compare_secure(args: argparse.Namespace) -> None:
+    """Each run: an insecure and a secure cluster, in alternating order."""
+    from _secure import verdict  # noqa: PLC0415
+
+    runs: dict[str, list[PeakRun]] = {"insecure": [], "secure": []}
+    with tempfile.TemporaryDirectory(prefix="kvactors-bench-keys-") as directory:
+        for run in range(args.runs):
+            plan = in_turn(run, ("insecure", None), ("secure", Path(directory)))
+            for name, keys_dir in plan:
+                runs[name].append(
+                    measure_secure_peak(keys_dir, args.kvactors_inflight, args.warmup, args.seconds)
+                )
+            print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
+    print(
+        f"kvactors, 3 nodes on loopback (default N, R, W), {os.cpu_count()} cores; "
+        f"{args.kvactors_inflight} in flight, {VALUE_BYTES}-byte values, a new random key "
+        f"per put; {args.seconds}s per measurement after {args.warmup}s warm-up, "
+        f"{args.runs} run(s); PySyncObj and Redis not run"
+    )
+    print("secure: CURVE on the client and peer planes, each message checked against the")
+    print("trust set; the insecure cluster went first in runs 1, 3, ...")
+    for name in runs:
+        print(f"replication check, {name}: {runs[name][-1].probe}")
+    print(f"{'':36}{'median':>12}   each run")
+    for op in ("put", "get"):
+        insecure = [getattr(run, op).rate for run in runs["insecure"]]
+        secure = [getattr(run, op).rate for run in runs["secure"]]
+        print(rate_row(f"{op} ops/s, insecure", insecure))
+        print(rate_row(f"{op} ops/s, secure", secure))
+        print(ratio_row(f"{op} secure/insecure", secure, insecure))
+        print(f"  {verdict(paired(secure, insecure)[0])}")
+    for name, measured in runs.items():
+        p99 = statistics.median(run.put.p99_ms for run in measured)
+        failed = sum(r.put.failed + r.get.failed for r in measured)
+        print(f"{name}: put p99 at peak {p99:.1f} ms (median of runs), failed requests {failed}")
 
 
 # --- PySyncObj ----------------------------------------------------------------------------
@@ -746,11 +821,22 @@ def main() -> None:
         help="only kvactors: open-loop puts at each rate a second (where the tail begins)",
     )
     add_build_options(parser, only="only kvactors' peak puts and gets: ")
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="only kvactors' peak puts and gets: a secure cluster beside an insecure one "
+        "in each run, and the ratios secure/insecure",
+    )
     args = parser.parse_args()
     if args.quick:
         args.runs, args.seconds, args.warmup = 1, 1.5, 0.25
     if args.latency_at:
         latency_curve([float(rate) for rate in args.latency_at.split(",")], args.seconds)
+        return
+    if args.secure:
+        if args.baseline_ref:
+            raise SystemExit("--secure and --baseline-ref are separate comparisons")
+        compare_secure(args)
         return
     if args.baseline_ref:
         compare_builds(args)

@@ -9,8 +9,13 @@ With `--baseline-ref REF`, each run also measures a node of REF's tree (see _bui
 beside this tree's, the two in alternating order after the bare server, and prints each
 build's rate per run and the median of the runs' ratios new/old.
 
+With `--secure`, each run also measures a secure node (CURVE, its own key and a trust
+dir; the load holds an admin client key, see _secure.py) beside an insecure one, the two
+in alternating order after the bare server, and prints the median of the runs' ratios
+secure/insecure.
+
     python benchmarks/throughput.py [--seconds 3] [--runs 3] [--inflight 64]
-                                    [--baseline-ref REF [--new-ref REF]]
+                                    [--baseline-ref REF [--new-ref REF] | --secure]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,9 +33,19 @@ from pathlib import Path
 
 import msgpack
 import zmq
-from _builds import Build, add_build_options, builds, in_turn, rate_row, ratio_row
+from _builds import (
+    Build,
+    add_build_options,
+    builds,
+    current_build,
+    in_turn,
+    paired,
+    rate_row,
+    ratio_row,
+)
+from _secure import Credentials, connect, credentials, verdict
 
-from kvactors.launcher import free_port_block
+from kvactors.launcher import ClusterKeys, free_port_block
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,9 +71,13 @@ def wait_ready(endpoint: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{endpoint} did not answer within {timeout}s")
 
 
+NODE_NAME = "bench"
+
+
 @contextmanager
-def server(kind: str | Build) -> Iterator[str]:
-    """The bare server (kind "bare") or a kvactors node of the given build."""
+def server(kind: str | Build, keys: ClusterKeys | None = None) -> Iterator[str]:
+    """The bare server (kind "bare") or a kvactors node of the given build; secure with
+    `keys` (a key pair named NODE_NAME in them)."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     if kind == "bare":
         process = subprocess.Popen(
@@ -65,17 +85,36 @@ def server(kind: str | Build) -> Iterator[str]:
         )
     else:
         assert isinstance(kind, Build)
-        node = ["--log-level", "WARNING", "node", "--name", "bench", "--bind", endpoint]
+        node = ["--log-level", "WARNING", "node", "--name", NODE_NAME, "--bind", endpoint]
+        node += keys.node_args(NODE_NAME) if keys is not None else []
         process = kind.popen(node, stdout=subprocess.DEVNULL)
     try:
-        wait_ready(endpoint)
+        if keys is None:
+            wait_ready(endpoint)
+        else:
+            wait_secure_ready(keys, endpoint)
         yield endpoint
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
-def drive(endpoint: str, op: str, seconds: float, inflight: int, keyspace: int) -> float:
+def wait_secure_ready(keys: ClusterKeys, endpoint: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not keys.answers(endpoint):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{endpoint} did not answer within {timeout}s")
+
+
+def drive(
+    endpoint: str,
+    op: str,
+    seconds: float,
+    inflight: int,
+    keyspace: int,
+    *,
+    secure: Credentials | None = None,
+) -> float:
     """Replies per second while keeping `inflight` requests outstanding."""
     value = b"v" * 100
     frames = []
@@ -87,7 +126,7 @@ def drive(endpoint: str, op: str, seconds: float, inflight: int, keyspace: int) 
     context = zmq.Context.instance()
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    connect(sock, endpoint, secure)
     sent = 0
     for _ in range(inflight):
         sock.send(frames[sent % keyspace])
@@ -112,13 +151,35 @@ def drive(endpoint: str, op: str, seconds: float, inflight: int, keyspace: int) 
     return received / elapsed
 
 
-def measure(kind: str | Build, args: argparse.Namespace) -> dict[str, float]:
+def measure(
+    kind: str | Build, args: argparse.Namespace, keys: ClusterKeys | None = None
+) -> dict[str, float]:
     """Puts, then gets of the keys they wrote, on a fresh server: ops/s for each."""
-    with server(kind) as endpoint:
-        return {
-            op: drive(endpoint, op, args.seconds, args.inflight, args.keyspace)
+    with server(kind, keys) as endpoint:
+        secure = None if keys is None else credentials(keys, {endpoint: NODE_NAME})
+        rates = {
+            op: drive(endpoint, op, args.seconds, args.inflight, args.keyspace, secure=secure)
             for op in ("put", "get")
         }
+        if keys is not None:
+            # drive() counts replies unread: make sure they were answers, not refusals.
+            check_served(endpoint, secure)
+        return rates
+
+
+def check_served(endpoint: str, secure: Credentials | None) -> None:
+    """A get of a key the puts wrote is answered with its value (not refused)."""
+    sock = connect(zmq.Context.instance().socket(zmq.DEALER), endpoint, secure)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.send(msgpack.packb({"op": "get", "key": "key-0", "id": 1}))
+        if not sock.poll(10_000):
+            raise RuntimeError(f"{endpoint} did not answer a get")
+        reply = msgpack.unpackb(sock.recv())
+    finally:
+        sock.close()
+    if not (reply.get("ok") and reply.get("found")):
+        raise RuntimeError(f"{endpoint} did not serve the measured load: {reply}")
 
 
 def main() -> None:
@@ -128,7 +189,18 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=64, help="requests in flight")
     parser.add_argument("--keyspace", type=int, default=10_000, help="distinct keys")
     add_build_options(parser)
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="also measure a secure node beside an insecure one in each run, and print "
+        "the ratios secure/insecure",
+    )
     args = parser.parse_args()
+    if args.secure:
+        if args.baseline_ref:
+            raise SystemExit("--secure and --baseline-ref are separate comparisons")
+        compare_secure(args)
+        return
 
     with builds(args) as (old, new):
         rates: dict[tuple[str, str], list[float]] = {}
@@ -144,6 +216,37 @@ def main() -> None:
                     rates.setdefault((name, op), []).append(rate)
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
         report(args, rates, new, old)
+
+
+def compare_secure(args: argparse.Namespace) -> None:
+    """Each run: the bare server, then an insecure and a secure node of this checkout in
+    alternating order (the insecure first in runs 1, 3, ...)."""
+    new = current_build()
+    rates: dict[tuple[str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="kvactors-bench-keys-") as directory:
+        keys = ClusterKeys.create(directory, [NODE_NAME])
+        for run in range(args.runs):
+            plan = [("bare", None), *in_turn(run, ("insecure", None), ("secure", keys))]
+            for name, node_keys in plan:
+                kind: str | Build = "bare" if name == "bare" else new
+                for op, rate in measure(kind, args, node_keys).items():
+                    rates.setdefault((name, op), []).append(rate)
+            print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
+    print(
+        f"one node, pipelined load: {args.inflight} in flight, {args.keyspace} keys, "
+        f"100-byte values, {args.seconds}s x {args.runs} runs, {os.cpu_count()} cores"
+    )
+    print("secure: CURVE with a key pair per side, each message checked against the trust set")
+    print("the insecure node went first in runs 1, 3, ...")
+    print(f"{'':36}{'median':>12}   each run")
+    for op in ("put", "get"):
+        print(rate_row(f"{op} ops/s, bare", rates[("bare", op)]))
+        print(rate_row(f"{op} ops/s, insecure", rates[("insecure", op)]))
+        print(rate_row(f"{op} ops/s, secure", rates[("secure", op)]))
+        print(ratio_row(f"{op} secure/insecure", rates[("secure", op)], rates[("insecure", op)]))
+    for op in ("put", "get"):
+        middle, _ = paired(rates[("secure", op)], rates[("insecure", op)])
+        print(f"{op}: {verdict(middle)}")
 
 
 def report(

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from kvactors.client.client import Client
 
 __all__ = [
+    "ADMIN_CLIENT",
     "ClusterKeys",
     "LocalCluster",
     "NodeProcess",
