@@ -107,6 +107,24 @@ def _try_send(sock: zmq.Socket[bytes], frames: list[bytes]) -> int:
     return SENT
 
 
+def _send_or_hold(
+    router: zmq.Socket[bytes], frames: list[bytes], backlog: ReplyBacklog, stats: TransportStats
+) -> bool:
+    """A reply whose connection's queue looked full. Reading EVENTS has the socket take
+    in its I/O thread's commands, which often tell of room already (the first replies of
+    a burst were taken while the others were sent): then it goes, else it is held.
+    False if it was dropped (see `ReplyBacklog.hold`)."""
+    router.get(_EVENTS)
+    outcome = _try_send(router, frames)
+    if outcome == FULL:
+        return backlog.hold(frames)
+    if outcome == SENT:
+        stats.frames_out += 1
+    else:
+        stats.unroutable += 1
+    return True
+
+
 def _offer_held(router: zmq.Socket[bytes], backlog: ReplyBacklog, stats: TransportStats) -> None:
     """Offer a backlog's held replies again. Reading EVENTS first has the socket take in
     its I/O thread's commands: the room freed in each queue, the connections gone."""
@@ -331,7 +349,7 @@ class Transport:
             _send_parts(self._router, frames)
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EAGAIN:
-                return self.reply_backlog.hold(frames)
+                return _send_or_hold(self._router, frames, self.reply_backlog, self.stats)
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
             self.stats.unroutable += 1  # the client has gone
