@@ -126,6 +126,8 @@ def drive(
     context = zmq.Context.instance()
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    # A node that dies mid-run raises zmq.Again here instead of hanging the benchmark.
+    sock.setsockopt(zmq.RCVTIMEO, 30_000)
     connect(sock, endpoint, secure)
     sent = 0
     for _ in range(inflight):
