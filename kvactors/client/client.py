@@ -172,18 +172,30 @@ class Client(VersionedWrites):
     def get_many(
         self, keys: Iterable[K], *, r: int | None = None, timeout: float | None = None
     ) -> dict[K, Any]:
-        """The found keys among `keys`, mapped to their values."""
+        """The found keys among `keys`, mapped to their values.
+
+        A node answers as many keys as fit one reply frame and the rest `too_large`
+        ("the reply is full"); those are asked for again, in as many rounds as it takes
+        (each round gets at least one key back)."""
         wanted = list(keys)
-        chunks: list[list[K]] = []
-        frames: list[tuple[int, bytes]] = []
-        for chunk in batches_of(wanted):
-            self._fitting(Op.GET_MANY, "keys", chunk, chunks, frames, r=r)
         found: dict[K, Any] = {}
-        for chunk, reply in zip(chunks, self._exchange(frames, timeout), strict=True):
-            for key, item in zip(chunk, reply["results"], strict=True):
-                _raise_for(item)
-                if item.get("found"):
-                    found[key] = item["value"]
+        while wanted:
+            chunks: list[list[K]] = []
+            frames: list[tuple[int, bytes]] = []
+            for chunk in batches_of(wanted):
+                self._fitting(Op.GET_MANY, "keys", chunk, chunks, frames, r=r)
+            again: list[K] = []
+            for chunk, reply in zip(chunks, self._exchange(frames, timeout), strict=True):
+                for key, item in zip(chunk, reply["results"], strict=True):
+                    if _reply_was_full(item):
+                        again.append(key)
+                        continue
+                    _raise_for(item)
+                    if item.get("found"):
+                        found[key] = item["value"]
+            if len(again) == len(wanted):
+                raise TooLargeError("a node answered no key of a get_many: its replies are full")
+            wanted = again
         return found
 
     def put_many(
@@ -397,6 +409,13 @@ def _first_handshake(
                 return tries[monitor][0]
             failed.add(monitor)  # a refusal: libzmq retries, but it will not change
     return None
+
+
+def _reply_was_full(item: Mapping[str, Any]) -> bool:
+    """A get_many item the node left out of a full reply (`too_large`: a key read can
+    be too large for nothing else, a stored value always fits a frame)."""
+    error = item.get("error")
+    return isinstance(error, Mapping) and error.get("code") == "too_large"
 
 
 def _raise_for(reply: Mapping[str, Any]) -> None:

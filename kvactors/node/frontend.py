@@ -33,6 +33,7 @@ from kvactors.errors import (
     InternalError,
     KVActorsError,
     OverloadedError,
+    TooLargeError,
     UnavailableError,
 )
 from kvactors.net.certs import Certificate, role_allows
@@ -132,10 +133,14 @@ class Frontend:
     def on_authorized_frames(self, frames: list[bytes], sender: Certificate | None) -> None:
         """A client's frames on a secure node, with the certificate its key has in the
         live trust set now (None: no longer trusted): each request is checked against
-        that certificate's role, never against anything the frames say."""
-        self.on_frames(frames, _gate(sender))
+        that certificate's role, never against anything the frames say. Its requests in
+        flight count against its key, whichever of its connections they come on."""
+        account = None if sender is None else b"key:" + sender.public_key
+        self.on_frames(frames, _gate(sender), account)
 
-    def on_frames(self, frames: list[bytes], gate: Gate | None = None) -> None:
+    def on_frames(
+        self, frames: list[bytes], gate: Gate | None = None, account: bytes | None = None
+    ) -> None:
         """A client's frames: [routing id, (delimiter,) request]. A secure node passes
         the sender's `gate`, which refuses the ops its role may not ask."""
         # The common shapes first: a DEALER's [id, request] and a REQ's [id, b"", request].
@@ -165,7 +170,7 @@ class Frontend:
                 self._replies.error(envelope, refusal, request.request_id, request.fmt)
                 return
         try:
-            self._serve(envelope, request)
+            self._serve(envelope, request, account)
         except KVActorsError as exc:
             self._replies.error(envelope, exc, request.request_id, request.fmt)
         except Exception as exc:
@@ -188,7 +193,7 @@ class Frontend:
         problem = BadRequestError(f"a request is exactly one frame, got {len(body)}")
         self._replies.error(envelope, problem, None, fmt)
 
-    def _serve(self, envelope: list[bytes], request: Request) -> None:
+    def _serve(self, envelope: list[bytes], request: Request, account: bytes | None) -> None:
         op = request.op
         if op is Op.PING:
             self._answer(envelope, request, ping_reply(request.request_id))
@@ -200,10 +205,14 @@ class Frontend:
         elif op is Op.REMOVE:
             self._remove(envelope, request)
         else:
-            # Its connection's bounds too: requests in flight, and unread replies held.
-            self._inflight.admit(envelope[0])
+            # Its connection's bounds too: requests in flight (its key's, when secure),
+            # and unread replies held.
+            self._inflight.admit(envelope[0], account)
             slots, deadline = _slots(request), self._deadline(request)
-            self.start(request, _ClientRequest(self._replies, envelope, request, slots, deadline))
+            pending = _ClientRequest(
+                self._replies, envelope, request, slots, deadline, account=account
+            )
+            self.start(request, pending)
 
     def _remove(self, envelope: list[bytes], request: Request) -> None:
         """An admin's `remove`: answered when the gossip protocol has decided."""
@@ -350,13 +359,16 @@ class _ClientRequest(Pending):
         request: Request,
         slots: int,
         deadline: float,
+        *,
+        account: bytes | None = None,
     ) -> None:
         # The base fields set here, not through super(): one call less per request.
         self.results: list[Any] = [None] * slots
         self.missing = slots
         self.deadline = deadline
         self.done = False
-        self.connection = envelope[0]  # its routing id: counted against its connection
+        # Counted against its connection (its routing id), or its key's account.
+        self.connection = envelope[0] if account is None else account
         self.replies = replies
         self.envelope = envelope
         self.request = request
@@ -364,7 +376,7 @@ class _ClientRequest(Pending):
     def answer(self) -> None:
         request = self.request
         try:
-            reply = reply_for(request, self.results)
+            reply = reply_for(request, self.results, self.replies.max_frame_bytes)
         except KVActorsError as error:
             self.refuse(error)
             return
@@ -471,11 +483,15 @@ class Replies:
     """Sends frames to clients (through `send`, the transport's), counting errors. `send`
     returns False when it dropped a reply because its connection does not read."""
 
-    __slots__ = ("errors", "send")
+    __slots__ = ("errors", "max_frame_bytes", "send")
 
-    def __init__(self, send: Callable[[list[bytes]], bool | None]) -> None:
+    def __init__(
+        self, send: Callable[[list[bytes]], bool | None], max_frame_bytes: int | None = None
+    ) -> None:
         self.send = send
         self.errors = 0
+        self.max_frame_bytes = max_frame_bytes
+        """The frame a reply must fit (a get_many's is cut to it); None: no cut."""
 
     def reply(self, envelope: list[bytes], request: Request, reply: Reply) -> None:
         self.send([*envelope, encode_reply(reply, request.fmt)])
@@ -487,25 +503,58 @@ class Replies:
         self.send([*envelope, encode_error(error, request_id, fmt)])
 
 
-def reply_for(request: Request, results: list[Any]) -> Reply:
-    """The reply once every key has its outcome; a single key's error is the reply's."""
+REPLY_FULL = (
+    "the reply is full: this key's value did not fit the frame with those before it; "
+    "ask for it again in another request"
+)
+_ITEM_OVERHEAD = 64
+"""Bytes an item of a get_many reply takes besides its value, siblings and context
+(generous: map keys, type tags, lengths)."""
+
+
+def reply_for(request: Request, results: list[Any], max_frame_bytes: int | None = None) -> Reply:
+    """The reply once every key has its outcome; a single key's error is the reply's.
+    A get_many's items past what fits `max_frame_bytes` are answered `too_large`."""
     op, request_id = request.op, request.request_id
     if op is Op.GET_MANY:
         siblings = request.siblings
-        return get_many_reply(
-            request_id,
-            [
-                item_failed(r)
-                if isinstance(r, KVActorsError)
-                else ItemResult(None, *_read(r, siblings))
-                for r in results
-            ],
-        )
+        items = [
+            item_failed(r)
+            if isinstance(r, KVActorsError)
+            else ItemResult(None, *_read(r, siblings))
+            for r in results
+        ]
+        if max_frame_bytes is not None:
+            items = _fit_frame(items, max_frame_bytes, request.fmt)
+        return get_many_reply(request_id, items)
     if op is Op.PUT_MANY:
         return put_many_reply(
             request_id,
             [item_failed(r) if isinstance(r, KVActorsError) else item_written() for r in results],
         )
+    return _single_reply(request, results)
+
+
+def _fit_frame(items: list[ItemResult], max_frame_bytes: int, fmt: WireFormat) -> list[ItemResult]:
+    """The items that fit one reply frame, in order; each after them is answered
+    `too_large` (REPLY_FULL), for the client to ask again. The first always fits: a frame
+    holds the largest value. JSON's budget is a sixth of the frame (a byte of a string
+    may take six as an escape)."""
+    budget = max_frame_bytes // 6 if fmt is WireFormat.JSON else max_frame_bytes - 4096
+    used = 0
+    for index, item in enumerate(items):
+        used += _ITEM_OVERHEAD + len(item.value_bytes or b"") + len(item.context or b"")
+        if item.siblings:
+            used += sum(map(len, item.siblings))
+        if used > budget and index > 0:
+            full = item_failed(TooLargeError(REPLY_FULL))
+            return [*items[:index], *([full] * (len(items) - index))]
+    return items
+
+
+def _single_reply(request: Request, results: list[Any]) -> Reply:
+    """The reply to a request of one key: its outcome, or its error raised."""
+    op, request_id = request.op, request.request_id
     outcome = results[0]
     if isinstance(outcome, KVActorsError):
         raise outcome

@@ -96,9 +96,12 @@ class InFlight:
         self._custom: list[tuple[float, int, Pending]] = []
         self._sequence = itertools.count()
 
-    def admit(self, connection: bytes | None = None) -> None:
+    def admit(self, connection: bytes | None = None, account: bytes | None = None) -> None:
         """Refuse new work while closing or past the in-flight bound; a client
-        `connection`'s also past its own bound, or while it is slow to read."""
+        `connection`'s also while it is slow to read, or past its own bound. A secure
+        node names the client's key as `account`: the bound then counts every request
+        of that key, whichever connection it came on (a key cannot multiply its share
+        by opening connections)."""
         if self.closing:
             raise UnavailableError("the node is shutting down")
         count = self.count
@@ -112,12 +115,14 @@ class InFlight:
             self.slow_refusals += 1
             raise OverloadedError(SLOW_CONNECTION)
         limit = self._max_per_connection
+        counted = connection if account is None else account
         # No connection can be at its bound while the node has fewer in flight.
-        if count >= limit and self.per_connection.get(connection, 0) >= limit:
+        if count >= limit and self.per_connection.get(counted, 0) >= limit:
             self.overloaded += 1
             self.connection_refusals += 1
+            holder = "this connection" if account is None else "this key"
             raise OverloadedError(
-                f"this connection has {limit} requests in flight, the most one may have "
+                f"{holder} has {limit} requests in flight, the most one may have "
                 "(max_inflight_per_connection); read their replies, then send more"
             )
 

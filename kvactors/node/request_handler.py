@@ -88,7 +88,7 @@ class RequestService:
             max_per_connection=config.max_inflight_per_connection,
             slow_connections=transport.reply_backlog.slow,
         )
-        self.replies = Replies(transport.send_to_client)
+        self.replies = Replies(transport.send_to_client, codec.max_frame_bytes)
         self.local = LocalBatches(services.directory, transport.call_soon, transport.in_loop_thread)
         if services.storage_sync is not None and services.storage is not None:
             self.local.group = GroupCommit(

@@ -210,6 +210,25 @@ def test_a_connection_gets_its_share_back_as_its_requests_end() -> None:
     _admit(inflight, ALICE)
 
 
+def test_a_key_shares_one_bound_across_its_connections() -> None:
+    """Secure: the requests of one key count together, on however many connections."""
+    inflight = InFlight(100, 5.0, lambda: 0.0, max_per_connection=2)
+    key = b"key:alice's public key"
+    for connection in (ALICE, BOB):  # two connections of one key, one request each
+        inflight.admit(connection, key)
+        request = _Request(key)  # counted under the key, as the frontend does
+        inflight.track(request, own_timeout=False)
+    assert inflight.per_connection == {key: 2}
+    with pytest.raises(OverloadedError, match="this key has 2 requests in flight"):
+        inflight.admit(b"a third connection", key)
+    # Another key, on a connection of its own, is not held to it.
+    inflight.admit(b"carol", b"key:carol's")
+    # A slow connection is still refused by its own routing id, whatever its key.
+    slow = InFlight(100, 5.0, lambda: 0.0, slow_connections={ALICE})
+    with pytest.raises(OverloadedError, match="unread replies"):
+        slow.admit(ALICE, key)
+
+
 def test_a_slow_connection_is_refused_until_it_is_not() -> None:
     slow: set[bytes] = {ALICE}
     inflight = InFlight(100, 5.0, lambda: 0.0, slow_connections=slow)
