@@ -149,6 +149,54 @@ def _recv_parts(sock: zmq.Socket[bytes]) -> list[bytes]:
     return frames
 
 
+def _drain_router(
+    router: zmq.Socket[bytes], serve: Callable[[list[bytes]], None], stats: TransportStats
+) -> None:
+    """Hand each ready message of an insecure ROUTER to `serve`, up to the budget."""
+    events = cast(Callable[[int], int], router.get)  # EVENTS is an int option
+    for _ in range(_DRAIN_BUDGET):
+        # Asking first is cheaper than the zmq.Again a recv on an empty socket raises.
+        if not events(_EVENTS) & _POLLIN:
+            return
+        frames = _recv_parts(router)
+        stats.frames_in += 1
+        serve(frames)
+
+
+def _router_drains(
+    router: zmq.Socket[bytes],
+    peer_router: zmq.Socket[bytes] | None,
+    handlers: TransportHandlers,
+    trust: TrustSet | None,
+    stats: TransportStats,
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """How the loop drains the client and the peer ROUTER, decided once: a secure node
+    (`trust` given) reads each sender's certificate, an insecure one only the frames.
+    The peer ROUTER's drain is called only when it exists (the poller has it then)."""
+    if trust is None:
+
+        def drain_client() -> None:
+            _drain_router(router, handlers.client_frames, stats)
+
+        def drain_peer() -> None:
+            assert peer_router is not None
+            _drain_router(peer_router, handlers.peer_request, stats)
+
+        return drain_client, drain_peer
+    serve_client = handlers.authorized_client_frames
+    serve_peer = handlers.authorized_peer_request
+    assert serve_client is not None and serve_peer is not None
+
+    def drain_secure_client() -> None:
+        _drain_secure_router(router, serve_client, trust, stats)
+
+    def drain_secure_peer() -> None:
+        assert peer_router is not None
+        _drain_secure_router(peer_router, serve_peer, trust, stats)
+
+    return drain_secure_client, drain_secure_peer
+
+
 def _drain_secure_router(
     router: zmq.Socket[bytes],
     serve: Callable[[list[bytes], Certificate | None], None],
@@ -502,11 +550,7 @@ class Transport:
         flush = handlers.flush
         zap = None if self._zap is None else self._zap.socket
         trust = None if self._security is None else self._security.trust
-        serve_client: Callable[[list[bytes], Certificate | None], None] | None
-        serve_client, serve_peer = (
-            handlers.authorized_client_frames,
-            handlers.authorized_peer_request,
-        )
+        drain_client, drain_peer = _router_drains(router, peer_router, handlers, trust, self.stats)
         next_tick = time.monotonic() + self._tick_interval
         while not self._stopping:
             timeout_ms = (
@@ -514,17 +558,9 @@ class Transport:
             )
             for sock, _ in self._poller.poll(timeout_ms):
                 if sock is router:
-                    if zap is None:
-                        self._drain_router(router, handlers.client_frames)
-                    else:
-                        assert serve_client is not None and trust is not None
-                        _drain_secure_router(router, serve_client, trust, self.stats)
+                    drain_client()
                 elif sock is peer_router:
-                    if zap is None:
-                        self._drain_router(peer_router, handlers.peer_request)
-                    else:
-                        assert serve_peer is not None and trust is not None
-                        _drain_secure_router(peer_router, serve_peer, trust, self.stats)
+                    drain_peer()
                 elif sock == self._wake_read:
                     self._drain_wake_pipe()
                 elif isinstance(sock, zmq.Socket) and sock in self._dealer_endpoints:
@@ -545,18 +581,6 @@ class Transport:
         handlers.close()
         self._run_calls()
         flush()
-
-    def _drain_router(
-        self, router: zmq.Socket[bytes], serve: Callable[[list[bytes]], None]
-    ) -> None:
-        events = cast(Callable[[int], int], router.get)  # EVENTS is an int option
-        for _ in range(_DRAIN_BUDGET):
-            # Asking first is cheaper than the zmq.Again a recv on an empty socket raises.
-            if not events(_EVENTS) & _POLLIN:
-                return
-            frames = _recv_parts(router)
-            self.stats.frames_in += 1
-            serve(frames)
 
     def _drain_dealer(self, handlers: TransportHandlers, dealer: zmq.Socket[bytes]) -> None:
         endpoint = self._peers.settle(dealer)
