@@ -114,7 +114,7 @@ class FakeTransport:
         self._soon.append(call)
         return True
 
-    def send_to_client(self, frames: list[bytes]) -> None:
+    def send_to_client(self, frames: list[bytes], account: bytes | None = None) -> None:
         self.to_clients.append(frames)
 
     def reply_to_peer(self, frames: list[bytes]) -> None:

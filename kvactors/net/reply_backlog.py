@@ -13,6 +13,10 @@ its connections. So the node bounds what a connection can make it hold itself:
   that would pass the bound is dropped and counted, and the connection becomes *slow*:
   its key requests are refused ``overloaded`` (`InFlight.admit` reads `slow`) until
   everything held for it has gone out;
+- on a secure node the bound is the client key's, not the connection's: a reply is held
+  under its *account* (the key), whose connections share one budget and are slow
+  together, so that a key cannot multiply what the node holds for it by opening
+  connections;
 - the held replies of a connection that has gone are freed at once.
 
 A well-behaved client that pipelines more replies than SNDHWM meets the queue's bound
@@ -54,8 +58,10 @@ def held_size(frames: list[bytes]) -> int:
 
 @dataclass(slots=True)
 class _Held:
-    """One connection's held replies, oldest first, with their sizes."""
+    """One connection's held replies, oldest first, with their sizes, and the account
+    whose budget they count against."""
 
+    account: bytes
     replies: deque[tuple[list[bytes], int]] = field(default_factory=deque)
     size: int = 0
 
@@ -71,8 +77,11 @@ class ReplyBacklog:
         self.held: dict[bytes, _Held] = {}
         """The connections with held replies. The transport tests this dict before each
         send: a reply to one of them goes behind the others."""
+        self.accounts: dict[bytes, int] = {}
+        """Bytes held per account (a connection's routing id, or a secure client's key),
+        for those with any."""
         self.slow: set[bytes] = set()
-        """Connections that passed their budget, until what is held for them has gone out."""
+        """Accounts that passed their budget, until what is held for them has gone out."""
         self.held_bytes = 0
         self.held_replies = 0
         self.held_total = 0
@@ -82,21 +91,30 @@ class ReplyBacklog:
         self.freed = 0
         """Held replies freed because their connection had gone."""
 
-    def hold(self, frames: list[bytes]) -> bool:
-        """Hold a reply its connection's queue had no room for; False if it would pass
-        the connection's budget: then it is dropped, and the connection is slow."""
+    def hold(self, frames: list[bytes], account: bytes | None = None) -> bool:
+        """Hold a reply its connection's queue had no room for, counted against `account`
+        (None: the connection's own; a connection already holding replies keeps the
+        account it has); False if it would pass that account's budget: then it is
+        dropped, and the account is slow."""
         connection = frames[0]
         size = held_size(frames)
         held = self.held.get(connection)
-        if (0 if held is None else held.size) + size > self.budget:
+        if held is not None:
+            account = held.account
+        elif account is None:
+            account = connection
+        accounts = self.accounts
+        account_size = accounts.get(account, 0)
+        if account_size + size > self.budget:
             self.dropped += 1
-            if held is not None:  # with nothing held there is nothing to wait for
-                self.slow.add(connection)
+            if account_size:  # with nothing held there is nothing to wait for
+                self.slow.add(account)
             return False
         if held is None:
-            held = self.held[connection] = _Held()
+            held = self.held[connection] = _Held(account)
         held.replies.append((frames, size))
         held.size += size
+        accounts[account] = account_size + size
         self.held_bytes += size
         self.held_replies += 1
         self.held_total += 1
@@ -104,11 +122,12 @@ class ReplyBacklog:
 
     def retry(self, try_send: TrySend) -> int:
         """Offer each connection its held replies again, oldest first, until its queue
-        is full; returns how many went out. A connection whose replies have all gone
-        out is no longer slow; one that has gone has them freed."""
+        is full; returns how many went out. An account whose replies have all gone out
+        is no longer slow; a connection that has gone has its replies freed."""
         sent = 0
         for connection, held in list(self.held.items()):
             replies = held.replies
+            went, outcome = 0, SENT
             while replies:
                 frames, size = replies[0]
                 outcome = try_send(frames)
@@ -116,14 +135,13 @@ class ReplyBacklog:
                     break
                 if outcome == GONE:
                     self.freed += len(replies)
-                    self._forget(connection, held)
                     break
                 replies.popleft()
-                held.size -= size
-                self.held_bytes -= size
-                self.held_replies -= 1
+                went += size
                 sent += 1
-            else:
+                self.held_replies -= 1
+            self._release(held, went)
+            if not replies or outcome == GONE:
                 self._forget(connection, held)
         return sent
 
@@ -132,8 +150,23 @@ class ReplyBacklog:
         for connection, held in list(self.held.items()):
             self._forget(connection, held)
 
+    def _release(self, held: _Held, size: int) -> None:
+        """`size` bytes of `held` have gone out."""
+        if not size:
+            return
+        held.size -= size
+        self.held_bytes -= size
+        account = held.account
+        left = self.accounts[account] - size
+        if left:
+            self.accounts[account] = left
+        else:
+            del self.accounts[account]
+            self.slow.discard(account)
+
     def _forget(self, connection: bytes, held: _Held) -> None:
+        """Free whatever `connection` still holds and forget it."""
         del self.held[connection]
-        self.slow.discard(connection)
-        self.held_bytes -= held.size
         self.held_replies -= len(held.replies)
+        held.replies.clear()
+        self._release(held, held.size)

@@ -108,7 +108,11 @@ def _try_send(sock: zmq.Socket[bytes], frames: list[bytes]) -> int:
 
 
 def _send_or_hold(
-    router: zmq.Socket[bytes], frames: list[bytes], backlog: ReplyBacklog, stats: TransportStats
+    router: zmq.Socket[bytes],
+    frames: list[bytes],
+    backlog: ReplyBacklog,
+    stats: TransportStats,
+    account: bytes | None,
 ) -> bool:
     """A reply whose connection's queue looked full. Reading EVENTS has the socket take
     in its I/O thread's commands, which often tell of room already (the first replies of
@@ -117,7 +121,7 @@ def _send_or_hold(
     router.get(_EVENTS)
     outcome = _try_send(router, frames)
     if outcome == FULL:
-        return backlog.hold(frames)
+        return backlog.hold(frames, account)
     if outcome == SENT:
         stats.frames_out += 1
     else:
@@ -385,19 +389,21 @@ class Transport:
 
     # -- sending (transport thread only) -----------------------------------------------
 
-    def send_to_client(self, frames: list[bytes]) -> bool:
+    def send_to_client(self, frames: list[bytes], account: bytes | None = None) -> bool:
         """Send a reply on the client ROUTER; `frames` start with the request's envelope.
         A connection whose queue is full has the reply held (see the module docstring);
-        False if it was dropped instead, its connection's backlog being full."""
+        False if it was dropped instead, its backlog being full. A secure node names the
+        client's key as `account`: what is held for it counts against that key's budget,
+        over all its connections."""
         held = self._held
         if held and frames[0] in held:  # behind the replies already held for it
-            return self.reply_backlog.hold(frames)
+            return self.reply_backlog.hold(frames, account)
         assert self._router is not None
         try:
             _send_parts(self._router, frames)
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EAGAIN:
-                return _send_or_hold(self._router, frames, self.reply_backlog, self.stats)
+                return _send_or_hold(self._router, frames, self.reply_backlog, self.stats, account)
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
             self.stats.unroutable += 1  # the client has gone

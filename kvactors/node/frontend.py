@@ -162,21 +162,21 @@ class Frontend:
         try:
             request = self._codec.decode_request(body[0])
         except ProtocolError as exc:
-            self._replies.error(envelope, exc, exc.request_id, exc.fmt)
+            self._replies.error(envelope, exc, exc.request_id, exc.fmt, account)
             return
         if gate is not None:
             refusal = gate(request.op)
             if refusal is not None:
-                self._replies.error(envelope, refusal, request.request_id, request.fmt)
+                self._replies.error(envelope, refusal, request.request_id, request.fmt, account)
                 return
         try:
             self._serve(envelope, request, account)
         except KVActorsError as exc:
-            self._replies.error(envelope, exc, request.request_id, request.fmt)
+            self._replies.error(envelope, exc, request.request_id, request.fmt, account)
         except Exception as exc:
             logger.exception("request %r failed", request.op)
             error = InternalError(f"{type(exc).__name__}: {exc}")
-            self._replies.error(envelope, error, request.request_id, request.fmt)
+            self._replies.error(envelope, error, request.request_id, request.fmt, account)
 
     def _refuse_call(self, envelope: list[bytes]) -> None:
         """A node-to-node call (the RPC marker): never served here, whatever it carries."""
@@ -227,7 +227,7 @@ class Frontend:
         self._remove_member(request.key.decode("utf-8"), answer)
 
     def _answer(self, envelope: list[bytes], request: Request, reply: Reply) -> None:
-        self._replies.send([*envelope, encode_reply(reply, request.fmt)])
+        self._replies.send([*envelope, encode_reply(reply, request.fmt)], None)
 
     # -- from the embedded client ---------------------------------------------------------
 
@@ -350,7 +350,7 @@ class Frontend:
 class _ClientRequest(Pending):
     """A request from a network client: answered on the ROUTER with its envelope."""
 
-    __slots__ = ("envelope", "replies", "request")
+    __slots__ = ("account", "envelope", "replies", "request")
 
     def __init__(
         self,
@@ -367,8 +367,10 @@ class _ClientRequest(Pending):
         self.missing = slots
         self.deadline = deadline
         self.done = False
-        # Counted against its connection (its routing id), or its key's account.
+        # Counted against its connection (its routing id), or its key's account; so
+        # is what the node holds of its reply, if the client is slow to read it.
         self.connection = envelope[0] if account is None else account
+        self.account = account
         self.replies = replies
         self.envelope = envelope
         self.request = request
@@ -380,14 +382,15 @@ class _ClientRequest(Pending):
         except KVActorsError as error:
             self.refuse(error)
             return
-        if self.replies.send([*self.envelope, encode_reply(reply, request.fmt)]) is False:
+        frames = [*self.envelope, encode_reply(reply, request.fmt)]
+        if self.replies.send(frames, self.account) is False:
             # Dropped: the node holds too many unread replies for this connection. A
             # short refusal in its place (held if it fits) tells the client so.
             self.refuse(OverloadedError(SLOW_CONNECTION))
 
     def refuse(self, error: KVActorsError) -> None:
         request = self.request
-        self.replies.error(self.envelope, error, request.request_id, request.fmt)
+        self.replies.error(self.envelope, error, request.request_id, request.fmt, self.account)
 
 
 class _LocalRequest(Pending):
@@ -479,28 +482,35 @@ def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
 # -- replies ---------------------------------------------------------------------------
 
 
+SendToClient = Callable[[list[bytes], bytes | None], bool | None]
+"""Sends a reply's frames, counted against an account (a secure client's key; None:
+its connection's own); False when it dropped the reply because the client does not read."""
+
+
 class Replies:
-    """Sends frames to clients (through `send`, the transport's), counting errors. `send`
-    returns False when it dropped a reply because its connection does not read."""
+    """Sends frames to clients (through `send`, the transport's), counting errors."""
 
     __slots__ = ("errors", "max_frame_bytes", "send")
 
-    def __init__(
-        self, send: Callable[[list[bytes]], bool | None], max_frame_bytes: int | None = None
-    ) -> None:
+    def __init__(self, send: SendToClient, max_frame_bytes: int | None = None) -> None:
         self.send = send
         self.errors = 0
         self.max_frame_bytes = max_frame_bytes
         """The frame a reply must fit (a get_many's is cut to it); None: no cut."""
 
     def reply(self, envelope: list[bytes], request: Request, reply: Reply) -> None:
-        self.send([*envelope, encode_reply(reply, request.fmt)])
+        self.send([*envelope, encode_reply(reply, request.fmt)], None)
 
     def error(
-        self, envelope: list[bytes], error: KVActorsError, request_id: Any, fmt: WireFormat
+        self,
+        envelope: list[bytes],
+        error: KVActorsError,
+        request_id: Any,
+        fmt: WireFormat,
+        account: bytes | None = None,
     ) -> None:
         self.errors += 1
-        self.send([*envelope, encode_error(error, request_id, fmt)])
+        self.send([*envelope, encode_error(error, request_id, fmt)], account)
 
 
 REPLY_FULL = (

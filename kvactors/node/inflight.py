@@ -8,9 +8,10 @@ is in. Everything here runs on the transport thread.
 A client connection's requests are bounded on their own too, so that one connection
 cannot take the node's whole budget: past `max_inflight_per_connection` in flight, or
 while the node holds more unread replies for it than `max_reply_backlog_bytes` (its
-routing id is in the transport's `ReplyBacklog.slow`), its key requests are refused
-``overloaded``. The count per connection is kept for each request that has one; the
-check costs nothing while the node has fewer requests in flight than one connection may.
+routing id, or on a secure node its client key, is in the transport's
+`ReplyBacklog.slow`), its key requests are refused ``overloaded``. The count per
+connection is kept for each request that has one; the check costs nothing while the
+node has fewer requests in flight than one connection may.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ class InFlight:
             raise OverloadedError(f"{count} requests in flight; retry later")
         if connection is None:
             return
-        if self._slow and connection in self._slow:
+        slow = self._slow
+        if slow and (connection in slow or (account is not None and account in slow)):
             self.overloaded += 1
             self.slow_refusals += 1
             raise OverloadedError(SLOW_CONNECTION)

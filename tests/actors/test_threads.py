@@ -127,9 +127,7 @@ def test_failed_start_leaves_nothing(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        system = ActorSystem(
-            config, bind=f"tcp://127.0.0.1:{port}", peer_bind="tcp://127.0.0.1:0"
-        )
+        system = ActorSystem(config, bind=f"tcp://127.0.0.1:{port}", peer_bind="tcp://127.0.0.1:0")
         with pytest.raises(KVActorsError, match="cannot bind"):
             system.start()
     assert not system.running

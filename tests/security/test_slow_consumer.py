@@ -29,9 +29,11 @@ import zmq
 
 from kvactors import Client
 from kvactors.config import NodeConfig
-from kvactors.launcher import NodeProcess, free_port_block
+from kvactors.launcher import ADMIN_CLIENT, ClusterKeys, NodeProcess, free_port_block
+from kvactors.net.certs import load_certificate
 from kvactors.net.peer_sockets import SocketOptions
 from kvactors.net.rpc import MARKER, decode_reply, encode_call
+from kvactors.net.zap import secure_client
 from kvactors.testing import peer_endpoint, wait_until
 
 MiB = 1024 * 1024
@@ -40,6 +42,7 @@ BIG = "x" * (MiB - 64)  # just under the value limit, as in the attack
 ATTACK_GETS = 300
 REPLY_MS = 10_000
 SERVED_WITHIN = 5.0  # seconds another client may wait while the attack is on
+ATTACKER_RCVBUF = 64 * 1024  # a fixed kernel receive buffer: no autotuning
 
 # What the node may grow by during the attack, each part from a bound of its own:
 # the values read for the attacker's requests in flight; the replies ZeroMQ queues for
@@ -112,8 +115,12 @@ def dealer(endpoint: str, rcvhwm: int | None = None) -> Iterator[zmq.Socket[byte
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     if rcvhwm is not None:
-        # The attacker's own ZeroMQ must not read on its behalf: it takes one message.
+        # The attacker's own ZeroMQ must not read on its behalf: it takes one message;
+        # nor its kernel, whose receive buffer would otherwise grow to tens of MB (and
+        # the node's held replies drain into it, so that the node would stop seeing a
+        # slow consumer for a moment).
         sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        sock.setsockopt(zmq.RCVBUF, ATTACKER_RCVBUF)
     sock.connect(endpoint)
     try:
         yield sock
@@ -176,6 +183,67 @@ def test_a_slow_consumer_cannot_grow_the_node(node: NodeProcess) -> None:
     assert after["connection_inflight_refusals"] > 0  # 300 at once: past its bound
     assert node.running
     assert rss_bytes(node.pid) <= rss.peak + 16 * MiB
+
+
+def test_a_secure_client_key_cannot_multiply_its_budget_by_opening_connections(
+    tmp_path: Path,
+) -> None:
+    """On a secure node the budget of held replies is the client key's, over all its
+    connections: four connections of one key, each flooding 1 MiB gets it never reads,
+    make the node hold no more than one budget, and then every connection of that key,
+    a new one too, is refused while another key is served."""
+    keys = ClusterKeys.create(tmp_path / "keys", ["victim"], {ADMIN_CLIENT: "admin", "b": "read"})
+    endpoint = f"tcp://127.0.0.1:{free_port_block(1)}"
+    log = (tmp_path / "victim.log").open("ab")
+    process = NodeProcess("victim", endpoint, log=log, keys=keys).start()
+    client = load_certificate(keys.secret_key(ADMIN_CLIENT))
+    server = load_certificate(keys.trust_dir / "victim.key").public_key
+
+    def connect(stack: contextlib.ExitStack) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = stack.enter_context(zmq.Context.instance().socket(zmq.DEALER))
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 1)
+        sock.setsockopt(zmq.RCVBUF, ATTACKER_RCVBUF)
+        secure_client(sock, client, server)
+        sock.connect(endpoint)
+        return sock
+
+    def node_status() -> dict[str, Any]:
+        with keys.client(endpoint, timeout=10.0) as admin:
+            return admin.status()
+
+    try:
+        with keys.client(endpoint, timeout=10.0) as admin:
+            admin.put("big", BIG)
+        with contextlib.ExitStack() as stack:
+            flooders = [connect(stack) for _ in range(4)]
+            for index, sock in enumerate(flooders):
+                for request_id in range(40):
+                    sock.send(get(index * 100 + request_id))
+            wait_until(
+                lambda: node_status()["slow_consumer_drops"] > 0,
+                timeout=30.0,
+                message="the key never passed its reply budget",
+            )
+            during = node_status()
+            # One budget for the key: per connection it would have been four.
+            assert during["held_reply_bytes"] <= DEFAULTS.max_reply_backlog_bytes
+            assert during["slow_connections"] == 1  # the key, not its connections
+            # A fifth connection of the same key, with nothing held for it, is refused.
+            fresh = connect(stack)
+            fresh.send(get(9_999, "big"))
+            assert fresh.poll(REPLY_MS)
+            refusal = msgpack.unpackb(fresh.recv(), raw=False)
+            assert refusal["error"]["code"] == "overloaded", refusal
+            assert "unread replies" in refusal["error"]["message"]
+            # Another key is served meanwhile.
+            with keys.client(endpoint, "b", timeout=SERVED_WITHIN) as other:
+                assert other.get("big") == BIG
+        wait_until(lambda: node_status()["held_reply_bytes"] == 0, timeout=15.0)
+        assert process.running
+    finally:
+        process.stop()
+        log.close()
 
 
 def test_a_slow_consumer_that_reads_at_last_gets_an_answer_to_every_request(

@@ -99,6 +99,60 @@ def test_tiny_replies_count_their_overhead() -> None:
     assert not backlog.hold([ALICE, b""])
 
 
+# -- a secure client's key: one budget over its connections -----------------------------
+
+KEY = b"key:alice's public key"
+
+
+def test_a_key_shares_one_budget_over_its_connections_and_is_slow_on_all_of_them() -> None:
+    backlog = ReplyBacklog(1_000)
+    assert backlog.hold(sized(ALICE, 600), KEY)
+    # A second connection of the same key: per connection it would fit; per key it does not.
+    assert not backlog.hold(sized(BOB, 600), KEY)
+    assert backlog.slow == {KEY}
+    assert backlog.accounts == {KEY: 600}
+    assert backlog.hold(sized(BOB, 400), KEY)  # exactly at the key's budget
+    assert backlog.accounts == {KEY: 1_000}
+    # Another key is not held to it.
+    assert backlog.hold(sized(b"\x00carol", 1_000), b"key:carol's")
+    assert backlog.slow == {KEY}
+
+
+def test_a_key_stays_slow_until_every_one_of_its_connections_has_drained() -> None:
+    backlog = ReplyBacklog(1_000)
+    backlog.hold(sized(ALICE, 500), KEY)
+    backlog.hold(sized(BOB, 500), KEY)
+    assert not backlog.hold(sized(BOB, 200), KEY)
+    alice, bob = Peer(room=1), Peer()
+    backlog.retry(lambda frames: (alice if frames[0] == ALICE else bob).try_send(frames))
+    assert backlog.accounts == {KEY: 500} and backlog.slow == {KEY}  # BOB's still held
+    bob.room = 1
+    backlog.retry(lambda frames: (alice if frames[0] == ALICE else bob).try_send(frames))
+    assert backlog.accounts == {} and backlog.slow == set() and backlog.held == {}
+
+
+def test_a_connection_keeps_its_key_for_replies_sent_without_one() -> None:
+    """An error reply names no account: behind the key's held replies it counts there."""
+    backlog = ReplyBacklog(1_000)
+    backlog.hold(sized(ALICE, 900), KEY)
+    assert not backlog.hold(sized(ALICE, 200))
+    assert backlog.slow == {KEY}
+    assert backlog.accounts == {KEY: 900}
+
+
+def test_a_gone_connection_frees_its_share_of_the_key() -> None:
+    backlog = ReplyBacklog(1_000)
+    backlog.hold(sized(ALICE, 600), KEY)
+    backlog.hold(sized(BOB, 300), KEY)
+    assert not backlog.hold(sized(BOB, 300), KEY)
+    alice, bob = Peer(), Peer()
+    alice.gone = True
+    backlog.retry(lambda frames: (alice if frames[0] == ALICE else bob).try_send(frames))
+    assert backlog.accounts == {KEY: 300} and set(backlog.held) == {BOB}
+    assert backlog.slow == {KEY}  # BOB has not read yet
+    assert backlog.hold(sized(BOB, 700), KEY)
+
+
 # -- retrying ----------------------------------------------------------------------------
 
 
@@ -223,10 +277,16 @@ def test_a_key_shares_one_bound_across_its_connections() -> None:
         inflight.admit(b"a third connection", key)
     # Another key, on a connection of its own, is not held to it.
     inflight.admit(b"carol", b"key:carol's")
-    # A slow connection is still refused by its own routing id, whatever its key.
+    # A slow connection is still refused by its own routing id, whatever its key; a
+    # slow key on every connection it has.
     slow = InFlight(100, 5.0, lambda: 0.0, slow_connections={ALICE})
     with pytest.raises(OverloadedError, match="unread replies"):
         slow.admit(ALICE, key)
+    slow_key = InFlight(100, 5.0, lambda: 0.0, slow_connections={key})
+    for connection in (ALICE, BOB):
+        with pytest.raises(OverloadedError, match="unread replies"):
+            slow_key.admit(connection, key)
+    slow_key.admit(BOB, b"key:carol's")
 
 
 def test_a_slow_connection_is_refused_until_it_is_not() -> None:
