@@ -13,6 +13,10 @@ key). Three configurations are measured in each run, back to back:
 The figure is the median over runs of each run's paired ratio. Target: group commit at
 least 5x the one-transaction-per-write rate under 64 writes in flight.
 
+Each run also measures the bare server's put rate and, on the memory node, pings with
+the same number in flight (the ping floor): the machine's pace in this run, printed
+below the table (see _reference.py).
+
     python benchmarks/durability.py [--seconds 3] [--runs 3] [--inflight 64]
 """
 
@@ -30,6 +34,8 @@ from contextlib import contextmanager
 
 import msgpack
 import zmq
+from _load import Measurement
+from _reference import bare_line, bare_put_rate, closed_pings, ping_line
 from throughput import free_port, wait_ready
 
 CONFIGURATIONS = {
@@ -98,7 +104,10 @@ def main() -> None:
     args = parser.parse_args()
 
     rates: dict[str, list[float]] = {name: [] for name in CONFIGURATIONS}
+    bare: list[float] = []
+    pings: list[Measurement] = []
     for run in range(args.runs):
+        bare.append(bare_put_rate(args.seconds))
         for name, node_args in CONFIGURATIONS.items():
             with (
                 tempfile.TemporaryDirectory(prefix="kvactors-bench-") as data_dir,
@@ -106,6 +115,8 @@ def main() -> None:
             ):
                 drive_puts(endpoint, 0.5, args.inflight, first_key=10_000_000)  # warm up
                 rates[name].append(drive_puts(endpoint, args.seconds, args.inflight, 0))
+                if name == "memory":
+                    pings.append(closed_pings([endpoint], args.inflight, 0.0, args.seconds))
         print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
 
     print(
@@ -120,6 +131,8 @@ def main() -> None:
             f"{name:28}{statistics.median(measured):>10,.0f}{statistics.median(ratios):>20.2f}"
             f"   {' '.join(f'{ratio:.2f}' for ratio in ratios)}"
         )
+    print(bare_line(bare))
+    print(ping_line(pings, f"the memory node, {args.inflight} in flight, closed loop"))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ will replicate, catches up, and announces itself alive), then for `--seconds` af
 The figure is the ratio of the rate during the transfer to the rate before, median over
 `--runs` runs. Target (issue 6): at least 0.70.
 
+Each run also measures the bare server's put rate before the cluster starts and, once
+the keys are loaded, pings over the three nodes with the same number in flight (the
+ping floor): the machine's pace in this run (see _reference.py).
+
     python benchmarks/rebalance.py [--keys 100000] [--runs 3] [--seconds 5]
 """
 
@@ -24,6 +28,8 @@ from dataclasses import dataclass
 
 import msgpack
 import zmq
+from _load import Measurement
+from _reference import bare_line, bare_put_rate, closed_pings, ping_line
 
 from kvactors import Client
 from kvactors.core.hashing import partition_of
@@ -85,6 +91,8 @@ class Run:
     after: float
     transfer_seconds: float
     errors: int
+    bare: float
+    ping: Measurement
 
     @property
     def ratio(self) -> float:
@@ -112,6 +120,7 @@ def stored_keys(endpoint: str) -> int:
 
 
 def measure(keys: int, seconds: float, inflight: int) -> Run:
+    bare = bare_put_rate(seconds)
     port = free_port_block(4)
     with LocalCluster(3, base_port=port) as cluster:
         with Client(cluster.endpoints[0], timeout=60.0) as client:
@@ -122,6 +131,7 @@ def measure(keys: int, seconds: float, inflight: int) -> Run:
             "node-4" in ring.preference_list(partition_of(f"key-{n}".encode(), PARTITIONS), 3)
             for n in range(keys)
         )
+        ping = closed_pings(cluster.endpoints, inflight, 0.0, seconds)
         load = Load(cluster.endpoints, keys, inflight)
         load.run_for(1.0)  # warm up
         before = load.rate_over(seconds)
@@ -144,7 +154,7 @@ def measure(keys: int, seconds: float, inflight: int) -> Run:
             after = load.rate_over(seconds)
         finally:
             newcomer.stop()
-        return Run(before, during, after, transfer, load.errors)
+        return Run(before, during, after, transfer, load.errors, bare, ping)
 
 
 def main() -> None:
@@ -179,6 +189,8 @@ def main() -> None:
         f"(runs: {' '.join(f'{r:.2f}' for r in ratios)}); target >= 0.70: {met}"
     )
     print(f"failed requests: {sum(r.errors for r in runs)}")
+    print(bare_line([r.bare for r in runs]))
+    print(ping_line([r.ping for r in runs], f"3 nodes, {args.inflight} in flight, closed loop"))
 
 
 if __name__ == "__main__":

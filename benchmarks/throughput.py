@@ -14,6 +14,12 @@ dir; the load holds an admin client key, see _secure.py) beside an insecure one,
 in alternating order after the bare server, and prints the median of the runs' ratios
 secure/insecure.
 
+Each server is also sent pings the same way (the same number in flight, closed loop):
+a node answers a ping on its transport thread without touching data, so the ping rate
+and latency of the node are its floor in this run (the machine, ZeroMQ and the request
+loop alone), printed beside the puts and gets; pings to the bare server show what the
+load generator and the machine manage at that moment.
+
     python benchmarks/throughput.py [--seconds 3] [--runs 3] [--inflight 64]
                                     [--baseline-ref REF [--new-ref REF] | --secure]
 """
@@ -43,6 +49,7 @@ from _builds import (
     rate_row,
     ratio_row,
 )
+from _load import DealerLoad, Measurement
 from _secure import Credentials, connect, credentials, verdict
 
 from kvactors.launcher import ClusterKeys, free_port_block
@@ -153,10 +160,15 @@ def drive(
     return received / elapsed
 
 
+Rates = dict[tuple[str, str], list[float]]
+Pings = dict[str, list[Measurement]]
+
+
 def measure(
     kind: str | Build, args: argparse.Namespace, keys: ClusterKeys | None = None
-) -> dict[str, float]:
-    """Puts, then gets of the keys they wrote, on a fresh server: ops/s for each."""
+) -> tuple[dict[str, float], Measurement]:
+    """Puts, then gets of the keys they wrote, then pings, on a fresh server: ops/s for
+    each, and the pings' measurement (with their latencies)."""
     with server(kind, keys) as endpoint:
         secure = None if keys is None else credentials(keys, {endpoint: NODE_NAME})
         rates = {
@@ -166,7 +178,21 @@ def measure(
         if keys is not None:
             # drive() counts replies unread: make sure they were answers, not refusals.
             check_served(endpoint, secure)
-        return rates
+        load = DealerLoad([endpoint], secure=secure)
+        try:
+            pings = load.closed_loop("ping", args.inflight, 0.0, args.seconds)
+        finally:
+            load.close()
+        rates["ping"] = pings.rate
+        return rates, pings
+
+
+def record(
+    rates: Rates, pings: Pings, name: str, measured: tuple[dict[str, float], Measurement]
+) -> None:
+    for op, rate in measured[0].items():
+        rates.setdefault((name, op), []).append(rate)
+    pings.setdefault(name, []).append(measured[1])
 
 
 def check_served(endpoint: str, secure: Credentials | None) -> None:
@@ -205,7 +231,8 @@ def main() -> None:
         return
 
     with builds(args) as (old, new):
-        rates: dict[tuple[str, str], list[float]] = {}
+        rates: Rates = {}
+        pings: Pings = {}
         for run in range(args.runs):
             # The bare server first, as before; the two builds then in alternating order.
             servers = (
@@ -214,25 +241,24 @@ def main() -> None:
                 else in_turn(run, ("old", old), ("kvactors", new))
             )
             for name, kind in [("bare", "bare"), *servers]:
-                for op, rate in measure(kind, args).items():
-                    rates.setdefault((name, op), []).append(rate)
+                record(rates, pings, name, measure(kind, args))
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
-        report(args, rates, new, old)
+        report(args, rates, pings, new, old)
 
 
 def compare_secure(args: argparse.Namespace) -> None:
     """Each run: the bare server, then an insecure and a secure node of this checkout in
     alternating order (the insecure first in runs 1, 3, ...)."""
     new = current_build()
-    rates: dict[tuple[str, str], list[float]] = {}
+    rates: Rates = {}
+    pings: Pings = {}
     with tempfile.TemporaryDirectory(prefix="kvactors-bench-keys-") as directory:
         keys = ClusterKeys.create(directory, [NODE_NAME])
         for run in range(args.runs):
             plan = [("bare", None), *in_turn(run, ("insecure", None), ("secure", keys))]
             for name, node_keys in plan:
                 kind: str | Build = "bare" if name == "bare" else new
-                for op, rate in measure(kind, args, node_keys).items():
-                    rates.setdefault((name, op), []).append(rate)
+                record(rates, pings, name, measure(kind, args, node_keys))
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
     print(
         f"one node, pipelined load: {args.inflight} in flight, {args.keyspace} keys, "
@@ -241,19 +267,33 @@ def compare_secure(args: argparse.Namespace) -> None:
     print("secure: CURVE with a key pair per side, each message checked against the trust set")
     print("the insecure node went first in runs 1, 3, ...")
     print(f"{'':36}{'median':>12}   each run")
-    for op in ("put", "get"):
+    for op in ("put", "get", "ping"):
         print(rate_row(f"{op} ops/s, bare", rates[("bare", op)]))
         print(rate_row(f"{op} ops/s, insecure", rates[("insecure", op)]))
         print(rate_row(f"{op} ops/s, secure", rates[("secure", op)]))
         print(ratio_row(f"{op} secure/insecure", rates[("secure", op)], rates[("insecure", op)]))
+    for name in ("insecure", "secure"):
+        print(ping_floor(args, name, pings[name]))
     for op in ("put", "get"):
         middle, _ = paired(rates[("secure", op)], rates[("insecure", op)])
         print(f"{op}: {verdict(middle)}")
 
 
+def ping_floor(args: argparse.Namespace, name: str, pings: list[Measurement]) -> str:
+    """The latency of the pings on one server: medians over runs, and each run's p99."""
+    p50 = statistics.median(m.p50_ms for m in pings)
+    p99s = [m.p99_ms for m in pings]
+    return (
+        f"ping floor, {name} ({args.inflight} in flight, closed loop): p50 {p50:.2f} ms, "
+        f"p99 {statistics.median(p99s):.2f} ms (p99 of each run: "
+        f"{' '.join(f'{p:.2f}' for p in p99s)})"
+    )
+
+
 def report(
     args: argparse.Namespace,
-    rates: dict[tuple[str, str], list[float]],
+    rates: Rates,
+    pings: Pings,
     new: Build,
     old: Build | None,
 ) -> None:
@@ -262,7 +302,7 @@ def report(
         f"100-byte values, {args.seconds}s x {args.runs} runs, {os.cpu_count()} cores"
     )
     print(f"{'op':6}{'bare ops/s':>14}{'kvactors ops/s':>16}{'ratio':>8}   ratio of each run")
-    for op in ("put", "get"):
+    for op in ("put", "get", "ping"):
         bare, kv = rates[("bare", op)], rates[("kvactors", op)]
         # Each run measures both servers back to back, so its ratio is paired against the
         # machine's load at that moment; the median of the paired ratios is the figure.
@@ -271,16 +311,22 @@ def report(
             f"{op:6}{statistics.median(bare):>14,.0f}{statistics.median(kv):>16,.0f}"
             f"{statistics.median(ratios):>8.2f}   {' '.join(f'{r:.2f}' for r in ratios)}"
         )
+    print(
+        "the bare server's put rate is the machine's pace in this run; pings are answered "
+        "without touching data"
+    )
+    print(ping_floor(args, "kvactors node", pings["kvactors"]))
     if old is None:
         return
     print()
     print(f"new: {new.label}; old: {old.label}; the old build went first in runs 1, 3, ...")
     print(f"{'':36}{'median':>12}   each run")
-    for op in ("put", "get"):
+    for op in ("put", "get", "ping"):
         print(rate_row(f"{op} ops/s, old", rates[("old", op)]))
         print(rate_row(f"{op} ops/s, new", rates[("kvactors", op)]))
         print(ratio_row(f"{op} new/old", rates[("kvactors", op)], rates[("old", op)]))
         print(ratio_row(f"{op} old/bare", rates[("old", op)], rates[("bare", op)]))
+    print(ping_floor(args, "old node", pings["old"]))
 
 
 if __name__ == "__main__":
