@@ -13,6 +13,9 @@ A node's StoreServers run on its `NodeDispatcher`: on the transport thread while
 node serves the network, so a request is decoded, applied by its partition's StoreServer
 and answered on one thread with no hand-off at all (as fast as the single loop of a bare
 server), and on a `ThreadDispatcher` otherwise (embedded nodes, start-up, shutdown).
+A caller on that thread may go further and have an idle actor run a handler now, with
+no message at all (`run_now`): the work of a `tell` and its slice without the envelope,
+the mailbox or the dispatch, and with the same crash handling and supervision.
 
 The one rule: a dispatched actor's handlers must not block waiting for another actor
 (no `ask().get()`), since that could wait for a message only the same thread would
@@ -22,23 +25,29 @@ handle. The request path never blocks, so StoreServers qualify.
 from __future__ import annotations
 
 import collections
+import enum
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 import pykka
 
+from kvactors.errors import ActorCrashedError
 from kvactors.runtime.supervision import SupervisedActor
 
 __all__ = [
+    "NOT_RUN",
     "DispatchedActor",
     "Dispatcher",
     "NodeDispatcher",
+    "NotRun",
     "ThreadDispatcher",
     "default_dispatcher",
+    "dispatcher_of",
+    "run_now",
     "tell",
 ]
 
@@ -230,6 +239,79 @@ def tell(ref: pykka.ActorRef[Any], message: Any) -> None:
     ref.tell(message)
 
 
+class NotRun(enum.Enum):
+    """What `run_now` returns when the actor could not run the handler there and then."""
+
+    NOT_RUN = "not run"
+
+
+NOT_RUN: Final = NotRun.NOT_RUN
+
+R = TypeVar("R")
+
+
+def dispatcher_of(ref: pykka.ActorRef[Any]) -> Dispatcher | None:
+    """The dispatcher that runs `ref`'s actor; None if it is not a dispatched actor."""
+    inbox = ref.actor_inbox
+    return inbox._actor._dispatcher if type(inbox) is _Mailbox else None
+
+
+def run_now(
+    ref: pykka.ActorRef[Any], here: Dispatcher | None, handle: Callable[..., R], *args: Any
+) -> R | NotRun:
+    """`handle(actor, *args)` run by `ref`'s actor now, on this thread, as its next
+    message would be; `NOT_RUN` (and nothing ran) when it cannot be, and then the caller
+    sends its message instead, behind whatever mail the actor has.
+
+    `handle` is a method of the actor's class, called unbound (`StoreServer.apply_batch`).
+    `here` is a dispatcher the caller has found to run its actors on this very thread
+    (`runs_here()`), a check made once for many calls rather than on each. The actor
+    runs the handler only if it is `here`'s, idle (no slice scheduled or running, no
+    mail: a handler never overtakes a message sent before it), started and not stopping;
+    while it runs, the actor is as busy as in a slice, so nothing else runs it.
+
+    An exception from `handle` is the actor's crash, as in the handler of a `tell`: it
+    stops, `on_failure` runs, its mail that came meanwhile is told it was not handled,
+    and its supervisor hears of it (and restarts it). The exception is then raised here,
+    the caller's to act on (a `BaseException` other than an `Exception` as an
+    `ActorCrashedError`, as an `ask` would).
+    """
+    inbox = ref.actor_inbox
+    if type(inbox) is not _Mailbox or inbox.messages:
+        return NOT_RUN
+    actor = inbox._actor
+    if actor._scheduled or actor._halted or actor._dispatcher is not here:
+        return NOT_RUN
+    with actor._schedule_lock:
+        if actor._scheduled or actor._finished:
+            return NOT_RUN
+        actor._scheduled = True
+    try:
+        result = handle(actor, *args)
+    except BaseException as exc:
+        actor._crash(exc, f"running {getattr(handle, '__qualname__', handle)}")
+        actor._run_slice(THROUGHPUT)  # halted: it finishes and its supervisor is told
+        if isinstance(exc, Exception):
+            raise
+        raise ActorCrashedError(f"{actor} crashed on {exc!r}") from exc
+    _end_slice(actor)
+    return result
+
+
+def _end_slice(actor: DispatchedActor) -> None:
+    """After a message handled outside `_run_slice`, what the end of a slice would do:
+    run the mail that came meanwhile, finish an actor the message stopped, or leave it
+    idle."""
+    if actor._mailbox.messages or actor._halted:
+        actor._run_slice(THROUGHPUT)
+        return
+    with actor._schedule_lock:
+        if not actor._mailbox.messages:
+            actor._scheduled = False
+            return
+    actor._dispatcher.schedule(actor)
+
+
 class _Mailbox:
     """A Pykka inbox whose `put` also queues its actor on the dispatcher."""
 
@@ -259,14 +341,7 @@ class _Mailbox:
         # The common case, without the queue: handle it, then finish the slice as
         # `_run_slice` would (mail that came meanwhile, a stop the message caused).
         actor._handle_envelope(_Tell(message))
-        if self.messages or actor._halted:
-            actor._run_slice(THROUGHPUT)
-            return True
-        with actor._schedule_lock:
-            if not self.messages:
-                actor._scheduled = False
-                return True
-        actor._dispatcher.schedule(actor)
+        _end_slice(actor)
         return True
 
     def get(self) -> Any:

@@ -13,9 +13,10 @@ Two kinds of messages:
 - the embedded single-node operations (`Get`, `Put`, `Delete`, `GetMany`, `PutMany`),
   which read the winning value and write without a causal context.
 
-The request path `tell`s a `StoreBatch` and gets the results through a callback; the
-writes of one message are applied as one storage transaction (group commit). The store
-never waits on anyone.
+The request path `tell`s a `StoreBatch` and gets the results through a callback, or,
+when the StoreServer is idle on the request path's own thread, has it run `apply_batch`
+there and then (`run_now`, kvactors.runtime.dispatch); the writes of one batch are
+applied as one storage transaction (group commit). The store never waits on anyone.
 
 The messages of the request path are NamedTuples: immutable like frozen dataclasses, and
 several times cheaper to build, which counts at one or more per request.
@@ -176,15 +177,27 @@ class StoreServer(DispatchedActor):
     def _handle_receive(self, message: Any) -> Any:
         # The request path's message first, ahead of Pykka's checks for proxy calls.
         if type(message) is StoreBatch:
-            try:
-                results = self._apply(message.ops)
-            except StorageError as error:
-                logger.error("%s: %s", self, error)
-                message.sink.batch_failed(message.token, error, True)
-                return None
-            message.sink.batch_done(message.token, results)
+            results = self.apply_batch(message.ops)
+            if isinstance(results, list):
+                message.sink.batch_done(message.token, results)
+            else:
+                message.sink.batch_failed(message.token, results, True)
             return None
         return super()._handle_receive(message)
+
+    def apply_batch(self, ops: Sequence[StoreOp]) -> list[Any] | StorageError:
+        """A `StoreBatch`'s work: one result per op, or the `StorageError` the table
+        refused its writes with (logged; the StoreServer goes on serving).
+
+        Run inside the actor only: as its message's handler, or by the request path's
+        `run_now` (kvactors.runtime.dispatch) when the StoreServer is idle on the
+        caller's thread, which then acts on the results itself, with no sink.
+        """
+        try:
+            return self._apply(ops)
+        except StorageError as error:
+            logger.error("%s: %s", self, error)
+            return error
 
     def on_receive(self, message: Any) -> Any:
         match message:

@@ -14,8 +14,17 @@ from typing import Any
 import pykka
 import pytest
 
+from kvactors.errors import ActorCrashedError
 from kvactors.net.transport import SocketOptions, Transport, TransportHandlers
-from kvactors.runtime.dispatch import DispatchedActor, NodeDispatcher, ThreadDispatcher, tell
+from kvactors.runtime.dispatch import (
+    NOT_RUN,
+    DispatchedActor,
+    NodeDispatcher,
+    ThreadDispatcher,
+    dispatcher_of,
+    run_now,
+    tell,
+)
 from kvactors.runtime.supervision import ChildExited, ExitReason, start_supervised
 from kvactors.testing import wait_until
 
@@ -458,6 +467,109 @@ def test_a_given_fallback_is_its_giver_s_to_stop(
     ref.stop()
     assert dispatcher.stop()
     assert thread_names(fallback) == ["given-0"]
+
+
+# -- run_now: a handler run by an idle actor on the caller's thread ----------------------
+
+
+def test_run_now_has_an_idle_actor_run_the_handler_on_this_thread(
+    node_dispatcher: NodeDispatcher,
+) -> None:
+    loop = ManualLoop()
+    node_dispatcher.attach(loop)
+    log: Log = []
+    ref = Recorder.start(node_dispatcher, log)
+    assert dispatcher_of(ref) is node_dispatcher
+    assert run_now(ref, node_dispatcher, Recorder.on_receive, "direct") == "direct"
+    assert handled(log, "recorder") == ["started", "direct"]
+    assert threads_of(log, "recorder") == {threading.current_thread().name}
+
+    def tells_itself(actor: Recorder) -> str:
+        actor.actor_ref.tell("told meanwhile")
+        assert handled(log, "recorder")[-1] == "direct"  # the actor is busy: mail waits
+        return "returned"
+
+    # Mail the handler caused is handled after it, before run_now returns.
+    assert run_now(ref, node_dispatcher, tells_itself) == "returned"
+    assert handled(log, "recorder")[-1] == "told meanwhile"
+    assert loop.run() == 0  # nothing was queued on the loop
+    assert ref.ask("asked") == "asked"  # and the actor is idle again
+    ref.stop()
+
+
+def test_run_now_never_overtakes_mail(node_dispatcher: NodeDispatcher) -> None:
+    loop = ManualLoop()
+    node_dispatcher.attach(loop)
+    log: Log = []
+    ref = Recorder.start(node_dispatcher, log)
+    from_other_thread(lambda: ref.tell("sent first"))  # its slice waits for the loop
+    assert run_now(ref, node_dispatcher, Recorder.on_receive, "direct") is NOT_RUN
+    assert handled(log, "recorder") == ["started"]
+    assert loop.run() == 1
+    assert handled(log, "recorder") == ["started", "sent first"]
+    assert run_now(ref, node_dispatcher, Recorder.on_receive, "direct") == "direct"
+    ref.stop()
+
+
+def test_run_now_only_where_the_actor_s_dispatcher_runs(
+    node_dispatcher: NodeDispatcher,
+) -> None:
+    log: Log = []
+    ref = Recorder.start(node_dispatcher, log)  # not attached: its thread runs it
+    ref.ask("started for sure")
+    other = NodeDispatcher(name="other")
+    for here in (None, other):
+        assert run_now(ref, here, Recorder.on_receive, "direct") is NOT_RUN
+    assert "direct" not in handled(log, "recorder")
+    ref.stop()
+    assert run_now(ref, node_dispatcher, Recorder.on_receive, "after the stop") is NOT_RUN
+    assert other.stop()
+
+    plain = pykka.ThreadingActor.start()  # not a dispatched actor
+    assert dispatcher_of(plain) is None
+    assert run_now(plain, node_dispatcher, lambda actor: actor) is NOT_RUN
+    plain.stop()
+
+
+def test_a_crash_in_run_now_is_the_actor_s_crash(node_dispatcher: NodeDispatcher) -> None:
+    loop = ManualLoop()
+    node_dispatcher.attach(loop)
+    exits: list[ChildExited] = []
+    log: Log = []
+    ref = start_supervised(lambda: Recorder.start(node_dispatcher, log, "doomed"), exits.append)
+    outcomes: list[tuple[str, bool]] = []
+
+    def crashes(actor: Recorder) -> None:
+        actor.actor_ref.tell(Unanswered(outcomes))  # mail that came meanwhile
+        raise RuntimeError("crashed on purpose")
+
+    with pytest.raises(RuntimeError, match="crashed on purpose"):
+        run_now(ref, node_dispatcher, crashes)
+    [exit_] = exits  # the supervisor heard of it before run_now returned
+    assert (exit_.urn, exit_.reason) == (ref.actor_urn, ExitReason.CRASH)
+    assert isinstance(exit_.error, RuntimeError)
+    assert outcomes == [("ActorDeadError", False)]  # never handled: safe to send again
+    assert not ref.is_alive()
+    assert run_now(ref, node_dispatcher, Recorder.on_receive, "after") is NOT_RUN
+    assert "stopped" not in handled(log, "doomed")  # a crash, not a stop
+
+
+def test_run_now_hands_a_base_exception_back_as_an_actor_crash(
+    node_dispatcher: NodeDispatcher,
+) -> None:
+    loop = ManualLoop()
+    node_dispatcher.attach(loop)
+    exits: list[ChildExited] = []
+    ref = start_supervised(lambda: Recorder.start(node_dispatcher, []), exits.append)
+
+    def exits_the_process(_actor: Recorder) -> None:
+        raise SystemExit(3)
+
+    with pytest.raises(ActorCrashedError) as raised:
+        run_now(ref, node_dispatcher, exits_the_process)
+    assert isinstance(raised.value.__cause__, SystemExit)
+    assert [e.reason for e in exits] == [ExitReason.CRASH]
+    assert not ref.is_alive()
 
 
 def _idle() -> TransportHandlers:
