@@ -15,13 +15,14 @@ uses the same rates; the table gives medians over runs and each run's put p99.
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from _load import DealerLoad, Measurement, median
+from _load import DealerLoad, Measurement, error_counts, median
 from _reference import bare_line, bare_put_rate
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class Curve:
     points: list[Point]
     peaks: list[Measurement] = field(default_factory=list)
     bare: list[float] = field(default_factory=list)
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 def table(curve: Curve) -> list[str]:
@@ -121,6 +123,7 @@ def measure(args: argparse.Namespace, cluster_factory: Callable[[], LocalCluster
                     point.pings.append(load.open_loop("ping", point.rate, args.seconds))
             finally:
                 load.close()
+            curve.errors.update(load.errors)
         print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
     return curve
 
@@ -143,3 +146,5 @@ def report(args: argparse.Namespace, curve: Curve) -> None:
         print(line)
     if any(point.rate > median(peaks) for point in curve.points):
         print("* above the median peak: the cluster cannot keep up, and queues grow")
+    if curve.errors:
+        print(f"failed requests by error code, all runs: {error_counts(curve.errors)}")

@@ -10,6 +10,7 @@ so that a queue anywhere (the node, the machine, this process) shows in the figu
 
 from __future__ import annotations
 
+import collections
 import math
 import random
 import statistics
@@ -65,6 +66,13 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
+def error_counts(errors: collections.Counter[str]) -> str:
+    """'overloaded 12, timeout 3', the most frequent first; 'none' for no errors."""
+    if not errors:
+        return "none"
+    return ", ".join(f"{code} {count:,}" for code, count in errors.most_common())
+
+
 def split(total: int, parts: int) -> list[int]:
     """`total` spread as evenly as it goes over `parts` (11, 11, 10 for 32 over 3)."""
     return [total // parts + (1 if index < total % parts else 0) for index in range(parts)]
@@ -102,6 +110,8 @@ class DealerLoad:
         self.rng = rng or random.Random()
         self.written: list[str] = []
         self.mixed: NextOperation | None = None
+        # Failed replies by error code, over the load's life: why requests failed.
+        self.errors: collections.Counter[str] = collections.Counter()
         self._sockets: list[zmq.Socket[bytes]] = []
         self._poller = zmq.Poller()
         for endpoint in endpoints:
@@ -165,6 +175,8 @@ class DealerLoad:
         ok = bool(reply.get("ok"))
         if ok and kind == "put":
             self.written.append(key)
+        if not ok:
+            self.errors[str((reply.get("error") or {}).get("code", "no error code"))] += 1
         return stamp, ok, ok and kind == "get" and not reply.get("found")
 
     def closed_loop(self, op: str, inflight: int, warmup: float, seconds: float) -> Measurement:

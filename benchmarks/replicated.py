@@ -59,6 +59,7 @@ the median of the runs' ratios secure/insecure. PySyncObj and Redis are left out
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.util
 import os
 import random
@@ -82,7 +83,7 @@ from _builds import (
     rate_row,
     ratio_row,
 )
-from _load import VALUE_BYTES, DealerLoad, Measurement, median
+from _load import VALUE_BYTES, DealerLoad, Measurement, error_counts, median
 from _pysyncobj import PYSYNCOBJ_REWRITE_WARNING, PySyncObjRun, measure_pysyncobj
 from _redis import (
     RedisGroup,
@@ -128,6 +129,7 @@ class KvactorsRun:
     floor: Measurement  # pings at the half-load schedule: the transport and the machine alone
     ycsb: dict[str, Measurement]  # by workload name; empty when not run
     probe: str
+    errors: collections.Counter[str]  # failed replies by error code
 
 
 def three_nodes() -> LocalCluster:
@@ -164,7 +166,9 @@ def measure_kvactors(args: argparse.Namespace, plan: Plan | None) -> KvactorsRun
             probe = load.copies_probe()
         finally:
             load.close()
-    return KvactorsRun(put, put_same, get, ping, half_load, half_rate, floor, ycsb, probe)
+    return KvactorsRun(
+        put, put_same, get, ping, half_load, half_rate, floor, ycsb, probe, load.errors
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +449,9 @@ def table(args: argparse.Namespace, results: Results, plan: Plan | None) -> None
     missing += sum(m.missing for run in kvactors for m in run.ycsb.values())
     if missing:
         print(f"kvactors gets that found no value: {missing}")
+    errors = sum((run.errors for run in kvactors), collections.Counter[str]())
+    if errors:
+        print(f"kvactors failed requests by error code, all runs: {error_counts(errors)}")
 
 
 def ratios(args: argparse.Namespace, results: Results, plan: Plan | None) -> None:

@@ -51,6 +51,12 @@ def test_a_measurement_reports_rate_and_percentiles_in_milliseconds() -> None:
     assert m.p99_ms == pytest.approx(10.0)
 
 
+def test_failures_are_counted_by_error_code_most_frequent_first() -> None:
+    errors = collections.Counter({"overloaded": 3, "timeout": 1_200})
+    assert _load.error_counts(errors) == "timeout 1,200, overloaded 3"
+    assert _load.error_counts(collections.Counter()) == "none"
+
+
 def test_inflight_is_split_as_evenly_as_it_goes() -> None:
     assert _load.split(32, 3) == [11, 11, 10]
     assert _load.split(256, 3) == [86, 85, 85]
@@ -269,6 +275,16 @@ def test_memory_options() -> None:
     assert memory.parse_args(["--keys", "500"]).keys == 500
     with pytest.raises(SystemExit):
         memory.parse_args(["--keys", "0"])
+
+
+def test_a_dict_is_measured_in_a_fresh_process() -> None:
+    if not Path("/proc/self/status").exists():
+        pytest.skip("no /proc")
+    footprint = memory.in_fresh_process("dict", 20_000, 100)
+    assert footprint.stored_keys == 20_000
+    # Each entry holds a 100-byte value, its key and a slot of the table: more than the
+    # value, less than the few hundred bytes kvactors takes.
+    assert 150 < footprint.per_key < 400
 
 
 def test_rss_is_read_from_proc() -> None:
