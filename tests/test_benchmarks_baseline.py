@@ -92,13 +92,15 @@ def test_a_commit_build_holds_that_commits_tree_and_is_removed_after() -> None:
     assert not root.exists()
 
 
+# The handler is in place before the "running" line: the benchmark may send SIGTERM as
+# soon as it reads that line.
 FAKE_CLUSTER = """
     import signal, sys, time
+    stopped = []
+    signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
     port = sys.argv[sys.argv.index("--base-port") + 1]
     print(f"node-1  tcp://127.0.0.1:{port}  (pid 1)", flush=True)
     print("1 nodes running; Ctrl-C stops them all", flush=True)
-    stopped = []
-    signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
     deadline = time.monotonic() + 30
     while not stopped and time.monotonic() < deadline:
         time.sleep(0.01)
