@@ -150,6 +150,7 @@ class DealerLoad:
 
     def _send(self, sock: zmq.Socket[bytes], op: str, stamp: float, key: str = "") -> None:
         self._next_id += 1
+        request: dict[str, Any]
         if op == "load":
             request, kind = {"op": "put", "key": key, "value": self._value}, "load"
         else:

@@ -16,6 +16,7 @@ one field of ten; here the value is one field of `VALUE_BYTES`, as in the other 
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ WORKLOADS = (WORKLOAD_A, WORKLOAD_B)
 
 def zeta(items: int, theta: float) -> float:
     """The generalised harmonic number: the sum of 1 / i**theta for i in 1..items."""
-    return sum(1.0 / (i**theta) for i in range(1, items + 1))
+    return math.fsum(math.pow(i, -theta) for i in range(1, items + 1))
 
 
 class Zipfian:
@@ -69,7 +70,7 @@ class Zipfian:
 
     def probability(self, rank: int) -> float:
         """The exact probability of `rank` (what a sample's frequencies approach)."""
-        return 1.0 / ((rank + 1) ** self.theta) / self._zetan
+        return math.pow(rank + 1, -self.theta) / self._zetan
 
     def next(self) -> int:
         u = self._rng.random()
