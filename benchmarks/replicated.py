@@ -513,8 +513,10 @@ def report(args: argparse.Namespace, results: Results, plan: Plan | None) -> Non
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs; medians are reported")
-    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
-    parser.add_argument("--warmup", type=float, default=0.5, help="before each closed loop")
+    parser.add_argument("--seconds", type=float, help="per measurement (3; 1.5 with --quick)")
+    parser.add_argument(
+        "--warmup", type=float, help="before each closed loop (0.5; 0.25 with --quick)"
+    )
     parser.add_argument(
         "--inflight", type=int, default=32, help="writes in flight for the baselines (issue: 32)"
     )
@@ -558,8 +560,13 @@ def parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser().parse_args(argv)
+    # --quick shortens what was not set explicitly.
+    if args.seconds is None:
+        args.seconds = 1.5 if args.quick else 3.0
+    if args.warmup is None:
+        args.warmup = 0.25 if args.quick else 0.5
     if args.quick:
-        args.runs, args.seconds, args.warmup = 1, 1.5, 0.25
+        args.runs = 1
         args.ycsb_records = min(args.ycsb_records, 2_000)
     if args.latency_at:
         try:

@@ -218,9 +218,11 @@ def test_the_latency_table_has_a_row_per_rate_and_marks_rates_above_the_peak() -
 
 def test_quick_is_one_short_run_with_few_records() -> None:
     args = replicated.parse_args(["--quick"])
-    assert (args.runs, args.seconds, args.ycsb_records) == (1, 1.5, 2_000)
+    assert (args.runs, args.seconds, args.warmup, args.ycsb_records) == (1, 1.5, 0.25, 2_000)
+    assert replicated.parse_args(["--quick", "--seconds", "1"]).seconds == 1.0
     full = replicated.parse_args([])
-    assert (full.runs, full.kvactors_inflight, full.ycsb_inflight) == (3, 256, 256)
+    assert (full.runs, full.seconds, full.warmup) == (3, 3.0, 0.5)
+    assert (full.kvactors_inflight, full.ycsb_inflight) == (256, 256)
     assert replicated.ycsb_plan(full, 0) is not None
     assert replicated.ycsb_plan(replicated.parse_args(["--no-ycsb"]), 0) is None
 
