@@ -102,6 +102,9 @@ def _encoded_name(node: str) -> bytes:
 def encode_context(clock: VectorClock) -> bytes:
     """The opaque bytes a client carries from a `get` to its next `put` or `delete`."""
     entries = clock.entries
+    if len(entries) == 1:  # the context of a key one node writes: no list to join
+        ((node, counter),) = entries
+        return _CONTEXT_HEADERS[1] + _encoded_name(node) + _varint(counter)
     if len(entries) > MAX_CONTEXT_ENTRIES:
         raise ValueError(f"a context holds at most {MAX_CONTEXT_ENTRIES} entries")
     parts = [_CONTEXT_HEADERS[len(entries)]]

@@ -7,10 +7,12 @@ AAE and Cassandra's Merkle trees do. `diff` does that walk locally and counts th
 hashes it compared, which is what an exchange would send over the wire.
 
 The tree has a fixed shape: `fanout ** depth` leaf buckets, so two replicas built with the
-same shape can compare node for node without agreeing on anything else. A write costs
-O(depth) (a constant): the bucket hash is updated in place and the inner nodes above it
-are only marked dirty; they are recomputed when read, so a burst of writes between two
-exchanges rehashes each dirty inner node once.
+same shape can compare node for node without agreeing on anything else. A write costs one
+dict assignment: `update` (or `update_records`, for a batch of written records) only notes
+the key's new digest. Every read of the tree first folds the noted digests in (the bucket
+sums, then dirty marks on the inner nodes above the changed buckets, which are rehashed
+when read), so a burst of writes between two exchanges costs each key once, whatever
+number of times it was written, and rehashes each dirty inner node once.
 
 Pure logic: no I/O, no clock, no randomness; hashing is XXH3-64, stable across processes.
 """
@@ -36,14 +38,9 @@ __all__ = [
 _MASK64 = (1 << 64) - 1
 # Seed for leaf-bucket placement, distinct from the ring's seed 0 (see `bucket_of`).
 _BUCKET_SEED = int.from_bytes(b"hashtree", "big")
-
-
-def _pair_hash(key: bytes, digest: bytes) -> int:
-    """64-bit hash of one (key, digest) pair.
-
-    The key's length goes first so that (b"ab", b"c") and (b"a", b"bc") hash apart.
-    """
-    return xxh3_64_intdigest(len(key).to_bytes(8, "big") + key + digest)
+# Keys a tree notes before it folds them in unread: a few hundred microseconds of work at
+# once, and a bounded number of digests held twice.
+_MAX_PENDING = 1024
 
 
 def _combine_children(hashes: Sequence[int]) -> int:
@@ -71,7 +68,7 @@ class HashTree:
     has children `i * fanout ... i * fanout + fanout - 1` on level `l + 1`.
     """
 
-    __slots__ = ("_buckets", "_depth", "_dirty", "_fanout", "_levels", "_size")
+    __slots__ = ("_buckets", "_depth", "_dirty", "_fanout", "_levels", "_pending", "_size")
 
     def __init__(self, fanout: int = 16, depth: int = 3) -> None:
         if fanout < 2 or depth < 1:
@@ -84,6 +81,10 @@ class HashTree:
         # Invariant: if an inner node is dirty, so are all its ancestors. It lets a write
         # stop climbing at the first dirty ancestor, and a read trust every clean node.
         self._dirty: list[set[int]] = [set() for _ in range(depth)]
+        # Each key written since the last read, with its newest digest (None: forgotten).
+        # Folded into the buckets before any read (`_fold`), or once it holds
+        # _MAX_PENDING keys (`update_records`), which bounds the memory it holds.
+        self._pending: dict[bytes, bytes | None] = {}
 
     @classmethod
     def from_items(
@@ -109,6 +110,8 @@ class HashTree:
 
     def __len__(self) -> int:
         """The number of keys tracked."""
+        if self._pending:
+            self._fold()
         return self._size
 
     def bucket_of(self, key: bytes) -> int:
@@ -120,34 +123,72 @@ class HashTree:
         return xxh3_64_intdigest(key, _BUCKET_SEED) % self.leaf_count
 
     def update(self, key: bytes, digest: bytes | None) -> None:
-        """Set `key`'s version digest; None forgets the key."""
-        bucket = self.bucket_of(key)
-        entries = self._buckets.get(bucket, {})
-        old = entries.get(key)
-        if old == digest:
-            return
-        # Bucket hash = sum mod 2**64 of its pair hashes (additive set hashing), so a write
-        # subtracts the old pair and adds the new one in O(1), in any order. Sum rather than
-        # XOR: XOR is linear bit by bit, so any two pairs whose hashes agree on a bit cancel
-        # there, and a pair counted twice by a bug would vanish; with a sum, carries mix the
-        # bits. Either way two different buckets collide with probability about 2**-64 for
-        # honest keys; XXH3 is not cryptographic, so a client choosing keys on purpose could
-        # hide a difference, which would cost a missed repair, not a wrong value.
-        leaf = self._levels[self._depth][bucket]
-        if old is not None:
-            leaf -= _pair_hash(key, old)
-            del entries[key]
-            self._size -= 1
-        if digest is not None:
-            leaf += _pair_hash(key, digest)
-            entries[key] = digest
-            self._size += 1
-        self._levels[self._depth][bucket] = leaf & _MASK64
-        self._keep_bucket(bucket, entries)
-        self._mark_ancestors_dirty(bucket)
+        """Set `key`'s version digest; None forgets the key. Only noted here: the tree
+        takes it in before it is next read."""
+        self._pending[key] = digest
+
+    def update_records(self, writes: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """`update(key, record_digest(record))` for each written (key, record), a record
+        of None forgetting the key: what a batch of writes to a partition's table does
+        to its tree, in one call. Digests are taken now, so no record is kept."""
+        pending = self._pending
+        for key, record in writes:
+            pending[key] = None if record is None else xxh3_64_digest(record)
+        if len(pending) > _MAX_PENDING:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Take the noted digests into the bucket sums, and mark the inner nodes above the
+        changed buckets dirty."""
+        pending = self._pending
+        self._pending = {}
+        buckets = self._buckets
+        leaves = self._levels[self._depth]
+        leaf_count = len(leaves)
+        size = self._size
+        changed: set[int] = set()
+        for key, digest in pending.items():
+            bucket = xxh3_64_intdigest(key, _BUCKET_SEED) % leaf_count  # `bucket_of`
+            entries = buckets.get(bucket)
+            old = None if entries is None else entries.get(key)
+            if old == digest:
+                continue
+            # Bucket hash = sum mod 2**64 of its pair hashes (additive set hashing), so a
+            # write subtracts the old pair and adds the new one in O(1), in any order. Sum
+            # rather than XOR: XOR is linear bit by bit, so any two pairs whose hashes
+            # agree on a bit cancel there, and a pair counted twice by a bug would vanish;
+            # with a sum, carries mix the bits. Either way two different buckets collide
+            # with probability about 2**-64 for honest keys; XXH3 is not cryptographic, so
+            # a client choosing keys on purpose could hide a difference, which would cost
+            # a missed repair, not a wrong value.
+            leaf = leaves[bucket]
+            # A pair's hash: its key's length goes first so that (b"ab", b"c") and
+            # (b"a", b"bc") hash apart.
+            prefix = len(key).to_bytes(8, "big") + key
+            if old is not None:
+                assert entries is not None  # it held the old digest
+                leaf -= xxh3_64_intdigest(prefix + old)
+                size -= 1
+                if digest is None:
+                    del entries[key]
+                    if not entries:  # only non-empty buckets keep a dict
+                        del buckets[bucket]
+            if digest is not None:
+                leaf += xxh3_64_intdigest(prefix + digest)
+                if entries is None:
+                    entries = buckets[bucket] = {}
+                entries[key] = digest
+                size += 1
+            leaves[bucket] = leaf & _MASK64
+            changed.add(bucket)
+        self._size = size
+        for bucket in changed:
+            self._mark_ancestors_dirty(bucket)
 
     def root(self) -> int:
         """The root hash: equal roots mean (but for a 2**-64 chance) equal contents."""
+        if self._pending:
+            self._fold()
         return self._node(0, 0)
 
     def level(self, level: int) -> tuple[int, ...]:
@@ -158,6 +199,8 @@ class HashTree:
     def node_hashes(self, level: int, indices: Iterable[int]) -> tuple[int, ...]:
         """The hashes of the nodes `indices` of `level`: what one exchange round sends."""
         self._check_level(level)
+        if self._pending:
+            self._fold()
         width = self._fanout**level
         hashes = []
         for index in indices:
@@ -183,6 +226,8 @@ class HashTree:
         """A copy of the keys and digests in leaf `bucket`, for the final exchange."""
         if not 0 <= bucket < self.leaf_count:
             raise ValueError(f"bucket {bucket} not below {self.leaf_count}")
+        if self._pending:
+            self._fold()
         return dict(self._buckets.get(bucket, {}))
 
     def _node(self, level: int, index: int) -> int:
@@ -205,13 +250,6 @@ class HashTree:
             if index in self._dirty[level]:
                 return  # the invariant: everything above is dirty already
             self._dirty[level].add(index)
-
-    def _keep_bucket(self, bucket: int, entries: dict[bytes, bytes]) -> None:
-        # Only non-empty buckets keep a dict, so a small partition's tree stays small.
-        if entries:
-            self._buckets[bucket] = entries
-        else:
-            self._buckets.pop(bucket, None)
 
     def _check_level(self, level: int) -> None:
         if not 0 <= level <= self._depth:

@@ -47,10 +47,12 @@ __all__ = [
     "blind_write",
     "check_state_bounds",
     "coordinate_write",
+    "flat_entries",
     "merge_states",
     "purge_tombstones",
     "state_from_wire",
     "state_to_wire",
+    "supersedes",
     "trusted_clock_from_flat",
     "trusted_state_from_parts",
     "trusted_state_from_wire",
@@ -342,6 +344,27 @@ def merge_states(first: KeyState, second: KeyState) -> KeyState:
     return _general_merge(first, second)
 
 
+def supersedes(state: KeyState, context: VectorClock) -> bool:
+    """True when `state` has seen everything a state whose context is `context` holds,
+    and holds a write that state lacks: their join (`merge_states`) is `state`, and
+    differs from the other. Replication's usual merge, decided from the other state's
+    context alone (a record keeps it in front)."""
+    seen = state.obsolete.entries
+    known = context.entries
+    if seen != known:  # the usual case is equal clocks: one tuple compare
+        if len(known) > len(seen):  # a node `seen` lacks (counters are >= 1)
+            return False
+        counters = dict(seen)
+        for node, count in known:
+            if counters.get(node, 0) < count:
+                return False
+    for version in state.versions:
+        dot = version.dot
+        if dot.counter > context.counter(dot.node):
+            return True
+    return False
+
+
 def _has_seen(clock: VectorClock, state: KeyState) -> bool:
     """True when `clock` covers `state`'s obsolete clock and every one of its dots, so
     that merging `state` into a state whose obsolete clock is `clock` changes nothing."""
@@ -420,21 +443,55 @@ def blind_write(
     context of the key (`KeyState.context`): it supersedes everything the replica holds,
     so the versions themselves are not needed. Equal to
     `coordinate_write(state, node, state.context, value, stamp, min_counter=...)`."""
-    counter = max(context.counter(node) + 1, min_counter)
+    counter, seen = _next_dot(context.entries, node, min_counter)
     if not node or counter > MAX_COUNTER:
         raise ValueError("a dot needs a node name and a counter in range")
     if value is not None and type(value) is not bytes:
         raise ValueError("a version's value is bytes, or None for a tombstone")
-    written = _trusted_version(value, _trusted_dot(node, counter), context, stamp)
-    state = _trusted_state(context, (written,))
+    # The commonest write of all: the trusted constructors unrolled, as in
+    # `_assembled_version`.
+    dot: Dot = _new(Dot)
+    _set_dot_node(dot, node)
+    _set_dot_counter(dot, counter)
+    written: Version = _new(Version)
+    _set_version_value(written, value)
+    _set_version_dot(written, dot)
+    _set_version_past(written, context)
+    _set_version_stamp(written, stamp)
+    state: KeyState = _new(KeyState)
+    _set_state_obsolete(state, context)
+    _set_state_versions(state, (written,))
     # Its context is the replica's with the new dot, which its record needs at once.
-    _set_state_context(state, _trusted_clock(_with_at_least(context.entries, node, counter)))
+    _set_state_context(state, _trusted_clock(seen))
+    _set_state_encoded_context(state, None)
     return state
+
+
+def _next_dot(
+    entries: tuple[tuple[str, int], ...], node: str, min_counter: int
+) -> tuple[int, tuple[tuple[str, int], ...]]:
+    """(`max(counter of node + 1, min_counter)`, the sorted clock `entries` with `node`'s
+    counter set to it): the dot of a write over a context, and the context after it, in
+    one pass over the entries."""
+    for index, (entry_node, entry_counter) in enumerate(entries):
+        if entry_node < node:
+            continue
+        if entry_node == node:
+            counter = entry_counter + 1
+            counter = counter if counter > min_counter else min_counter
+            return counter, (*entries[:index], (node, counter), *entries[index + 1 :])
+        counter = 1 if min_counter < 1 else min_counter
+        return counter, (*entries[:index], (node, counter), *entries[index:])
+    counter = 1 if min_counter < 1 else min_counter
+    return counter, (*entries, (node, counter))
 
 
 def trusted_clock_from_flat(flat: list[Any]) -> VectorClock:
     """The clock of a flat `[node, counter, ...]` list this process made itself (no checks)."""
-    if not flat:
+    size = len(flat)
+    if size == 2:  # one entry, the clock of a key one node writes: no pairing up
+        return _trusted_clock(((flat[0], flat[1]),))
+    if not size:
         return _EMPTY_CLOCK
     return _trusted_clock(_pair_up(flat))
 
@@ -475,14 +532,29 @@ _VERSION_FIELDS = 7
 
 
 def _clock_to_wire(clock: VectorClock) -> list[object]:
-    return list(chain(*clock.entries))
+    return list(flat_entries(clock.entries))
+
+
+def flat_entries(entries: tuple[tuple[str, int], ...]) -> tuple[object, ...]:
+    """Clock `entries` as one flat tuple `(node, counter, ...)`, the wire form of a clock."""
+    # sum() of a few pairs costs a fraction of a chain (every record and message has a
+    # few clocks); its copying grows with the square of the count, so not for many.
+    if len(entries) <= _FEW_ENTRIES:
+        return sum(entries, ())
+    return tuple(chain.from_iterable(entries))
+
+
+_FEW_ENTRIES = 8
 
 
 def state_to_wire(state: KeyState) -> list[object]:
     """The state as builtin types; `state_from_wire` is its inverse."""
     obsolete = state.obsolete
     obsolete_wire = _clock_to_wire(obsolete)
-    return [obsolete_wire, [_version_to_wire(v, obsolete, obsolete_wire) for v in state.versions]]
+    versions = state.versions
+    if len(versions) == 1:  # the usual state: no comprehension
+        return [obsolete_wire, [_version_to_wire(versions[0], obsolete, obsolete_wire)]]
+    return [obsolete_wire, [_version_to_wire(v, obsolete, obsolete_wire) for v in versions]]
 
 
 def _version_to_wire(

@@ -31,6 +31,8 @@ this process wrote.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
@@ -40,6 +42,7 @@ from kvactors.core.clocks import VectorClock
 from kvactors.core.context import MAX_NODE_NAME_BYTES
 from kvactors.core.versions import (
     KeyState,
+    flat_entries,
     state_from_wire,
     state_to_wire,
     trusted_clock_from_flat,
@@ -78,19 +81,28 @@ def _format_error(data: bytes) -> RecordFormatError:
     )
 
 
+class _ThreadPacker(threading.local):
+    """One reusable msgpack Packer per thread: `msgpack.packb` builds a Packer (and its
+    buffer) per call, which costs more than packing a small record."""
+
+    def __init__(self) -> None:
+        self.pack: Callable[[Any], bytes] = msgpack.Packer().pack
+
+
+_PACKER = _ThreadPacker()
+
+
 def encode_state(state: KeyState) -> bytes:
     """The record for `state`; `decode_state` gives back an equal state."""
     versions = state.versions
     fields = [
         versions[0].value if versions else None,
         state.encoded_context(),  # kept by the state, for whoever reads it next
-        list(chain(*state.context.entries)),
+        flat_entries(state.context.entries),  # msgpack packs a tuple as an array
         *state_to_wire(state),
     ]
-    # msgpack >= 1.0 (setup.cfg) packs bytes as bin and str as str by default; naming
-    # the options costs a keyword parse per record.
-    packed: bytes = msgpack.packb(fields)
-    return _FORMAT_PREFIX + packed
+    # msgpack >= 1.0 (setup.cfg) packs bytes as bin and str as str by default.
+    return _FORMAT_PREFIX + _PACKER.pack(fields)
 
 
 # Upper bounds of the parts of a record, for `record_size_bound`. A clock entry: a name
@@ -108,6 +120,12 @@ def record_size_bound(state: KeyState) -> int:
     state near a size limit needs encoding to know its size."""
     versions = state.versions
     entries = 2 * len(state.context.entries) + len(state.obsolete.entries)
+    if len(versions) == 1:  # the usual state: the loop below, unrolled
+        only = versions[0]
+        value = only.value
+        size = 0 if value is None else len(value)
+        entries += len(only.past.entries)
+        return _RECORD_BOUND + _VERSION_BOUND + 2 * size + entries * _ENTRY_BOUND
     size = _RECORD_BOUND + (len(versions[0].value or b"") if versions else 0)
     for version in versions:
         entries += len(version.past.entries)
@@ -155,9 +173,26 @@ def read_winner(data: bytes) -> tuple[bytes | None, bytes]:
     # Every reader checks the format byte inline (a call would cost more than the compare).
     if data[:1] != _FORMAT_PREFIX:
         raise _format_error(data)
-    # The two leading fields are read in place, leaving the clocks and versions packed.
-    value, end = _bin_at(data, _FIRST_FIELD)
-    context, _ = _bin_at(data, end)
+    # The two leading fields are read in place, leaving the clocks and versions packed:
+    # `_bin_at` twice, unrolled (every get comes here). The value is nil or bin...
+    marker = data[_FIRST_FIELD]
+    if marker == _NIL:
+        value = None
+        position = _FIRST_FIELD + 1
+    else:
+        if marker == _BIN8:
+            start = _FIRST_FIELD + 2
+            position = start + data[_FIRST_FIELD + 1]
+        else:
+            start = _FIRST_FIELD + (3 if marker == _BIN16 else 5)
+            position = start + int.from_bytes(data[_FIRST_FIELD + 1 : start], "big")
+        value = data[start:position]
+    # ... and the context is bin, shorter than 64 KiB but for a history of 256 long names.
+    marker = data[position]
+    if marker == _BIN8:
+        start = position + 2
+        return value, data[start : start + data[position + 1]]
+    context, _ = _bin_at(data, position)
     assert context is not None  # every record has a context
     return value, context
 
@@ -165,7 +200,10 @@ def read_winner(data: bytes) -> tuple[bytes | None, bytes]:
 def read_blind_base(data: bytes) -> tuple[bool, VectorClock]:
     """(a live value is there, the key's context as a clock) of a record this process
     wrote: all a write without a client context needs (`blind_write`)."""
-    fields = _unpack(data)
+    # `_unpack`, inlined: every write without a context comes here.
+    if data[:1] != _FORMAT_PREFIX:
+        raise _format_error(data)
+    fields = msgpack.unpackb(data[1:] if len(data) <= _SMALL_RECORD else memoryview(data)[1:])
     return fields[0] is not None, trusted_clock_from_flat(fields[2])
 
 

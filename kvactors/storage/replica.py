@@ -71,6 +71,7 @@ from kvactors.core.versions import (
     coordinate_write,
     merge_states,
     purge_tombstones,
+    supersedes,
 )
 from kvactors.errors import BadRequestError
 from kvactors.storage.records import (
@@ -168,13 +169,21 @@ class Replica:
         """Apply `ops` in order as one batch: (one result per op, the records written,
         None for a deleted key). The writes reach the table in one `Table.apply` (one
         transaction) before this returns."""
+        if len(ops) == 1 and type(ops[0]) is ReadWinner:
+            # A plain get, alone in its message (the commonest batch of all): no batch
+            # to see earlier writes, no clock to read, nothing to write.
+            record = self._table.get(ops[0].key)
+            return [_EMPTY_WINNER if record is None else read_winner(record)], []
         now_ms = int(self._wall_clock() * 1000)
         batch = _Batch(self._table, now_ms, self._grace_ms)
         apply_one = self._apply_one
         results: list[Any] = []
         for op in ops:
             try:
-                results.append(apply_one(batch, op, now_ms))
+                if type(op) is WriteKey:  # a client write, the commonest: no dispatch call
+                    results.append(self._write(batch, op.key, op.value, op.context, now_ms))
+                else:
+                    results.append(apply_one(batch, op, now_ms))
             except BadRequestError as refusal:  # this op alone is refused, before any change
                 results.append(refusal)
         return results, batch.commit()
@@ -222,9 +231,9 @@ class Replica:
         """Coordinate a write here: a put (`value` bytes) or a delete (None) that
         supersedes `context`, or everything this replica holds when `context` is None.
         Raises BadRequestError, before any change, for a write `ReplicaLimits` refuse."""
-        limit_ms = now_ms + self._skew_ms
-        ceiling = counter_ceiling(limit_ms)
-        if context is None:
+        if context is not None:
+            self._check_context(context, counter_ceiling(now_ms + self._skew_ms))
+        else:
             base = batch.blind_base(key)
             if base is not None:
                 # It supersedes all the key holds: only the key's context is needed, and
@@ -235,13 +244,20 @@ class Replica:
                     new_state = blind_write(known, self._node, value, stamp, dot_floor(stamp))
                 except ValueError as error:
                     raise _exhausted(error) from None
-                self._check_dot(new_state, ceiling)
-                self._check_history(known, new_state, None)
-                self._check_size(new_state, lambda: old_size)
+                # `_check_dot`, `_check_history` and `_check_size`, each called only when
+                # its cheapest test does not show it passes (the commonest write: every
+                # call counts). The new dot is the highest counter of this node in the
+                # key's context, the one `_check_dot` reads.
+                ceiling = counter_ceiling(now_ms + self._skew_ms)
+                if new_state.versions[0].dot.counter > ceiling:
+                    self._check_dot(new_state, ceiling)
+                if len(new_state.context.entries) > OPEN_CONTEXT_ENTRIES:
+                    self._check_history(known, new_state, None)
+                if record_size_bound(new_state) > self._limits.max_state_bytes:
+                    self._check_size(new_state, lambda: old_size)
                 batch.store(key, new_state)
-                return Written(new_state, existed)
-        else:
-            self._check_context(context, ceiling)
+                written: Written = _new_tuple(Written, (new_state, existed))  # `_written`
+                return written
         state = batch.state(key)
         winner = state.winner
         existed = winner is not None and winner.value is not None
@@ -251,7 +267,7 @@ class Replica:
             # but not after a stamp a merge would refuse now (stored before such stamps
             # were refused), nor one that leaves this clock too little to count on.
             ahead = winner.stamp
-            if ahead.wall_ms <= limit_ms and ahead.logical <= _OBSERVED_LOGICAL:
+            if ahead.wall_ms <= now_ms + self._skew_ms and ahead.logical <= _OBSERVED_LOGICAL:
                 stamp = self._hlc.observe(ahead, now_ms)
         try:
             new_state = coordinate_write(
@@ -264,12 +280,12 @@ class Replica:
             )
         except ValueError as error:
             raise _exhausted(error) from None
-        self._check_dot(new_state, ceiling)
+        self._check_dot(new_state, counter_ceiling(now_ms + self._skew_ms))
         self._check_siblings(state, new_state)
         self._check_history(state.context, new_state, context)
         self._check_size(new_state, lambda: _record_size(state))
         batch.store(key, new_state)
-        return Written(new_state, existed)
+        return _written(new_state, existed)
 
     def _merge(self, batch: _Batch, key: bytes, state: KeyState, now_ms: int) -> None:
         """Join another replica's `state` into the key's. Never refused for its siblings
@@ -352,6 +368,20 @@ class Replica:
             )
 
 
+# `Written(state, existed)` without the NamedTuple's own __new__ (a Python frame): every
+# coordinated write answers one.
+_new_tuple = tuple.__new__
+
+
+def _written(state: KeyState, existed: bool) -> Written:
+    written: Written = _new_tuple(Written, (state, existed))
+    return written
+
+
+# What a get of a key with no record answers.
+_EMPTY_WINNER: Final = (None, EMPTY_STATE.encoded_context())
+
+
 def _record_size(state: KeyState) -> int:
     return 0 if state.is_empty else len(encode_state(state))
 
@@ -419,18 +449,29 @@ class _Batch:
     def merge(self, key: bytes, state: KeyState) -> None:
         """Join `state` into the key's; a state that brings nothing new (sent again, or
         one sibling of those held) changes nothing: no rewrite."""
+        if key not in self._states:
+            record = self._table.get(key)
+            # Replication's usual merge: a write made over all this replica holds. The
+            # record's context tells, so the state held need not be built: the join is
+            # `state`, and new (`supersedes`).
+            if record is not None and supersedes(state, read_blind_base(record)[1]):
+                self._store_merged(key, state)
+                return
         current = self.state(key)
         merged = merge_states(current, state)
         # The join may be a new object equal to the current state (siblings merged the
         # long way); states are canonical, so `==` says whether anything was learnt.
         if merged is not current and merged != current:
-            entries = len(merged.context.entries)
-            if entries > MAX_CONTEXT_ENTRIES:  # its record could not hold its context
-                raise BadRequestError(
-                    f"merge refused: the key's history would name {entries} nodes; a "
-                    f"context holds at most {MAX_CONTEXT_ENTRIES}"
-                )
-            self.store(key, merged)
+            self._store_merged(key, merged)
+
+    def _store_merged(self, key: bytes, merged: KeyState) -> None:
+        entries = len(merged.context.entries)
+        if entries > MAX_CONTEXT_ENTRIES:  # its record could not hold its context
+            raise BadRequestError(
+                f"merge refused: the key's history would name {entries} nodes; a "
+                f"context holds at most {MAX_CONTEXT_ENTRIES}"
+            )
+        self.store(key, merged)
 
     def forget(self, key: bytes, record: bytes) -> bool:
         """Delete the key if this message has not touched it and its record is `record`."""
@@ -441,11 +482,17 @@ class _Batch:
 
     def commit(self) -> list[Write]:
         """Write every changed record in one transaction; returns what was written."""
-        if not self._changed:
+        changed = self._changed
+        if not changed:
             return []
-        writes: list[Write] = [
-            (key, None if state.is_empty else encode_state(state))
-            for key, state in self._changed.items()
-        ]
+        writes: list[Write]
+        if len(changed) == 1:  # the usual message: one key, no comprehension
+            ((key, state),) = changed.items()
+            writes = [(key, None if state.is_empty else encode_state(state))]
+        else:
+            writes = [
+                (key, None if state.is_empty else encode_state(state))
+                for key, state in changed.items()
+            ]
         self._table.apply(writes)
         return writes

@@ -10,7 +10,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvactors.core.hashtree import HashTree, TreeDiff, compare_trees, diff
+from kvactors.core.hashtree import HashTree, TreeDiff, compare_trees, diff, record_digest
 
 # Small shapes crowd keys into shared buckets (where cancelling bugs show); the default
 # shape is the one partitions will use.
@@ -231,3 +231,68 @@ def test_bucket_keys_is_a_copy_the_caller_may_change() -> None:
     handed_out[b"other"] = b"x"
     assert tree.bucket_keys(tree.bucket_of(b"k")) == {b"k": b"v"}
     assert len(tree) == 1
+
+
+# -- writes are noted, and taken in by the next read -------------------------------------
+
+READERS = {
+    "root": lambda tree: tree.root(),
+    "len": len,
+    "level": lambda tree: tree.level(tree.depth),
+    "node_hashes": lambda tree: tree.node_hashes(1, [0]),
+    "children": lambda tree: tree.children(()),
+    "bucket_keys": lambda tree: [tree.bucket_keys(b) for b in range(tree.leaf_count)],
+}
+
+
+@pytest.mark.parametrize("reader", list(READERS), ids=list(READERS))
+def test_every_read_sees_the_writes_before_it(reader: str) -> None:
+    read = READERS[reader]
+    items = {b"k%d" % i: b"d%d" % i for i in range(50)}
+    tree = HashTree.from_items(items.items(), 4, 2)
+    read(tree)
+    tree.update(b"k1", b"changed")
+    tree.update(b"k2", None)
+    tree.update(b"new", b"n")
+    final = {**items, b"k1": b"changed", b"new": b"n"}
+    del final[b"k2"]
+    assert read(tree) == read(HashTree.from_items(final.items(), 4, 2))
+
+
+records = st.binary(max_size=30)
+
+
+@PROPERTY
+@given(
+    shape=shapes,
+    batches=st.lists(st.lists(st.tuples(keys, st.none() | records), max_size=5), max_size=20),
+)
+def test_update_records_is_update_with_each_record_s_digest(
+    shape: tuple[int, int], batches: list[list[tuple[bytes, bytes | None]]]
+) -> None:
+    by_records = HashTree(*shape)
+    by_digests = HashTree(*shape)
+    for batch in batches:
+        by_records.update_records(batch)
+        for key, record in batch:
+            by_digests.update(key, None if record is None else record_digest(record))
+    assert snapshot(by_records) == snapshot(by_digests)
+
+
+def test_many_writes_between_reads_equal_a_tree_built_from_the_final_items() -> None:
+    # Enough keys, overwritten and removed, that a tree takes its notes in unread.
+    tree = HashTree(16, 2)
+    final: dict[bytes, bytes] = {}
+    for round_ in range(3):
+        writes: list[tuple[bytes, bytes | None]] = []
+        for index in range(1500):
+            key = b"key-%d" % index
+            record = None if (index + round_) % 7 == 0 else b"r%d-%d" % (round_, index)
+            writes.append((key, record))
+            if record is None:
+                final.pop(key, None)
+            else:
+                final[key] = record_digest(record)
+        for start in range(0, len(writes), 3):
+            tree.update_records(writes[start : start + 3])
+    assert snapshot(tree) == snapshot(HashTree.from_items(final.items(), 16, 2))

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvactors.core.clocks import HlcStamp, VectorClock
 from kvactors.core.context import decode_context
@@ -23,9 +25,17 @@ from kvactors.core.ops import (
     WriteKey,
     Written,
 )
-from kvactors.core.versions import EMPTY_STATE, KeyState, coordinate_write
+from kvactors.core.versions import (
+    EMPTY_STATE,
+    KeyState,
+    blind_write,
+    coordinate_write,
+    merge_states,
+    state_from_wire,
+    state_to_wire,
+)
 from kvactors.storage.memory import MemoryTable
-from kvactors.storage.records import decode_state
+from kvactors.storage.records import decode_state, encode_state
 from kvactors.storage.replica import Replica
 from kvactors.storage.tables import Write
 from kvactors.testing import FakeClock
@@ -188,6 +198,55 @@ def test_merge_joins_a_concurrent_state_once_and_never_rewrites_for_nothing(
     assert one(replica, MergeMany([(b"k", there), (b"k", merged)])) is None
     assert len(table.transactions) == transactions
     assert one(replica, ReadKey(b"k")) == merged
+
+
+def test_a_merge_of_a_write_over_all_that_is_held_stores_it_as_it_came(
+    replica: Replica, table: CountingTable
+) -> None:
+    one(replica, Put(b"k", b"here"))
+    held = one(replica, ReadKey(b"k"))
+    # Replication's usual merge: a peer's write over the context of this replica's state.
+    later = blind_write(held.context, "peer", b"there", HlcStamp(2, 0, "peer"))
+    transactions = len(table.transactions)
+    assert one(replica, MergeKey(b"k", state_from_wire(state_to_wire(later)))) is None
+    assert one(replica, ReadKey(b"k")) == later
+    assert table.transactions[transactions:] == [[(b"k", encode_state(later))]]
+    # Sent again: nothing new, nothing written.
+    assert replica.apply([MergeKey(b"k", later)]) == ([None], [])
+
+
+@st.composite
+def related_states(draw: st.DrawFn) -> tuple[KeyState, KeyState]:
+    """Two states of one key from a history of writes (each over some earlier state's
+    context) and merges: one may have seen all the other holds, or part, or nothing."""
+    history = [EMPTY_STATE]
+    for index in range(draw(st.integers(1, 6))):
+        base = draw(st.sampled_from(history))
+        if draw(st.booleans()):
+            node = draw(st.sampled_from(("a", "b", "c")))
+            at = HlcStamp(index + 1, 0, node)
+            history.append(blind_write(base.context, node, b"v%d" % index, at, 1))
+        else:
+            history.append(merge_states(base, draw(st.sampled_from(history))))
+    return draw(st.sampled_from(history)), draw(st.sampled_from(history))
+
+
+@settings(max_examples=80, deadline=None)
+@given(related_states())
+def test_a_merge_stores_the_join_and_writes_only_what_changed(
+    pair: tuple[KeyState, KeyState],
+) -> None:
+    held, incoming = pair
+    table = MemoryTable()
+    if not held.is_empty:
+        table.apply([(b"k", encode_state(held))])
+    replica = Replica(table, node="a", wall_clock=FakeClock(START), tombstone_grace=GRACE)
+    # As a peer's message brings it: decoded, nothing computed yet.
+    results, written = replica.apply([MergeKey(b"k", state_from_wire(state_to_wire(incoming)))])
+    joined = merge_states(held, incoming)
+    assert results == [None]
+    assert written == ([] if joined == held else [(b"k", encode_state(joined))])
+    assert one(replica, ReadKey(b"k")) == joined
 
 
 def test_merge_many_merges_each_key(replica: Replica) -> None:

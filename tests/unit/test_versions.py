@@ -23,6 +23,7 @@ from kvactors.core.versions import (
     purge_tombstones,
     state_from_wire,
     state_to_wire,
+    supersedes,
 )
 
 NODES = ("a", "b", "c", "d")
@@ -627,6 +628,35 @@ def test_a_state_that_has_seen_the_other_is_the_join(pair: tuple[KeyState, KeySt
     if later.obsolete.descends(state.context):  # it supersedes all `state` holds
         assert merge_states(state, later) is later
         assert merge_states(later, state) is later
+
+
+@FEW
+@given(state_and_successor() | st.tuples(key_states, key_states))
+def test_supersedes_is_its_definition_and_then_the_join_is_that_state(
+    pair: tuple[KeyState, KeyState],
+) -> None:
+    state, later = pair
+    context = state.context
+    news = later.obsolete.descends(context) and any(
+        not version.dot.covered_by(context) for version in later.versions
+    )
+    assert supersedes(later, context) == news
+    if news:  # the replica's merge takes `later` as the join, and writes it
+        assert merge_states(state, later) == later
+        assert later != state
+
+
+@FEW
+@given(key_states | wide_states, st.sampled_from(NODES), values, st.integers(0, 9))
+def test_blind_write_equals_a_write_with_the_context_on_any_state(
+    state: KeyState, node: str, value: bytes | None, floor: int
+) -> None:
+    if state.context.counter(node) == MAX_COUNTER:
+        return  # no fresh dot left for `node`
+    at = stamp(7, node)
+    written = blind_write(state.context, node, value, at, floor)
+    assert written == coordinate_write(state, node, state.context, value, at, min_counter=floor)
+    assert written.context == reference_context(written)
 
 
 def reference_wire(state: KeyState) -> list[object]:
