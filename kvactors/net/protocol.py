@@ -64,6 +64,8 @@ DEFAULT_MAX_CONTEXT_BYTES: Final = MAX_CONTEXT_BYTES  # the largest context a no
 DEFAULT_MAX_BATCH_ITEMS: Final = 1000
 _FRAME_SLACK_BYTES: Final = 64 * 1024  # room for op, id, quorums and map headers
 _MAX_SMALL_INT: Final = 2**31 - 1  # r, w, timeout_ms: what any client language holds in an int32
+_MIN_INT_ID: Final = -(2**63)  # an integer id fits in 64 bits, signed or not
+_MAX_INT_ID: Final = 2**64 - 1
 _MAX_MESSAGE_CHARS: Final = 1000  # error messages are for humans; never echo a whole frame
 
 
@@ -290,8 +292,32 @@ class Codec:
             raise ProtocolTooLargeError(
                 f"frame is {len(frame)} bytes; the limit is {self.max_frame_bytes}", fmt, None
             )
-        message = _unpack_request(frame) if fmt is _MSGPACK else self._parse_json(frame)
-        return self._validate(message, fmt)
+        if fmt is not _MSGPACK:
+            return self._validate(self._parse_json(frame), fmt)
+        try:
+            # Strings as str, arrays as lists, map keys str or bytes only; and every
+            # declared length capped by the frame's own (itself at most max_frame_bytes),
+            # so that no length can make the decoder allocate more than the bytes that
+            # arrived: each of these is unpackb's default (its max_*_len default to the
+            # buffer's length, the map's to half of it), so only extension types are
+            # named. Parsing keyword arguments is a good part of the call for a small
+            # request.
+            message = msgpack.unpackb(frame, max_ext_len=0, ext_hook=refuse_ext)
+        except (
+            ValueError,
+            TypeError,
+            OverflowError,
+            RecursionError,
+            msgpack.UnpackException,
+        ) as exc:
+            raise ProtocolError(
+                _msgpack_failure(frame, exc), _MSGPACK, _recover_msgpack_id(frame)
+            ) from None
+        if type(message) is not dict:
+            raise ProtocolError(
+                f"request must be a msgpack map, got {type_name(message)}", _MSGPACK, None
+            )
+        return self._validate(message, _MSGPACK)
 
     def key_bytes(self, key: object) -> bytes:
         """The stored form of a key; raises BadRequestError or TooLargeError."""
@@ -302,11 +328,15 @@ class Codec:
         return encode_value(value, self.max_value_bytes)
 
     def _validate(self, message: dict[str, Any], fmt: WireFormat) -> Request:
-        request_id = None
+        request_id: RequestId | None = None
         try:
             raw_id = message.get("id")
             if raw_id is not None:
-                request_id = checked_request_id(raw_id)
+                # An int id is the usual one: checked here, without a call.
+                if type(raw_id) is int and _MIN_INT_ID <= raw_id <= _MAX_INT_ID:
+                    request_id = raw_id
+                else:
+                    request_id = checked_request_id(raw_id)
             name = message.get("op")
             spec = self._specs.get(name) if type(name) is str else None
             if spec is None or "operation" in message:
@@ -345,11 +375,33 @@ class Codec:
     # -- what each op carries -----------------------------------------------------------
 
     def _key_only(self, message: dict[str, Any]) -> _Payload:
-        return (self._key(message.get("key", _MISSING), "key"), b"", (), ())
+        raw = message.get("key", _MISSING)
+        # The usual key (ASCII text or bytes, within the limit) without a call; `_key`
+        # for the others, and for every error.
+        kind = type(raw)
+        if kind is str and len(raw) <= self.max_key_bytes and raw.isascii():
+            return (raw.encode(), b"", (), ())
+        if kind is bytes and len(raw) <= self.max_key_bytes:
+            return (raw, b"", (), ())
+        return (self._key(raw, "key"), b"", (), ())
 
     def _key_and_value(self, message: dict[str, Any]) -> _Payload:
-        key = self._key(message.get("key", _MISSING), "key")
-        return (key, self._value(message.get("value", _MISSING), "value"), (), ())
+        raw = message.get("key", _MISSING)
+        kind = type(raw)  # as in _key_only
+        if kind is str and len(raw) <= self.max_key_bytes and raw.isascii():
+            key = raw.encode()
+        elif kind is bytes and len(raw) <= self.max_key_bytes:
+            key = raw
+        else:
+            key = self._key(raw, "key")
+        raw = message.get("value", _MISSING)
+        try:  # as _value does, without the call
+            value: bytes | None = PACKER.pack(raw)
+        except (TypeError, ValueError, OverflowError):
+            value = None
+        if value is None or len(value) > self.max_value_bytes:
+            value = self._value(raw, "value")  # its errors, and their messages
+        return (key, value, (), ())
 
     def _keys(self, message: dict[str, Any]) -> _Payload:
         raw_keys = self._batch(message.get("keys", _MISSING), "keys")
@@ -489,34 +541,6 @@ def detect_format(frame: bytes) -> WireFormat:
     if frame[:1] == b"{" or frame.lstrip(_JSON_WHITESPACE)[:1] == b"{":
         return _JSON
     return _MSGPACK
-
-
-def _unpack_request(frame: bytes) -> dict[str, Any]:
-    size = len(frame)
-    try:
-        message = msgpack.unpackb(
-            frame,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            # Capped by the frame (itself at most max_frame_bytes): a declared length can
-            # never make the decoder allocate more than the bytes that arrived.
-            max_str_len=size,
-            max_bin_len=size,
-            max_array_len=size,
-            max_map_len=size // 2,
-            max_ext_len=0,
-            ext_hook=refuse_ext,
-        )
-    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
-        raise ProtocolError(
-            _msgpack_failure(frame, exc), _MSGPACK, _recover_msgpack_id(frame)
-        ) from None
-    if type(message) is not dict:
-        raise ProtocolError(
-            f"request must be a msgpack map, got {type_name(message)}", _MSGPACK, None
-        )
-    return message
 
 
 def refuse_ext(code: int, data: bytes) -> Any:

@@ -7,7 +7,7 @@ lists every reply.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import msgpack
@@ -24,6 +24,7 @@ from kvactors.net.protocol import (
     PACKER,
     ItemResult,
     Reply,
+    Request,
     RequestId,
     WireFormat,
     bounded,
@@ -33,9 +34,14 @@ from kvactors.net.protocol import (
 )
 
 __all__ = [
+    "Replies",
+    "SendToClient",
     "decode_reply",
     "delete_reply",
+    "encode_delete_reply",
     "encode_error",
+    "encode_get_reply",
+    "encode_put_reply",
     "encode_reply",
     "get_many_reply",
     "get_reply",
@@ -148,6 +154,55 @@ def encode_reply(reply: Reply, fmt: WireFormat) -> bytes:
         return encode_error(problem, reply.request_id, fmt)
 
 
+def encode_put_reply(request_id: RequestId | None, conflict: bool, fmt: WireFormat) -> bytes:
+    """`encode_reply(put_reply(request_id, conflict=conflict), fmt)`, without the Reply:
+    the reply of every put."""
+    if fmt is not _MSGPACK:
+        return encode_reply(put_reply(request_id, conflict=conflict), fmt)
+    if request_id is None:
+        return _PUT_CONFLICT if conflict else _PUT
+    if conflict:
+        return _PUT_CONFLICT_ID + PACKER.pack(request_id) + _CONFLICT_TRUE
+    return _PUT_ID + PACKER.pack(request_id)
+
+
+def encode_delete_reply(request_id: RequestId | None, deleted: bool, fmt: WireFormat) -> bytes:
+    """`encode_reply(delete_reply(request_id, deleted), fmt)`, without the Reply."""
+    if fmt is not _MSGPACK:
+        return encode_reply(delete_reply(request_id, deleted), fmt)
+    flag = _DELETED_TRUE if deleted else _DELETED_FALSE
+    if request_id is None:
+        return _MAP_HEADERS[2] + _OK_TRUE + flag
+    return b"".join((_MAP_HEADERS[3], _OK_TRUE, _ID, PACKER.pack(request_id), flag))
+
+
+def encode_get_reply(
+    request_id: RequestId | None, value_bytes: bytes | None, context: bytes | None, fmt: WireFormat
+) -> bytes:
+    """The reply of a get without siblings: found when `value_bytes` is not None (as
+    `encode_reply(Reply(request_id, value_bytes is not None, value_bytes, None,
+    context), fmt)`, without the Reply)."""
+    if fmt is not _MSGPACK:
+        return encode_reply(
+            Reply(request_id, value_bytes is not None, value_bytes, None, context), fmt
+        )
+    count = 2
+    parts = [b"", _OK_TRUE]
+    if request_id is not None:
+        parts += (_ID, PACKER.pack(request_id))
+        count = 3
+    if value_bytes is None:
+        parts.append(_FOUND_FALSE)
+    else:
+        parts += (_FOUND_TRUE, _VALUE, value_bytes)
+        count += 1
+    if context is not None:
+        parts += (_CONTEXT, PACKER.pack(context))
+        count += 1
+    parts[0] = _MAP_HEADERS[count]
+    return b"".join(parts)
+
+
 def encode_error(error: KVActorsError, request_id: object, fmt: WireFormat) -> bytes:
     """The frame for an error reply; never raises, whatever the error holds."""
     reply: dict[str, Any] = {"ok": False}
@@ -223,6 +278,11 @@ _DELETED_FALSE: Final = _name("deleted") + b"\xc2"
 _CONFLICT_TRUE: Final = _name("conflict") + b"\xc3"
 # Replies and result items have fewer than 16 fields: their map header is one byte.
 _MAP_HEADERS: Final = tuple(bytes((0x80 | count,)) for count in range(16))
+# A put's reply is one of four shapes: with or without an id, and a conflict.
+_PUT: Final = _MAP_HEADERS[1] + _OK_TRUE
+_PUT_CONFLICT: Final = _MAP_HEADERS[2] + _OK_TRUE + _CONFLICT_TRUE
+_PUT_ID: Final = _MAP_HEADERS[2] + _OK_TRUE + _ID
+_PUT_CONFLICT_ID: Final = _MAP_HEADERS[3] + _OK_TRUE + _ID
 
 
 def _pack_reply(reply: Reply) -> bytes:
@@ -314,6 +374,40 @@ def _item_json(item: ItemResult) -> dict[str, Any]:
         if item.siblings is not None:
             fields["siblings"] = [json_ready(value) for value in item.siblings]
     return fields
+
+
+# -- sending --------------------------------------------------------------------------
+
+
+SendToClient = Callable[[list[bytes], bytes | None], bool | None]
+"""Sends a reply's frames, counted against an account (a secure client's key; None:
+its connection's own); False when it dropped the reply because the client does not read."""
+
+
+class Replies:
+    """Sends frames to clients (through `send`, the transport's), counting errors."""
+
+    __slots__ = ("errors", "max_frame_bytes", "send")
+
+    def __init__(self, send: SendToClient, max_frame_bytes: int | None = None) -> None:
+        self.send = send
+        self.errors = 0
+        self.max_frame_bytes = max_frame_bytes
+        """The frame a reply must fit (a get_many's is cut to it); None: no cut."""
+
+    def reply(self, envelope: list[bytes], request: Request, reply: Reply) -> None:
+        self.send([*envelope, encode_reply(reply, request.fmt)], None)
+
+    def error(
+        self,
+        envelope: list[bytes],
+        error: KVActorsError,
+        request_id: Any,
+        fmt: WireFormat,
+        account: bytes | None = None,
+    ) -> None:
+        self.errors += 1
+        self.send([*envelope, encode_error(error, request_id, fmt)], account)
 
 
 # -- client side --------------------------------------------------------------------------

@@ -4,8 +4,11 @@ A client frame is split from its envelope, decoded and validated (`protocol.Code
 bad input is answered at once. Each key of a request becomes a quorum operation on the
 key's replicas (kvactors.replication.coordinator), or, where this node holds the key's
 only copy, one op for its own StoreServer. When every key has its outcome, the reply
-goes out with the request's envelope (`reply_for` shapes it, `Replies` sends it). The
-embedded client's requests (`submit`) take the same path and are answered through a
+goes out with the request's envelope (`reply_for` shapes it, `Replies` sends it). A
+request of one key (a get, put or delete: nearly every request) is one object from
+admission to reply, which is also the replica target of its op where the only copy is
+here; what the ring says of a partition is asked once per ring snapshot (`Plan`). The
+embedded client's requests (`submit`) take the general path and are answered through a
 Future. A network request is admitted against its connection's bounds as well as the
 node's (`InFlight.admit`): one connection cannot take the whole in-flight budget, nor
 have more work done while the node holds too many unread replies for it. Runs on the
@@ -15,9 +18,9 @@ transport thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Final
 
 from kvactors.config import NodeConfig
 from kvactors.core.clocks import VectorClock
@@ -33,13 +36,11 @@ from kvactors.errors import (
     InternalError,
     KVActorsError,
     OverloadedError,
-    TooLargeError,
     UnavailableError,
 )
 from kvactors.net.certs import Certificate, role_allows
 from kvactors.net.protocol import (
     Codec,
-    ItemResult,
     Op,
     ProtocolError,
     Reply,
@@ -47,21 +48,19 @@ from kvactors.net.protocol import (
     WireFormat,
 )
 from kvactors.net.replies import (
-    delete_reply,
-    encode_error,
+    Replies,
+    encode_delete_reply,
+    encode_get_reply,
+    encode_put_reply,
     encode_reply,
-    get_many_reply,
-    item_failed,
-    item_written,
     ping_reply,
-    put_many_reply,
-    put_reply,
     status_reply,
 )
 from kvactors.net.rpc import MARKER
 from kvactors.node.channel import NodeChannel
 from kvactors.node.inflight import SLOW_CONNECTION, InFlight, Pending
 from kvactors.node.local_batches import LocalBatches
+from kvactors.node.reply_shapes import REPLY_FULL, read_fields, reply_for
 from kvactors.replication.coordinator import (
     KeyOutcome,
     ReadOperation,
@@ -70,7 +69,7 @@ from kvactors.replication.coordinator import (
     WriteResult,
 )
 
-__all__ = ["Frontend", "Replies", "reply_for"]
+__all__ = ["REPLY_FULL", "Frontend", "Replies", "reply_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +78,21 @@ Context = tuple[VectorClock, bytes] | None
 
 Gate = Callable[[str], ForbiddenError | None]
 """A secure node's check of one client request: its op -> the refusal, or None."""
+
+Plan = tuple[tuple[str, ...], bool, bool, tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+"""What a key's operation asks of the ring about its partition, asked once per ring
+snapshot: (replicas, sole_read, sole_write, write_replicas, next_owners, missing).
+`sole_read`: this node is its only replica; `sole_write`: and no joining member takes
+its writes too. `write_replicas`: where a write goes from here (`forward_order` when
+this node is no replica). `missing`: the dead members a write keeps hints for."""
+
+# Enum members fetched once: read on every request.
+_GET: Final = Op.GET
+_PUT: Final = Op.PUT
+_DELETE: Final = Op.DELETE
+# Builds a NamedTuple op from the tuple of its fields: its generated __new__ is a Python
+# function, one call more per request.
+_new_op: Final = tuple.__new__
 
 
 def _gate(sender: Certificate | None) -> Gate:
@@ -127,6 +141,15 @@ class Frontend:
         self._tell_gossip = tell_gossip
         self._remove_member = remove_member
         self.requests = 0
+        # Per partition, its Plan under the snapshot `_planned`, made when first asked;
+        # and that snapshot's default quorums.
+        self._planned: RingSnapshot | None = None
+        self._plans: list[Plan | None] = []
+        self._default_r = self._default_w = 1
+        # The last secure sender's certificate, and its gate and account.
+        self._sender: Certificate | None = None
+        self._sender_gate: Gate | None = None
+        self._sender_account: bytes | None = None
 
     # -- from the network --------------------------------------------------------------
 
@@ -135,8 +158,14 @@ class Frontend:
         live trust set now (None: no longer trusted): each request is checked against
         that certificate's role, never against anything the frames say. Its requests in
         flight count against its key, whichever of its connections they come on."""
-        account = None if sender is None else b"key:" + sender.public_key
-        self.on_frames(frames, _gate(sender), account)
+        if sender is not self._sender or self._sender_gate is None:
+            # A certificate is immutable, and the trust set hands out the same object
+            # for a key until it is reloaded: the last sender's gate and account serve
+            # its next message too (a burst from one client), with no closure made.
+            self._sender = sender
+            self._sender_gate = _gate(sender)
+            self._sender_account = None if sender is None else b"key:" + sender.public_key
+        self.on_frames(frames, self._sender_gate, self._sender_account)
 
     def on_frames(
         self, frames: list[bytes], gate: Gate | None = None, account: bytes | None = None
@@ -144,33 +173,37 @@ class Frontend:
         """A client's frames: [routing id, (delimiter,) request]. A secure node passes
         the sender's `gate`, which refuses the ops its role may not ask."""
         # The common shapes first: a DEALER's [id, request] and a REQ's [id, b"", request].
+        self.requests += 1
         count = len(frames)
         if count == 2:
-            envelope, body = frames[:1], frames[1:]
+            envelope, frame = frames[:1], frames[1]
         elif count == 3 and not frames[1]:
-            envelope, body = frames[:2], frames[2:]
+            envelope, frame = frames[:2], frames[2]
         elif frames[1] == MARKER:
-            self.requests += 1
             self._refuse_call(frames[:1])
             return
         else:
             envelope, body = _split_envelope(frames)
-        self.requests += 1
-        if len(body) != 1:
-            self._refuse_frames(envelope, body)
-            return
+            if len(body) != 1:
+                self._refuse_frames(envelope, body)
+                return
+            frame = body[0]
         try:
-            request = self._codec.decode_request(body[0])
+            request = self._codec.decode_request(frame)
         except ProtocolError as exc:
             self._replies.error(envelope, exc, exc.request_id, exc.fmt, account)
             return
+        op = request.op
         if gate is not None:
-            refusal = gate(request.op)
+            refusal = gate(op)
             if refusal is not None:
                 self._replies.error(envelope, refusal, request.request_id, request.fmt, account)
                 return
         try:
-            self._serve(envelope, request, account)
+            if op is _PUT or op is _GET or op is _DELETE:
+                self._serve_key(envelope, request, account)
+            else:
+                self._serve(envelope, request, account)
         except KVActorsError as exc:
             self._replies.error(envelope, exc, request.request_id, request.fmt, account)
         except Exception as exc:
@@ -192,6 +225,100 @@ class Frontend:
         fmt = WireFormat.JSON if first == b"{" else WireFormat.MSGPACK
         problem = BadRequestError(f"a request is exactly one frame, got {len(body)}")
         self._replies.error(envelope, problem, None, fmt)
+
+    def _serve_key(self, envelope: list[bytes], request: Request, account: bytes | None) -> None:
+        """A get, put or delete: one key, one object (`_KeyRequest`) that is admitted,
+        waits, and answers; it is the replica target itself where the only copy is here,
+        else the sink of the key's quorum operation."""
+        snapshot = self._ring.current
+        plans = self._plans if snapshot is self._planned else self._replan(snapshot)
+        if snapshot.detached:
+            refuse_if_detached(snapshot)
+        key = request.key
+        partition = partition_of(key, self._partitions)
+        plan = plans[partition] or self._plan(snapshot, partition)
+        timeout_ms = request.timeout_ms
+        timeout = None if timeout_ms is None else timeout_ms / 1000
+        op = request.op
+        if op is _GET:
+            pending: _KeyRequest = _KeyGet(
+                self._inflight, self._replies, envelope, request, account
+            )
+            self._inflight.enter(pending, envelope[0], account, timeout)
+            r = request.r or self._default_r
+            if r == 1 and plan[1]:
+                siblings = request.siblings
+                read = _new_op(ReadKey, (key,)) if siblings else _new_op(ReadWinner, (key,))
+                self._local.queued[partition].append((pending, None, read))
+                return
+            ReadOperation(
+                self._channel,
+                key,
+                partition=partition,
+                replicas=plan[0],
+                required=r,
+                deliver=pending.deliver,
+            ).start()
+            return
+        # The context is checked before anything starts: a bad one refuses the request.
+        context = request.context
+        checked = None if context is None else client_context(context)
+        if op is _PUT:
+            value: bytes | None = request.value_bytes
+            pending = _KeyPut(self._inflight, self._replies, envelope, request, account)
+        else:
+            value = None
+            pending = _KeyDelete(self._inflight, self._replies, envelope, request, account)
+        self._inflight.enter(pending, envelope[0], account, timeout)
+        requested_w = request.w
+        w = requested_w or self._default_w
+        if w == 1 and plan[2]:
+            write = _new_op(WriteKey, (key, value, None if checked is None else checked[0]))
+            self._local.queued[partition].append((pending, None, write))
+            return
+        WriteOperation(
+            self._channel,
+            key,
+            partition=partition,
+            value=value,
+            context=checked,
+            replicas=plan[3],
+            required=w,
+            deliver=pending.deliver,
+            requested_w=requested_w,
+            hint_for=plan[5],
+            next_owners=plan[4],
+        ).start()
+
+    def _replan(self, snapshot: RingSnapshot) -> list[Plan | None]:
+        """A new ring snapshot: the plans of the last one are dropped."""
+        self._planned = snapshot
+        plans: list[Plan | None] = [None] * self._partitions
+        self._plans = plans
+        config = self._config
+        self._default_r = quorum(None, config.read_quorum, snapshot.n_val)
+        self._default_w = quorum(None, config.write_quorum, snapshot.n_val)
+        return plans
+
+    def _plan(self, snapshot: RingSnapshot, partition: int) -> Plan:
+        """The partition's Plan under `snapshot` (the planned one), kept for the next key."""
+        replicas = snapshot.replicas(partition)
+        next_owners = snapshot.next_owners(partition)
+        sole = replicas == self._alone
+        plan = (
+            replicas,
+            sole,
+            sole and not next_owners,
+            replicas if self._me in replicas else snapshot.forward_order(partition),
+            next_owners,
+            snapshot.missing_replicas(partition),
+        )
+        self._plans[partition] = plan
+        return plan
+
+    def _plan_of(self, snapshot: RingSnapshot, partition: int) -> Plan:
+        plans = self._plans if snapshot is self._planned else self._replan(snapshot)
+        return plans[partition] or self._plan(snapshot, partition)
 
     def _serve(self, envelope: list[bytes], request: Request, account: bytes | None) -> None:
         op = request.op
@@ -285,8 +412,8 @@ class Frontend:
         siblings: bool,
     ) -> None:
         partition = partition_of(key, self._partitions)
-        replicas = snapshot.replicas(partition)
-        if r == 1 and replicas == self._alone:
+        plan = self._plan_of(snapshot, partition)
+        if r == 1 and plan[1]:
             # The only copy is here: no quorum to track, nothing to repair; and unless
             # siblings are asked for, the record's own winner and context are the answer.
             op: StoreOp = ReadKey(key) if siblings else ReadWinner(key)
@@ -297,7 +424,7 @@ class Frontend:
             self._channel,
             key,
             partition=partition,
-            replicas=replicas,
+            replicas=plan[0],
             required=r,
             deliver=self._slot_sink(pending, slot),
         ).start()
@@ -318,11 +445,8 @@ class Frontend:
         """One key's write; with `coordinate_here` (a peer asked), this node coordinates
         it even if it holds no replica."""
         partition = partition_of(key, self._partitions)
-        replicas = snapshot.replicas(partition)
-        if self._me not in replicas and not coordinate_here:
-            replicas = snapshot.forward_order(partition)
-        next_owners = snapshot.next_owners(partition)
-        if w == 1 and replicas == self._alone and not next_owners:
+        plan = self._plan_of(snapshot, partition)
+        if w == 1 and plan[2]:
             write = WriteKey(key, value, None if context is None else context[0])
             target = _SoleWrite(self._inflight, pending, slot)
             self._local.queued[partition].append((target, None, write))
@@ -333,13 +457,14 @@ class Frontend:
             partition=partition,
             value=value,
             context=context,
-            replicas=replicas,
+            # Coordinated here for a peer: the key's replicas, wherever this node is.
+            replicas=plan[0] if coordinate_here else plan[3],
             required=w,
             deliver=self._slot_sink(pending, slot),
             requested_w=requested_w,
             coordinate_here=coordinate_here,
-            hint_for=snapshot.missing_replicas(partition),
-            next_owners=next_owners,
+            hint_for=plan[5],
+            next_owners=plan[4],
         ).start()
 
     def _slot_sink(self, pending: Pending, slot: int) -> Callable[[KeyOutcome], None]:
@@ -376,14 +501,21 @@ class _ClientRequest(Pending):
         self.request = request
 
     def answer(self) -> None:
+        self.answer_with(self.results)
+
+    def answer_with(self, results: Sequence[Any]) -> None:
+        """Reply with the keys' `results` (the request's own, or a single key's)."""
         request = self.request
         try:
-            reply = reply_for(request, self.results, self.replies.max_frame_bytes)
+            reply = reply_for(request, results, self.replies.max_frame_bytes)
         except KVActorsError as error:
             self.refuse(error)
             return
-        frames = [*self.envelope, encode_reply(reply, request.fmt)]
-        if self.replies.send(frames, self.account) is False:
+        self.send(encode_reply(reply, request.fmt))
+
+    def send(self, frame: bytes) -> None:
+        """Send the reply `frame` with the request's envelope."""
+        if self.replies.send([*self.envelope, frame], self.account) is False:
             # Dropped: the node holds too many unread replies for this connection. A
             # short refusal in its place (held if it fits) tells the client so.
             self.refuse(OverloadedError(SLOW_CONNECTION))
@@ -391,6 +523,113 @@ class _ClientRequest(Pending):
     def refuse(self, error: KVActorsError) -> None:
         request = self.request
         self.replies.error(self.envelope, error, request.request_id, request.fmt, self.account)
+
+
+class _KeyRequest(_ClientRequest):
+    """A network client's request of one key (get, put, delete): admitted, tracked and
+    answered as itself, with no result slots. Where the key's only copy is here, it is
+    the replica target of its op (`replica_done`, `replica_failed`); otherwise its
+    quorum operation delivers to it (`deliver`)."""
+
+    __slots__ = ("inflight",)
+
+    def __init__(
+        self,
+        inflight: InFlight,
+        replies: Replies,
+        envelope: list[bytes],
+        request: Request,
+        account: bytes | None,
+    ) -> None:
+        # Only what a request of one key uses (no results, no slots); InFlight.enter
+        # sets the deadline.
+        self.done = False
+        self.connection = envelope[0] if account is None else account
+        self.account = account
+        self.replies = replies
+        self.envelope = envelope
+        self.request = request
+        self.inflight = inflight
+
+    def deliver(self, outcome: KeyOutcome) -> None:
+        """The outcome of the key's quorum operation."""
+        if not self.done:
+            self.inflight.settle(self)
+            self.answer_with((outcome,))
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        raise NotImplementedError
+
+    def replica_failed(self, tag: Any, error: KVActorsError) -> None:
+        if not self.done:
+            self.inflight.settle(self)
+            self.refuse(error)
+
+
+class _KeyGet(_KeyRequest):
+    __slots__ = ()
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        if self.done:
+            return
+        self.inflight.settle(self)
+        if type(result) is KeyState:  # ReadKey's: siblings were asked for
+            self.answer_with((ReadResult(result),))
+            return
+        value, context = result  # ReadWinner's
+        request = self.request
+        self.send(encode_get_reply(request.request_id, value, context, request.fmt))
+
+    def deliver(self, outcome: KeyOutcome) -> None:
+        request = self.request
+        if request.siblings or type(outcome) is not ReadResult:
+            super().deliver(outcome)  # siblings, or an error
+        elif not self.done:
+            self.inflight.settle(self)
+            _, value, _, context = read_fields(outcome, False)
+            self.send(encode_get_reply(request.request_id, value, context, request.fmt))
+
+
+class _KeyPut(_KeyRequest):
+    __slots__ = ()
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        if self.done:
+            return
+        self.inflight.settle(self)
+        written: Written = result
+        request = self.request
+        conflict = len(written.state.live_values()) > 1
+        self.send(encode_put_reply(request.request_id, conflict, request.fmt))
+
+    def deliver(self, outcome: KeyOutcome) -> None:
+        if type(outcome) is not WriteResult:
+            super().deliver(outcome)  # an error
+        elif not self.done:
+            self.inflight.settle(self)
+            request = self.request
+            conflict = outcome.siblings > 1
+            self.send(encode_put_reply(request.request_id, conflict, request.fmt))
+
+
+class _KeyDelete(_KeyRequest):
+    __slots__ = ()
+
+    def replica_done(self, tag: Any, result: Any) -> None:
+        if self.done:
+            return
+        self.inflight.settle(self)
+        written: Written = result
+        request = self.request
+        self.send(encode_delete_reply(request.request_id, written.existed, request.fmt))
+
+    def deliver(self, outcome: KeyOutcome) -> None:
+        if type(outcome) is not WriteResult:
+            super().deliver(outcome)  # an error
+        elif not self.done:
+            self.inflight.settle(self)
+            request = self.request
+            self.send(encode_delete_reply(request.request_id, outcome.existed, request.fmt))
 
 
 class _LocalRequest(Pending):
@@ -477,126 +716,3 @@ def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
         return frames[:1], frames[1:]
     delimiter = frames.index(b"", 1)
     return frames[: delimiter + 1], frames[delimiter + 1 :]
-
-
-# -- replies ---------------------------------------------------------------------------
-
-
-SendToClient = Callable[[list[bytes], bytes | None], bool | None]
-"""Sends a reply's frames, counted against an account (a secure client's key; None:
-its connection's own); False when it dropped the reply because the client does not read."""
-
-
-class Replies:
-    """Sends frames to clients (through `send`, the transport's), counting errors."""
-
-    __slots__ = ("errors", "max_frame_bytes", "send")
-
-    def __init__(self, send: SendToClient, max_frame_bytes: int | None = None) -> None:
-        self.send = send
-        self.errors = 0
-        self.max_frame_bytes = max_frame_bytes
-        """The frame a reply must fit (a get_many's is cut to it); None: no cut."""
-
-    def reply(self, envelope: list[bytes], request: Request, reply: Reply) -> None:
-        self.send([*envelope, encode_reply(reply, request.fmt)], None)
-
-    def error(
-        self,
-        envelope: list[bytes],
-        error: KVActorsError,
-        request_id: Any,
-        fmt: WireFormat,
-        account: bytes | None = None,
-    ) -> None:
-        self.errors += 1
-        self.send([*envelope, encode_error(error, request_id, fmt)], account)
-
-
-REPLY_FULL = (
-    "the reply is full: this key's value did not fit the frame with those before it; "
-    "ask for it again in another request"
-)
-_ITEM_OVERHEAD = 64
-"""Bytes an item of a get_many reply takes besides its value, siblings and context
-(generous: map keys, type tags, lengths)."""
-
-
-def reply_for(request: Request, results: list[Any], max_frame_bytes: int | None = None) -> Reply:
-    """The reply once every key has its outcome; a single key's error is the reply's.
-    A get_many's items past what fits `max_frame_bytes` are answered `too_large`."""
-    op, request_id = request.op, request.request_id
-    if op is Op.GET_MANY:
-        siblings = request.siblings
-        items = [
-            item_failed(r)
-            if isinstance(r, KVActorsError)
-            else ItemResult(None, *_read(r, siblings))
-            for r in results
-        ]
-        if max_frame_bytes is not None:
-            items = _fit_frame(items, max_frame_bytes, request.fmt)
-        return get_many_reply(request_id, items)
-    if op is Op.PUT_MANY:
-        return put_many_reply(
-            request_id,
-            [item_failed(r) if isinstance(r, KVActorsError) else item_written() for r in results],
-        )
-    return _single_reply(request, results)
-
-
-def _fit_frame(items: list[ItemResult], max_frame_bytes: int, fmt: WireFormat) -> list[ItemResult]:
-    """The items that fit one reply frame, in order; each after them is answered
-    `too_large` (REPLY_FULL), for the client to ask again. The first always fits: a frame
-    holds the largest value. JSON's budget is a sixth of the frame (a byte of a string
-    may take six as an escape)."""
-    budget = max_frame_bytes // 6 if fmt is WireFormat.JSON else max_frame_bytes - 4096
-    used = 0
-    for index, item in enumerate(items):
-        used += _ITEM_OVERHEAD + len(item.value_bytes or b"") + len(item.context or b"")
-        if item.siblings:
-            used += sum(map(len, item.siblings))
-        if used > budget and index > 0:
-            full = item_failed(TooLargeError(REPLY_FULL))
-            return [*items[:index], *([full] * (len(items) - index))]
-    return items
-
-
-def _single_reply(request: Request, results: list[Any]) -> Reply:
-    """The reply to a request of one key: its outcome, or its error raised."""
-    op, request_id = request.op, request.request_id
-    outcome = results[0]
-    if isinstance(outcome, KVActorsError):
-        raise outcome
-    if op is Op.GET:
-        if type(outcome) is tuple:  # a key only this node holds: (value, context)
-            value, context = outcome
-            return Reply(request_id, value is not None, value, None, context)
-        return Reply(request_id, *_read(outcome, request.siblings))
-    if op is Op.PUT:
-        return put_reply(request_id, conflict=outcome.siblings > 1)
-    return delete_reply(request_id, outcome.existed)
-
-
-_ReadFields = tuple[bool, bytes | None, tuple[bytes, ...] | None, bytes]
-"""(found, value, siblings, context): the fields a get's reply and a get_many's item share."""
-
-
-def _read(outcome: Any, siblings: bool) -> _ReadFields:
-    """One key's read: a `ReadResult`, or the (value, context) pair of a key only this
-    node holds."""
-    if type(outcome) is tuple:
-        value, context = outcome
-        return value is not None, value, None, context
-    assert isinstance(outcome, ReadResult)
-    state: KeyState = outcome.state
-    # Even a key never written has a context (an empty clock): a first write that carries
-    # it supersedes nothing, so two concurrent first writes are both kept.
-    context = state.encoded_context()
-    if siblings:
-        values = tuple(state.live_values())
-        return bool(values), None, values, context
-    winner = state.winner
-    if winner is None or winner.value is None:
-        return False, None, None, context
-    return True, winner.value, None, context

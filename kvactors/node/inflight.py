@@ -132,6 +132,47 @@ class InFlight:
         """The deadline of a request with `timeout` seconds (None: the node's default)."""
         return self._clock() + (self._timeout if timeout is None else timeout)
 
+    def enter(
+        self,
+        pending: Pending,
+        routing_id: bytes,
+        account: bytes | None,
+        timeout: float | None = None,
+    ) -> None:
+        """Admit a client's `pending` request (as `admit`, for its connection's
+        `routing_id` and its key's `account`), give it its deadline (`timeout` seconds,
+        None: the node's default) and track it: one call for the common request, whose
+        checks all pass while the node has fewer in flight than one connection may."""
+        count = self.count
+        # Below both bounds, with no connection slow, every check of `admit` passes.
+        if count >= self._max or count >= self._max_per_connection or self._slow or self.closing:
+            self.admit(routing_id, account)
+        if timeout is None:
+            pending.deadline = self._clock() + self._timeout
+            self._deadlines.append(pending)
+        else:
+            pending.deadline = deadline = self._clock() + timeout
+            heapq.heappush(self._custom, (deadline, next(self._sequence), pending))
+        self.count = count + 1
+        connection = pending.connection
+        if connection is not None:
+            per_connection = self.per_connection
+            per_connection[connection] = per_connection.get(connection, 0) + 1
+
+    def settle(self, pending: Pending) -> None:
+        """`pending`, not done yet, is being answered by its owner: it is no longer in
+        flight (the `fill` of a request that fills no slots)."""
+        pending.done = True
+        self.count -= 1
+        connection = pending.connection
+        if connection is not None:  # _release, inlined
+            per_connection = self.per_connection
+            left = per_connection[connection] - 1
+            if left:
+                per_connection[connection] = left
+            else:
+                del per_connection[connection]
+
     def track(self, pending: Pending, own_timeout: bool) -> None:
         self.count += 1
         connection = pending.connection
@@ -175,8 +216,17 @@ class InFlight:
     def expire(self, now: float) -> None:
         """Answer `timeout` for every request past its deadline."""
         deadlines, custom = self._deadlines, self._custom
-        while deadlines and (deadlines[0].done or deadlines[0].deadline <= now):
-            self._time_out(deadlines.popleft())
+        # Most of the head's requests were answered since the last tick: they are only
+        # dropped, without a call each.
+        while deadlines:
+            head = deadlines[0]
+            if head.done:
+                deadlines.popleft()
+            elif head.deadline <= now:
+                deadlines.popleft()
+                self._time_out(head)
+            else:
+                break
         while custom and (custom[0][2].done or custom[0][0] <= now):
             self._time_out(heapq.heappop(custom)[2])
 

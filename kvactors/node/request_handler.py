@@ -34,6 +34,7 @@ from kvactors.errors import BadRequestError, ForbiddenError, InternalError, Unav
 from kvactors.net import rpc
 from kvactors.net.certs import Certificate, Role
 from kvactors.net.protocol import Codec, Reply, Request
+from kvactors.net.replies import Replies
 from kvactors.net.transport import (
     SocketOptions,
     Transport,
@@ -42,7 +43,7 @@ from kvactors.net.transport import (
 )
 from kvactors.node.background import BackgroundTasks
 from kvactors.node.channel import NodeChannel
-from kvactors.node.frontend import Frontend, Replies
+from kvactors.node.frontend import Frontend
 from kvactors.node.group_commit import GroupCommit
 from kvactors.node.inflight import InFlight
 from kvactors.node.local_batches import LocalBatches

@@ -17,7 +17,7 @@ import pytest
 
 from kvactors import ActorSystem
 from kvactors.core.hashing import partition_of
-from kvactors.core.membership import HandedOver, Joined, MemberStatus
+from kvactors.core.membership import HandedOver, Joined, Member, MemberStatus
 from kvactors.core.placement import build_snapshot
 from kvactors.core.versions import state_from_wire, state_to_wire
 from kvactors.net import rpc
@@ -146,6 +146,25 @@ def test_a_request_past_its_deadline_times_out(node: Node) -> None:
         assert node.service.status()["timeouts"] == 1
     finally:
         directory.publish(partition, ref)
+
+
+def test_a_new_ring_is_followed_at_once(node: Node) -> None:
+    """What the frontend keeps of a ring per partition is kept for that ring only: once a
+    second member owns a share, the next write of a key goes to it too (N=2, W=2)."""
+    assert node.request("put", key="k", value=1)["ok"]  # alone: written here only
+    assert node.transport.to_peers == []
+    snapshot = node.services.ring.current
+    me = snapshot.members_by_name["solo"]
+    other = Member("other", "tcp://127.0.0.1:9", MemberStatus.ALIVE, 1, 0)
+    node.services.ring.publish(build_snapshot(snapshot.version + 1, me, [me, other], 16, 3))
+    frame = encode_request("put", key="k", value=2, request_id=8)
+    node.service.handlers.client_frames([CLIENT, frame])
+    node.transport.run(node.service.handlers)
+    assert [endpoint for endpoint, _ in node.transport.to_peers] == ["tcp://127.0.0.1:9"]
+    assert len(node.transport.to_clients) == 1  # the first put's: this one waits for W=2
+    node.services.ring.publish(snapshot)  # alone again: written here, answered at once
+    assert node.request("put", key="k", value=3) == {"ok": True, "id": 7}
+    assert len(node.transport.to_peers) == 1
 
 
 def test_ping_status_and_the_embedded_path(node: Node) -> None:

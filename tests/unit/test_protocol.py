@@ -461,6 +461,18 @@ def test_a_declared_length_of_4_gb_gives_an_error_not_an_allocation(header: byte
         assert peak < 1_000_000
 
 
+@pytest.mark.parametrize(
+    ("header", "limit"), [(b"\xdd", "max_array_len"), (b"\xdf", "max_map_len")]
+)
+def test_a_declared_count_is_capped_by_the_frame_itself(header: bytes, limit: str) -> None:
+    # An array32 or map32 declaring 1,000,000 entries in a 13-byte frame is refused for
+    # its count, before any entry is read: the cap is the frame's length, not a
+    # library-wide one (a count under that would be read until the bytes ran out).
+    error = rejected(header + b"\x00\x0f\x42\x40" + b"\x00" * 8)
+    assert error.code == "bad_request"
+    assert f"exceeds {limit}" in str(error)
+
+
 MALFORMED_JSON = [
     (b"{", "invalid JSON"),
     (b'{"op": "get", "key": "k"', "invalid JSON"),

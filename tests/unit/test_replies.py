@@ -6,6 +6,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kvactors.errors import (
     BadRequestError,
@@ -16,11 +18,14 @@ from kvactors.errors import (
     TooLargeError,
     UnavailableError,
 )
-from kvactors.net.protocol import WireFormat
+from kvactors.net.protocol import MAX_ID_BYTES, Reply, WireFormat
 from kvactors.net.replies import (
     decode_reply,
     delete_reply,
+    encode_delete_reply,
     encode_error,
+    encode_get_reply,
+    encode_put_reply,
     encode_reply,
     get_many_reply,
     get_reply,
@@ -191,3 +196,46 @@ def test_malformed_replies_raise_internal_error(frame: bytes) -> None:
 def test_unknown_error_codes_become_internal_errors() -> None:
     reply = decode_reply(pack({"ok": False, "error": {"code": "martian", "message": "m"}}))
     assert type(reply_error(reply)) is InternalError
+
+
+# -- the one-key replies, encoded without a Reply ----------------------------------------
+
+REQUEST_IDS = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.text(max_size=MAX_ID_BYTES // 4),
+    st.binary(max_size=MAX_ID_BYTES),
+)
+STORED_VALUES = st.one_of(
+    st.none(), st.builds(pack, st.integers(-(2**63), 2**64 - 1) | st.text() | st.binary())
+)
+CONTEXTS = st.one_of(st.none(), st.binary(max_size=64))
+FORMATS = st.sampled_from([MSGPACK, JSON])
+
+
+@given(REQUEST_IDS, st.booleans(), FORMATS)
+def test_a_put_reply_encodes_as_its_reply_does(
+    request_id: Any, conflict: bool, fmt: WireFormat
+) -> None:
+    expected = encode_reply(put_reply(request_id, conflict=conflict), fmt)
+    assert encode_put_reply(request_id, conflict, fmt) == expected
+
+
+@given(REQUEST_IDS, st.booleans(), FORMATS)
+def test_a_delete_reply_encodes_as_its_reply_does(
+    request_id: Any, deleted: bool, fmt: WireFormat
+) -> None:
+    expected = encode_reply(delete_reply(request_id, deleted), fmt)
+    assert encode_delete_reply(request_id, deleted, fmt) == expected
+
+
+@given(REQUEST_IDS, STORED_VALUES, CONTEXTS, FORMATS)
+def test_a_get_reply_encodes_as_its_reply_does(
+    request_id: Any, value: bytes | None, context: bytes | None, fmt: WireFormat
+) -> None:
+    expected = encode_reply(Reply(request_id, value is not None, value, None, context), fmt)
+    frame = encode_get_reply(request_id, value, context, fmt)
+    assert frame == expected
+    reply = decode_reply(frame)
+    assert reply["found"] is (value is not None)
+    assert ("context" in reply) is (context is not None)
