@@ -4,9 +4,8 @@ report formatting; and the load generator against the bare server, on real socke
 
 from __future__ import annotations
 
-import importlib
-
 import collections
+import importlib
 import math
 import random
 import sys
