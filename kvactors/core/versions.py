@@ -182,7 +182,8 @@ class KeyState:
         """`encode_context(self.context)`, computed once per state."""
         encoded = self._encoded_context
         if encoded is None:
-            encoded = encode_context(self.context)
+            context = self._context  # a written state has it already: no property call
+            encoded = encode_context(self.context if context is None else context)
             _set_state_encoded_context(self, encoded)
         return encoded
 
