@@ -656,8 +656,15 @@ def trusted_state_from_parts(
     caller that kept the state's `encoded_context()` beside it (a record does) passes it
     on, so the state need not encode it again. No checks."""
     obsolete = trusted_clock_from_flat(obsolete_wire)
-    versions = [_trusted_version_from_wire(item, obsolete_wire, obsolete) for item in versions_wire]
-    state = _trusted_state(obsolete, tuple(versions))
+    if len(versions_wire) == 1:  # the usual record: no comprehension
+        versions: tuple[Version, ...] = (
+            _trusted_version_from_wire(versions_wire[0], obsolete_wire, obsolete),
+        )
+    else:
+        versions = tuple(
+            [_trusted_version_from_wire(item, obsolete_wire, obsolete) for item in versions_wire]
+        )
+    state = _trusted_state(obsolete, versions)
     _set_state_encoded_context(state, encoded_context)
     return state
 

@@ -281,9 +281,14 @@ class Replica:
         except ValueError as error:
             raise _exhausted(error) from None
         self._check_dot(new_state, counter_ceiling(now_ms + self._skew_ms))
-        self._check_siblings(state, new_state)
-        self._check_history(state.context, new_state, context)
-        self._check_size(new_state, lambda: _record_size(state))
+        # As on the blind path: each check called only when its cheapest test does not
+        # show it passes (and the state's own context is not computed for nothing).
+        if len(new_state.versions) > self._limits.max_siblings:
+            self._check_siblings(state, new_state)
+        if len(new_state.context.entries) > OPEN_CONTEXT_ENTRIES:
+            self._check_history(state.context, new_state, context)
+        if record_size_bound(new_state) > self._limits.max_state_bytes:
+            self._check_size(new_state, lambda: _record_size(state))
         batch.store(key, new_state)
         return _written(new_state, existed)
 
