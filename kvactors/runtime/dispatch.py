@@ -294,6 +294,11 @@ def run_now(
         if isinstance(exc, Exception):
             raise
         raise ActorCrashedError(f"{actor} crashed on {exc!r}") from exc
+    if not inbox.messages and not actor._halted:  # the common case, inline: idle again
+        with actor._schedule_lock:
+            if not inbox.messages:
+                actor._scheduled = False
+                return result
     _end_slice(actor)
     return result
 

@@ -57,7 +57,7 @@ from kvactors.storage.replica import (
     Replica,
     ReplicaLimits,
 )
-from kvactors.storage.tables import Table
+from kvactors.storage.tables import Table, Write
 
 __all__ = [
     "DEFAULT_TOMBSTONE_GRACE",
@@ -194,10 +194,13 @@ class StoreServer(DispatchedActor):
         caller's thread, which then acts on the results itself, with no sink.
         """
         try:
-            return self._apply(ops)
+            results, written = self._replica.apply(ops)
         except StorageError as error:
             logger.error("%s: %s", self, error)
             return error
+        if self._tree is not None:
+            self._track(written)
+        return results
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -217,11 +220,16 @@ class StoreServer(DispatchedActor):
 
     def _apply(self, ops: Sequence[StoreOp]) -> list[Any]:
         results, written = self._replica.apply(ops)
-        tree = self._tree
-        if tree is not None:
-            for key, record in written:
-                tree.update(key, None if record is None else record_digest(record))
+        if self._tree is not None:
+            self._track(written)
         return results
+
+    def _track(self, written: list[Write]) -> None:
+        """The partition's hash tree follows what the replica wrote."""
+        tree = self._tree
+        assert tree is not None
+        for key, record in written:
+            tree.update(key, None if record is None else record_digest(record))
 
     def _apply_synced(self, ops: Sequence[StoreOp]) -> list[Any]:
         results = self._apply(ops)
