@@ -12,7 +12,8 @@ dict assignment: `update` (or `update_records`, for a batch of written records) 
 the key's new digest. Every read of the tree first folds the noted digests in (the bucket
 sums, then dirty marks on the inner nodes above the changed buckets, which are rehashed
 when read), so a burst of writes between two exchanges costs each key once, whatever
-number of times it was written, and rehashes each dirty inner node once.
+number of times it was written, and rehashes each dirty inner node once. A tree that is
+not read folds its notes in once it holds a thousand or so, which bounds their memory.
 
 Pure logic: no I/O, no clock, no randomness; hashing is XXH3-64, stable across processes.
 """
@@ -82,8 +83,8 @@ class HashTree:
         # stop climbing at the first dirty ancestor, and a read trust every clean node.
         self._dirty: list[set[int]] = [set() for _ in range(depth)]
         # Each key written since the last read, with its newest digest (None: forgotten).
-        # Folded into the buckets before any read (`_fold`), or once it holds
-        # _MAX_PENDING keys (`update_records`), which bounds the memory it holds.
+        # Folded into the buckets before any read (`_fold`), or once it holds more than
+        # _MAX_PENDING keys, which bounds the memory it holds.
         self._pending: dict[bytes, bytes | None] = {}
 
     @classmethod
@@ -124,8 +125,12 @@ class HashTree:
 
     def update(self, key: bytes, digest: bytes | None) -> None:
         """Set `key`'s version digest; None forgets the key. Only noted here: the tree
-        takes it in before it is next read."""
-        self._pending[key] = digest
+        takes it in before it is next read, or once it holds many notes (a tree nobody
+        reads, on a node without peers, must not keep every digest twice)."""
+        pending = self._pending
+        pending[key] = digest
+        if len(pending) > _MAX_PENDING:
+            self._fold()
 
     def update_records(self, writes: Iterable[tuple[bytes, bytes | None]]) -> None:
         """`update(key, record_digest(record))` for each written (key, record), a record

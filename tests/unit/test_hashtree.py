@@ -10,6 +10,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvactors.core import hashtree
 from kvactors.core.hashtree import HashTree, TreeDiff, compare_trees, diff, record_digest
 
 # Small shapes crowd keys into shared buckets (where cancelling bugs show); the default
@@ -296,3 +297,14 @@ def test_many_writes_between_reads_equal_a_tree_built_from_the_final_items() -> 
         for start in range(0, len(writes), 3):
             tree.update_records(writes[start : start + 3])
     assert snapshot(tree) == snapshot(HashTree.from_items(final.items(), 16, 2))
+
+
+def test_a_tree_nobody_reads_keeps_a_bounded_number_of_notes() -> None:
+    # A node without peers never reads its trees: its writes must not pile up as notes.
+    by_digests, by_records = HashTree(64, 1), HashTree(64, 1)
+    for index in range(5 * hashtree._MAX_PENDING):
+        by_digests.update(b"k%d" % index, b"d")
+        by_records.update_records([(b"k%d" % index, b"record")])
+    for tree in (by_digests, by_records):
+        assert len(tree._pending) <= hashtree._MAX_PENDING
+        assert len(tree) == 5 * hashtree._MAX_PENDING
