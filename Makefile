@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/replicated.py --runs 3
 	$(BIN)/python benchmarks/durability.py --runs 3
 	$(BIN)/python benchmarks/rebalance.py --runs 3
+	$(BIN)/python benchmarks/memory.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
