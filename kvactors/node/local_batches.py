@@ -92,6 +92,9 @@ class LocalBatches:
         return None
 
     def _send_all(self) -> None:
+        # The request path's hottest step, one pass per partition: an idle StoreServer on
+        # this thread applies its batch now and its results are acted on at once; any
+        # other gets a StoreBatch (`_send`). Answers may queue more ops: the loop takes them.
         here = self._dispatcher_here()
         current = self._directory.current
         group = self.group
@@ -121,7 +124,7 @@ class LocalBatches:
                         self._answer_failed(partition, entries, error)
                 elif results is NOT_RUN:  # busy (mail waits before this batch) or stopping
                     self._send(partition, entries, ref)
-                else:  # the table refused the writes; nothing of the batch was stored
+                else:  # the table refused the writes (a StorageError): the ops fail
                     self.batch_failed((partition, entries), results, True)
 
     def _answer_failed(self, partition: int, entries: list[Entry], error: Exception) -> None:

@@ -161,6 +161,22 @@ def test_a_busy_store_server_gets_the_batch_behind_its_mail(node: Node) -> None:
     assert node.target.done == [("first", None), ("second", None), ("read", b"second")]
 
 
+def test_a_failing_answer_fails_its_batch_not_the_flush(node: Node) -> None:
+    class Refusing(Target):
+        def replica_done(self, tag: Any, result: Any) -> None:
+            raise RuntimeError(f"cannot take {tag}")
+
+    ref = node.directory.current(P)
+    refusing = Refusing()
+    node.batches.queued[P].append((refusing, "refused", Put(b"k", b"v")))
+    node.send("elsewhere", Put(b"k", b"v"), partition=P + 1)
+    node.flush()  # raises nothing: the transport would have died of it
+    assert node.target.done == [("elsewhere", None)]
+    node.loop.run()
+    assert [(tag, type(error)) for tag, error in refusing.failed] == [("refused", InternalError)]
+    assert node.directory.current(P) is ref and ref is not None and ref.is_alive()
+
+
 @pytest.fixture
 def crash_on_boom(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Replicas crash (an unexpected error, not a refusal) on the first batch that writes
