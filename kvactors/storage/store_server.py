@@ -225,11 +225,10 @@ class StoreServer(DispatchedActor):
         return results
 
     def _track(self, written: list[Write]) -> None:
-        """The partition's hash tree follows what the replica wrote."""
+        """The partition's hash tree follows what the replica wrote (one call a batch)."""
         tree = self._tree
         assert tree is not None
-        for key, record in written:
-            tree.update(key, None if record is None else record_digest(record))
+        tree.update_records(written)
 
     def _apply_synced(self, ops: Sequence[StoreOp]) -> list[Any]:
         results = self._apply(ops)
