@@ -15,9 +15,11 @@ SNDHWM and ROUTER_MANDATORY, so a reply to a connection whose queue is full rais
 EAGAIN at once; it is then held in that connection's `ReplyBacklog`
 (kvactors.net.reply_backlog, which tells the whole design) and offered again on later
 turns, while the loop also watches the ROUTER's command descriptor, which ZeroMQ's I/O
-thread signals as the queue drains. A connection past its budget has its replies dropped
-and its requests refused until it reads; one that has gone has its held replies freed.
-With nothing held, a reply costs one test of an empty dict more than a bare send.
+thread signals as the queue drains (and, since zmq_poll may take that signal in itself,
+wakes at least every `_HELD_RETRY_MS` then). A connection past its budget has its
+replies dropped and its requests refused until it reads; one that has gone has its held
+replies freed. With nothing held, a reply costs one test of an empty dict more than a
+bare send.
 
 The peer ROUTER takes frames up to `SocketOptions.peer_frame_bytes` (N x
 `max_state_bytes` and a key: a merge of a key at its size bound always fits).
@@ -82,6 +84,9 @@ _DRAIN_BUDGET = 4096
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
+# While replies are held, the longest the loop sleeps before offering them again even
+# if ZeroMQ's signal that their connection's queue drained was lost (see _retry_held).
+_HELD_RETRY_MS = 5
 # The send of pyzmq's compiled socket, under the Python layer its Socket class adds (for
 # draft sockets' routing ids and groups, unused here): a Python call less per frame.
 _raw_send = zmq.backend.Socket.send
@@ -451,7 +456,9 @@ class Transport:
     def _retry_held(self, router: zmq.Socket[bytes]) -> None:
         """Offer the held replies again (`_offer_held`). While replies are held, the loop
         also wakes when ZeroMQ signals the ROUTER's descriptor (a queue drained, a
-        connection gone), not on a timer."""
+        connection gone), and after `_HELD_RETRY_MS` at the latest: zmq_poll reads the
+        ROUTER's EVENTS itself, which takes in a command that arrives between its poll
+        of the descriptors and that read, and with it the signal (a lost wake-up)."""
         _offer_held(router, self.reply_backlog, self.stats)
         if bool(self._held) != (self._router_fd is None):
             return
@@ -582,6 +589,8 @@ class Transport:
             timeout_ms = (
                 0 if self._calls else max(1, math.ceil((next_tick - time.monotonic()) * 1000))
             )
+            if self._router_fd is not None:  # replies held: see _retry_held
+                timeout_ms = min(timeout_ms, _HELD_RETRY_MS)
             for sock, _ in self._poller.poll(timeout_ms):
                 if sock is router:
                     drain_client()

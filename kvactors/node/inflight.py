@@ -3,7 +3,9 @@
 Every request that waits for replicas is a `Pending`: one result slot per key, a
 deadline, and how to answer. `InFlight` admits it (refusing past `max_inflight`),
 watches its deadline, fills its slots as answers come and answers it once the last one
-is in. Everything here runs on the transport thread.
+is in. A client's request of one key, which answers itself, is admitted, given its
+deadline and tracked in one call (`enter`), and `settle`d as it answers. Everything
+here runs on the transport thread.
 
 A client connection's requests are bounded on their own too, so that one connection
 cannot take the node's whole budget: past `max_inflight_per_connection` in flight, or
