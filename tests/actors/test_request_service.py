@@ -148,6 +148,27 @@ def test_a_request_past_its_deadline_times_out(node: Node) -> None:
         directory.publish(partition, ref)
 
 
+def test_a_request_with_its_own_timeout_times_out_then(node: Node) -> None:
+    partition = 0
+    directory = node.services.directory
+    ref = directory.current(partition)
+    key = next(f"k{n}" for n in range(1000) if partition_of(f"k{n}".encode(), 16) == partition)
+    directory.publish(partition, None)  # type: ignore[arg-type]
+    try:
+        frame = encode_request("put", key=key, value=1, request_id=4, timeout_ms=200)
+        node.service.handlers.client_frames([CLIENT, frame])
+        node.transport.run(node.service.handlers)
+        node.service.on_tick(node.clock.advance(0.1))
+        assert node.transport.to_clients == []  # parked, and not yet due
+        node.service.on_tick(node.clock.advance(0.15))
+        reply = msgpack.unpackb(node.transport.to_clients[-1][-1], raw=False)
+        assert reply == {"ok": False, "id": 4, "error": reply["error"]}
+        assert reply["error"]["code"] == "timeout"
+        assert node.service.inflight.count == 0
+    finally:
+        directory.publish(partition, ref)
+
+
 def test_a_new_ring_is_followed_at_once(node: Node) -> None:
     """What the frontend keeps of a ring per partition is kept for that ring only: once a
     second member owns a share, the next write of a key goes to it too (N=2, W=2)."""
