@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from _load import DealerLoad, Measurement, error_counts, median
+from _loadgen import DealerLoad, Measurement, error_counts, median
 from _reference import bare_line, bare_put_rate
 
 if TYPE_CHECKING:

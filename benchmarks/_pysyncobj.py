@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _load import VALUE_BYTES, Measurement
+from _loadgen import VALUE_BYTES, Measurement
 from _ycsb import WORKLOADS, Plan
 
 from kvactors.launcher import free_port_block

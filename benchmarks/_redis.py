@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from _load import VALUE_BYTES, KeyMaker, Measurement
+from _loadgen import VALUE_BYTES, KeyMaker, Measurement
 
 from kvactors.launcher import free_port_block
 

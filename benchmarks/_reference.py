@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from _load import DealerLoad, Measurement, median
+from _loadgen import DealerLoad, Measurement, median
 from throughput import drive, server
 
 if TYPE_CHECKING:

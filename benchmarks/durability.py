@@ -34,7 +34,7 @@ from contextlib import contextmanager
 
 import msgpack
 import zmq
-from _load import Measurement
+from _loadgen import Measurement
 from _reference import bare_line, bare_put_rate, closed_pings, ping_line
 from throughput import free_port, wait_ready
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pykka
-from _load import percentile
+from _loadgen import percentile
 from _reference import bare_line, bare_put_rate
 
 from kvactors import ActorSystem

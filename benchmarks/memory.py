@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from _load import Measurement
+from _loadgen import Measurement
 from _reference import BARE_INFLIGHT, bare_line, bare_put_rate, closed_pings, ping_line
 
 HERE = Path(__file__).resolve().parent

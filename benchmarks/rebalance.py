@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import msgpack
 import zmq
-from _load import Measurement
+from _loadgen import Measurement
 from _reference import bare_line, bare_put_rate, closed_pings, ping_line
 
 from kvactors import Client

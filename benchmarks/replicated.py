@@ -83,7 +83,7 @@ from _builds import (
     rate_row,
     ratio_row,
 )
-from _load import VALUE_BYTES, DealerLoad, Measurement, error_counts, median
+from _loadgen import VALUE_BYTES, DealerLoad, Measurement, error_counts, median
 from _pysyncobj import PYSYNCOBJ_REWRITE_WARNING, PySyncObjRun, measure_pysyncobj
 from _redis import (
     RedisGroup,

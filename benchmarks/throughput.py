@@ -49,7 +49,7 @@ from _builds import (
     rate_row,
     ratio_row,
 )
-from _load import DealerLoad, Measurement
+from _loadgen import DealerLoad, Measurement
 from _secure import Credentials, connect, credentials, verdict
 
 from kvactors.launcher import ClusterKeys, free_port_block

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmarks import each other by name
 
 import _latency  # noqa: E402
-import _load  # noqa: E402
+import _loadgen  # noqa: E402
 import _redis  # noqa: E402
 import _ycsb  # noqa: E402
 import bare_server  # noqa: E402
@@ -35,18 +35,18 @@ import replicated  # noqa: E402
 
 def test_percentiles_are_nearest_rank() -> None:
     values = [float(v) for v in range(100, 0, -1)]  # 100 .. 1, unsorted on purpose
-    assert _load.percentile(values, 0.50) == 50.0
-    assert _load.percentile(values, 0.99) == 99.0
-    assert _load.percentile(values, 1.0) == 100.0
-    assert _load.percentile([7.0], 0.99) == 7.0
+    assert _loadgen.percentile(values, 0.50) == 50.0
+    assert _loadgen.percentile(values, 0.99) == 99.0
+    assert _loadgen.percentile(values, 1.0) == 100.0
+    assert _loadgen.percentile([7.0], 0.99) == 7.0
     # 10 values: the p99 is the largest (rank ceil(9.9) = 10), p50 the fifth.
-    assert _load.percentile([float(v) for v in range(1, 11)], 0.99) == 10.0
-    assert _load.percentile([float(v) for v in range(1, 11)], 0.50) == 5.0
-    assert math.isnan(_load.percentile([], 0.5))
+    assert _loadgen.percentile([float(v) for v in range(1, 11)], 0.99) == 10.0
+    assert _loadgen.percentile([float(v) for v in range(1, 11)], 0.50) == 5.0
+    assert math.isnan(_loadgen.percentile([], 0.5))
 
 
 def test_a_measurement_reports_rate_and_percentiles_in_milliseconds() -> None:
-    m = _load.Measurement(4, 1, 2.0, [0.001, 0.002, 0.003, 0.010])
+    m = _loadgen.Measurement(4, 1, 2.0, [0.001, 0.002, 0.003, 0.010])
     assert m.rate == 2.0
     assert m.p50_ms == pytest.approx(2.0)
     assert m.p99_ms == pytest.approx(10.0)
@@ -54,14 +54,14 @@ def test_a_measurement_reports_rate_and_percentiles_in_milliseconds() -> None:
 
 def test_failures_are_counted_by_error_code_most_frequent_first() -> None:
     errors = collections.Counter({"overloaded": 3, "timeout": 1_200})
-    assert _load.error_counts(errors) == "timeout 1,200, overloaded 3"
-    assert _load.error_counts(collections.Counter()) == "none"
+    assert _loadgen.error_counts(errors) == "timeout 1,200, overloaded 3"
+    assert _loadgen.error_counts(collections.Counter()) == "none"
 
 
 def test_inflight_is_split_as_evenly_as_it_goes() -> None:
-    assert _load.split(32, 3) == [11, 11, 10]
-    assert _load.split(256, 3) == [86, 85, 85]
-    assert sum(_load.split(7, 7)) == 7
+    assert _loadgen.split(32, 3) == [11, 11, 10]
+    assert _loadgen.split(256, 3) == [86, 85, 85]
+    assert sum(_loadgen.split(7, 7)) == 7
 
 
 # -- YCSB ---------------------------------------------------------------------------------
@@ -190,10 +190,10 @@ def test_a_bad_rate_list_is_refused(text: str) -> None:
         _latency.parse_rates(text)
 
 
-def measurement(rate: float, p50_ms: float, p99_ms: float, failed: int = 0) -> _load.Measurement:
+def measurement(rate: float, p50_ms: float, p99_ms: float, failed: int = 0) -> _loadgen.Measurement:
     """100 latencies with that p50 and p99 over one second, at `rate`."""
     latencies = [p50_ms / 1000] * 60 + [p99_ms / 1000] * 40
-    return _load.Measurement(round(rate), failed, 1.0, [*latencies[:99], 9.9])
+    return _loadgen.Measurement(round(rate), failed, 1.0, [*latencies[:99], 9.9])
 
 
 def test_the_latency_table_has_a_row_per_rate_and_marks_rates_above_the_peak() -> None:
@@ -320,7 +320,7 @@ def bare_endpoint() -> Iterator[str]:
 
 
 def test_the_load_keeps_what_it_wrote_and_reads_it_back(bare_endpoint: str) -> None:
-    load = _load.DealerLoad([bare_endpoint, bare_endpoint])
+    load = _loadgen.DealerLoad([bare_endpoint, bare_endpoint])
     try:
         puts = load.closed_loop("put", 8, 0.0, 0.2)
         assert puts.completed > 0 and puts.failed == 0
@@ -338,7 +338,7 @@ def test_the_load_keeps_what_it_wrote_and_reads_it_back(bare_endpoint: str) -> N
 
 
 def test_open_loop_latency_runs_from_the_scheduled_send(bare_endpoint: str) -> None:
-    load = _load.DealerLoad([bare_endpoint])
+    load = _loadgen.DealerLoad([bare_endpoint])
     try:
         # 200 a second for 0.25 s: about 50 pings, whatever the replies do.
         pings = load.open_loop("ping", 200, 0.25)
