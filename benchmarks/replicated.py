@@ -29,7 +29,8 @@ the whole 100-byte value; kvactors writes it without a context (a blind put).
 Latency is from a request's send to its reply (open loop: from its scheduled send).
 Rates and percentiles are medians over `--runs` runs; the ratios are taken within each
 run (the machine is shared and noisy) and their median is the figure. Targets: kvactors
-puts at least 2.0x PySyncObj's writes; kvactors p99 at most 5 ms at half its peak rate.
+puts at least 2.0x PySyncObj's writes and 0.35x Redis's; kvactors p99 at most 10 ms at
+half its peak rate (and at most 5 ms at 2,000 puts a second: `--latency-at`).
 
     python benchmarks/replicated.py [--runs 3] [--seconds 3] [--inflight 32]
                                     [--kvactors-inflight 256] [--no-redis] [--no-ycsb]
@@ -101,7 +102,7 @@ from kvactors.launcher import free_port_block
 if TYPE_CHECKING:
     from kvactors.launcher import LocalCluster
 
-P99_TARGET_MS = 5.0
+P99_TARGET_MS = 10.0  # at half the peak; --latency-at shows 2,000 a second (5 ms)
 PYSYNCOBJ_RATIO_TARGET = 2.0
 # Operations drawn per YCSB workload and run; a measurement cycles through them.
 YCSB_OPERATIONS = 100_000
