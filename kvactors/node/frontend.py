@@ -594,21 +594,19 @@ class _KeyPut(_KeyRequest):
     __slots__ = ()
 
     def replica_done(self, tag: Any, result: Any) -> None:
-        if self.done:
-            return
-        self.inflight.settle(self)
         written: Written = result
-        request = self.request
-        conflict = len(written.state.live_values()) > 1
-        self.send(encode_put_reply(request.request_id, conflict, request.fmt))
+        self._answer(len(written.state.live_values()) > 1)
 
     def deliver(self, outcome: KeyOutcome) -> None:
         if type(outcome) is not WriteResult:
             super().deliver(outcome)  # an error
-        elif not self.done:
+        else:
+            self._answer(outcome.siblings > 1)
+
+    def _answer(self, conflict: bool) -> None:
+        if not self.done:
             self.inflight.settle(self)
             request = self.request
-            conflict = outcome.siblings > 1
             self.send(encode_put_reply(request.request_id, conflict, request.fmt))
 
 
@@ -616,20 +614,20 @@ class _KeyDelete(_KeyRequest):
     __slots__ = ()
 
     def replica_done(self, tag: Any, result: Any) -> None:
-        if self.done:
-            return
-        self.inflight.settle(self)
         written: Written = result
-        request = self.request
-        self.send(encode_delete_reply(request.request_id, written.existed, request.fmt))
+        self._answer(written.existed)
 
     def deliver(self, outcome: KeyOutcome) -> None:
         if type(outcome) is not WriteResult:
             super().deliver(outcome)  # an error
-        elif not self.done:
+        else:
+            self._answer(outcome.existed)
+
+    def _answer(self, existed: bool) -> None:
+        if not self.done:
             self.inflight.settle(self)
             request = self.request
-            self.send(encode_delete_reply(request.request_id, outcome.existed, request.fmt))
+            self.send(encode_delete_reply(request.request_id, existed, request.fmt))
 
 
 class _LocalRequest(Pending):
